@@ -1,0 +1,98 @@
+"""The interface every compute backend implements, and the plain data it speaks.
+
+The scheduler decides where tasks go; a backend makes it so and reports back.
+Contract for every method: idempotent (the reconcilers repeat calls after crashes),
+`TemporaryError` means "try again later", any other `FlotillaError` is permanent
+for that request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from flotilla.recipes.job import JobSpec
+from flotilla.runtime.taskspec import TaskState
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    task_id: str
+    run_id: str
+    attempt: int
+    rank: int
+    node: str | None
+
+
+@dataclass
+class LaunchRequest:
+    task: TaskRef
+    spec: JobSpec
+    env: dict[str, str]  # recipe env + environment contract + secrets as env vars
+    secret_files: list[tuple[str, str]] = field(default_factory=list)  # (location, content)
+    grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    type: str
+    memory_mib: int | None = None
+    uuid: str | None = None
+
+
+@dataclass
+class NodeInventory:
+    name: str
+    address: str
+    gpus: list[GpuDevice]
+    cpus: int
+    memory_bytes: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gpu_type(self) -> str | None:
+        return self.gpus[0].type if self.gpus else None
+
+
+@dataclass(frozen=True)
+class LogFiles:
+    setup: Path
+    main: Path
+
+
+TaskEventHandler = Callable[[TaskState], Awaitable[None]]
+
+
+class ComputeBackend(Protocol):
+    name: str
+
+    async def start(self, on_event: TaskEventHandler) -> None:
+        """Connect to the backend; afterwards task changes are pushed to `on_event`
+        (best effort: `observe` is the level-triggered truth)."""
+
+    async def close(self) -> None:
+        """Disconnect. Never stops running work."""
+
+    def nodes(self) -> list[NodeInventory]:
+        """The nodes this backend offers now, with their full GPU inventory."""
+
+    async def launch(self, request: LaunchRequest) -> None:
+        """Start one task. Idempotent by task id: a second call does nothing.
+        Returns once the task's processes exist, without waiting for them."""
+
+    async def stop(self, task: TaskRef, grace_seconds: float) -> None:
+        """SIGTERM the task's processes, SIGKILL after the grace period. Idempotent;
+        returns at once (the outcome arrives as an event / through `observe`)."""
+
+    async def observe(self, tasks: list[TaskRef]) -> list[TaskState]:
+        """The current state of each task, read from the node's own records."""
+
+    def log_files(self, task: TaskRef) -> LogFiles:
+        """Where the task's logs are, readable while it runs and after it ends."""
+
+    def host_note(self, spec: JobSpec) -> str | None:
+        """A line for the run's events about how `image` / `instance_type` were
+        honoured here, or None."""

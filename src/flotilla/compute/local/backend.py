@@ -1,0 +1,136 @@
+"""The local backend: one node (this machine), tasks launched through the node agent.
+
+Called by the scheduler and supervision reconcilers through `ComputeBackend`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from flotilla.compute.base import (
+    GpuDevice,
+    LaunchRequest,
+    LogFiles,
+    NodeInventory,
+    TaskEventHandler,
+    TaskRef,
+)
+from flotilla.compute.local import paths
+from flotilla.compute.local.gpus import local_gpus
+from flotilla.recipes.job import JobSpec
+from flotilla.runtime.agent_client import AgentClient
+from flotilla.runtime.taskspec import GitClone, SecretFile, TaskFiles, TaskSpec, TaskState
+
+NODE_NAME = "local"
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, data_dir: Path, declared_gpus: str | None, idle_exit: float = 600.0) -> None:
+        self.data_dir = data_dir
+        self.runs_dir = data_dir / "runs"
+        gpus, self.gpu_source = local_gpus(declared_gpus)
+        self.inventory = NodeInventory(
+            name=NODE_NAME,
+            address="127.0.0.1",
+            gpus=gpus,
+            cpus=os.cpu_count() or 1,
+            memory_bytes=_memory_bytes(),
+            labels={"hostname": socket.gethostname(), "gpu_source": self.gpu_source},
+        )
+        self.idle_exit = idle_exit
+        self.agent: AgentClient | None = None
+
+    async def start(self, on_event: TaskEventHandler) -> None:
+        self.agent = AgentClient(self.data_dir, on_event, idle_exit=self.idle_exit)
+        await self.agent.connect()
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+
+    def nodes(self) -> list[NodeInventory]:
+        return [self.inventory]
+
+    def gpu(self, index: int) -> GpuDevice | None:
+        return next((g for g in self.inventory.gpus if g.index == index), None)
+
+    def _task_dir(self, task: TaskRef) -> str:
+        return paths.task_dir(str(self.runs_dir), task.run_id, task.attempt, task.rank)
+
+    async def launch(self, request: LaunchRequest) -> None:
+        assert self.agent is not None, "backend not started"
+        await self.agent.launch(self.task_spec(request))
+
+    def task_spec(self, request: LaunchRequest) -> TaskSpec:
+        spec = request.spec
+        task_dir = self._task_dir(request.task)
+        root = str(Path(task_dir) / "root")
+        workdir = paths.working_directory(root, spec.working_directory)
+        env = {**_base_env(), **request.env, "HOME": os.environ.get("HOME", root)}
+        argv, shell = spec.argv_or_shell()
+        clones = [
+            GitClone(
+                url=repo.url,
+                dest=paths.resolve(root, workdir, repo.path or paths.repo_name(repo.url)),
+                reference=repo.reference,
+                reference_type=repo.reference_type.value,
+            )
+            for repo in spec.git_repositories
+        ]
+        files = [
+            SecretFile(paths.resolve(root, workdir, location), content)
+            for location, content in request.secret_files
+        ]
+        return TaskSpec(
+            task_id=request.task.task_id,
+            task_dir=task_dir,
+            workdir=workdir,
+            env=env,
+            argv=argv,
+            shell=shell,
+            start_script=spec.start_script,
+            git=clones,
+            files=files,
+            grace_seconds=request.grace_seconds,
+        )
+
+    async def stop(self, task: TaskRef, grace_seconds: float) -> None:
+        assert self.agent is not None, "backend not started"
+        await self.agent.stop(task.task_id, self._task_dir(task))
+
+    async def observe(self, tasks: list[TaskRef]) -> list[TaskState]:
+        assert self.agent is not None, "backend not started"
+        if not tasks:
+            return []
+        return await self.agent.inspect([(t.task_id, self._task_dir(t)) for t in tasks])
+
+    def log_files(self, task: TaskRef) -> LogFiles:
+        files = TaskFiles(self._task_dir(task))
+        return LogFiles(setup=files.setup_log, main=files.main_log)
+
+    def host_note(self, spec: JobSpec) -> str | None:
+        parts = []
+        if spec.image:
+            parts.append(f"image {spec.image!s} is not used")
+        if spec.instance_type:
+            parts.append(f"instance_type {spec.instance_type} is recorded only")
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"local backend: runs as host processes on {self.inventory.labels['hostname']}{detail}"
+
+
+def _base_env() -> dict[str, str]:
+    """The part of the server's environment a run inherits: enough to find programs,
+    never the server's own secrets (FLOTILLA_ADMIN_TOKEN, database URLs)."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
+    return {k: v for k, v in os.environ.items() if k in keep}

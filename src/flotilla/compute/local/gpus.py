@@ -1,0 +1,63 @@
+"""This machine's GPUs: from NVML when the NVIDIA driver is present, otherwise as
+declared in the configuration (`H100:8`, `H100:4,A100:2`) for development."""
+
+from __future__ import annotations
+
+import re
+
+from flotilla.compute.base import GpuDevice
+
+_FAMILY = re.compile(r"\b(B200|B100|GB200|H200|H100|H800|A100|A800|A10G|A10|A40|L40S|L40|L4|T4|V100|RTX\s?\w+)\b", re.I)
+
+
+def gpu_type_from_name(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100'; unknown names keep their last word."""
+    match = _FAMILY.search(name)
+    if match:
+        return match.group(1).replace(" ", "").upper()
+    return name.replace("NVIDIA", "").strip().split()[-1].upper() if name.strip() else "GPU"
+
+
+def parse_declared(declared: str) -> list[GpuDevice]:
+    devices: list[GpuDevice] = []
+    for part in filter(None, (p.strip() for p in declared.split(","))):
+        kind, _, count = part.partition(":")
+        if not kind or not count.isdigit():
+            raise ValueError(f"FLOTILLA_LOCAL_GPUS: {part!r} is not TYPE:COUNT (e.g. H100:8)")
+        devices += [GpuDevice(len(devices) + i, kind.upper()) for i in range(int(count))]
+    return devices
+
+
+def detect_nvml() -> list[GpuDevice] | None:
+    """GPUs reported by NVML, or None when NVML or the driver is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError: no driver, no device
+        return None
+    try:
+        devices = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            devices.append(GpuDevice(index, gpu_type_from_name(name), int(memory), uuid))
+        return devices
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def local_gpus(declared: str | None) -> tuple[list[GpuDevice], str]:
+    """The inventory and where it came from ("nvml", "declared" or "none")."""
+    detected = detect_nvml()
+    if detected:
+        return detected, "nvml"
+    if declared:
+        return parse_declared(declared), "declared"
+    return [], "none"

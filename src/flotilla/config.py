@@ -1,0 +1,76 @@
+"""Server configuration from flags and `FLOTILLA_*` environment variables.
+
+Precedence: explicit flags (passed as overrides) > environment > defaults. The
+embedded default is SQLite under the data directory and the `local` backend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8765
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FLOTILLA_DATA_DIR") or Path.home() / ".flotilla").expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    database_url: str | None = None
+    admin_token: str | None = None
+    local_gpus: str | None = None
+    # Seconds between SIGTERM and SIGKILL when a run is stopped.
+    stop_grace_seconds: float = 10.0
+    # How often reconcilers re-check the world even without a wake-up.
+    resync_seconds: float = 2.0
+    # The local agent exits after this long with no tasks and no clients.
+    agent_idle_exit_seconds: float = 600.0
+    secret_key: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        values: dict[str, Any] = {
+            "data_dir": default_data_dir(),
+            "database_url": env.get("FLOTILLA_DATABASE_URL") or None,
+            "admin_token": env.get("FLOTILLA_ADMIN_TOKEN") or None,
+            "local_gpus": env.get("FLOTILLA_LOCAL_GPUS") or None,
+            "secret_key": env.get("FLOTILLA_SECRET_KEY") or None,
+        }
+        if env.get("FLOTILLA_HOST"):
+            values["host"] = env["FLOTILLA_HOST"]
+        if env.get("FLOTILLA_PORT"):
+            values["port"] = int(env["FLOTILLA_PORT"])
+        if env.get("FLOTILLA_STOP_GRACE"):
+            values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'flotilla.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.data_dir / "agent.sock"

@@ -1,0 +1,57 @@
+"""The environment contract of a run's processes: rank, world size, leader and peer
+addresses under Flotilla's, Saturn's and torch.distributed's names, and the GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    run_id: str
+    job_name: str
+    rank: int
+    scale: int
+    nprocs: int
+    leader_address: str
+    leader_port: int
+    peers: tuple[str, ...]  # addresses of every task, by rank
+    gpus: tuple[int, ...]
+    checkpoint_dir: str | None = None
+
+
+def task_environment(identity: TaskIdentity) -> dict[str, str]:
+    """Variables added to the recipe's own environment for one task."""
+    world = identity.scale * identity.nprocs
+    peers = ",".join(identity.peers)
+    env = {
+        "FLOTILLA_RUN_ID": identity.run_id,
+        "FLOTILLA_JOB_NAME": identity.job_name,
+        "FLOTILLA_RANK": str(identity.rank),
+        "FLOTILLA_SCALE": str(identity.scale),
+        "FLOTILLA_NPROCS": str(identity.nprocs),
+        "FLOTILLA_WORLD_SIZE": str(world),
+        "FLOTILLA_LEADER": identity.leader_address,
+        "FLOTILLA_LEADER_PORT": str(identity.leader_port),
+        "FLOTILLA_PEERS": peers,
+        # Saturn Cloud's names, so existing job scripts keep working.
+        "SATURN_JOB_RUN": identity.run_id,
+        "SATURN_JOB_RANK": str(identity.rank),
+        "SATURN_JOB_SCALE": str(identity.scale),
+        "SATURN_JOB_LEADER": identity.leader_address,
+        "SATURN_JOB_PEERS": peers,
+        # torch.distributed's names, so `torchrun` and env:// init work unmodified.
+        "MASTER_ADDR": identity.leader_address,
+        "MASTER_PORT": str(identity.leader_port),
+        "NODE_RANK": str(identity.rank),
+        "NNODES": str(identity.scale),
+        "WORLD_SIZE": str(world),
+        # Empty means "no GPUs": a run that asked for none must not grab any.
+        "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in identity.gpus),
+    }
+    if identity.nprocs == 1:  # one process per task: it is its own global rank
+        env["RANK"] = str(identity.rank)
+        env["LOCAL_RANK"] = "0"
+    if identity.checkpoint_dir:
+        env["FLOTILLA_CHECKPOINT_DIR"] = identity.checkpoint_dir
+    return env

@@ -1,0 +1,186 @@
+"""The recipe envelope (`schema_version / type / spec / state`) and its parsing.
+
+`parse_recipe` turns a dict from YAML or JSON into a validated `Recipe`, or raises
+`InvalidRecipe` naming every bad field by its path. An unknown field is reported with
+the nearest valid name (Saturn's `enforce_unknown`). `state` is read-only: accepted so
+that an exported recipe applies again unchanged, and ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from flotilla.errors import FieldProblem, InvalidRecipe
+from flotilla.recipes.job import JobSpec
+
+SCHEMA_VERSION = "2025.10.01"
+_ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
+_SPEC_MODELS: dict[str, type[BaseModel]] = {"job": JobSpec}
+
+
+def recipe_types() -> list[str]:
+    return sorted(_SPEC_MODELS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    type: str
+    spec: BaseModel
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def name(self) -> str:
+        name: str = getattr(self.spec, "name")  # noqa: B009 - every spec has a name
+        return name
+
+    def spec_dict(self) -> dict[str, Any]:
+        """The spec as stored: defaults filled in, JSON-safe."""
+        return self.spec.model_dump(mode="json")
+
+
+def parse_recipe_text(text: str) -> Recipe:
+    """Parse YAML (a superset of JSON) text into a validated recipe."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise InvalidRecipe([FieldProblem("<document>", f"not valid YAML or JSON{at}")]) from e
+    return parse_recipe(data)
+
+
+def parse_recipe(data: Any, enforce_unknown: bool = True) -> Recipe:
+    """Validate a recipe. With `enforce_unknown=False` (Saturn's flag, used when
+    cloning), unknown fields are dropped instead of rejected."""
+    if not enforce_unknown:
+        return _parse_dropping_unknown(data)
+    if not isinstance(data, dict):
+        raise InvalidRecipe([FieldProblem("<document>", "a recipe must be a mapping")])
+    problems = [
+        FieldProblem(key, _unknown_message(str(key), _ENVELOPE_KEYS))
+        for key in data
+        if key not in _ENVELOPE_KEYS
+    ]
+    recipe_type = data.get("type")
+    if recipe_type is None:
+        problems.append(FieldProblem("type", f"required; one of {', '.join(recipe_types())}"))
+    elif recipe_type not in _SPEC_MODELS:
+        problems.append(
+            FieldProblem("type", _unknown_message(str(recipe_type), recipe_types(), "recipe type"))
+        )
+    schema_version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(schema_version, str | int | float):
+        problems.append(FieldProblem("schema_version", "must be a string like 2025.10.01"))
+    spec_data = data.get("spec")
+    if not isinstance(spec_data, dict):
+        problems.append(FieldProblem("spec", "required; must be a mapping"))
+    if problems or not isinstance(spec_data, dict):
+        raise InvalidRecipe(problems)
+    model = _SPEC_MODELS[str(recipe_type)]
+    try:
+        spec = model.model_validate(spec_data)
+    except ValidationError as e:
+        raise InvalidRecipe(_problems_from(e, model, "spec")) from e
+    return Recipe(str(recipe_type), spec, str(schema_version))
+
+
+def _parse_dropping_unknown(data: Any) -> Recipe:
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in _ENVELOPE_KEYS}
+    for _ in range(100):  # each round removes at least one field
+        try:
+            return parse_recipe(data, enforce_unknown=True)
+        except InvalidRecipe as e:
+            unknown = [p for p in e.problems if p.message.startswith("unknown field")]
+            if not unknown:
+                raise
+            data = copy.deepcopy(data)
+            for problem in unknown:
+                _drop(data, problem.path)
+    raise AssertionError("unreachable")
+
+
+def _drop(data: Any, path: str) -> None:
+    parts = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]", path) if p]
+    target = data
+    for part in parts[:-1]:
+        target = target[part]
+    target.pop(parts[-1], None)
+
+
+def _problems_from(error: ValidationError, model: type[BaseModel], prefix: str) -> list[FieldProblem]:
+    problems = []
+    for item in error.errors():
+        loc = item["loc"]
+        path = _format_path((prefix, *loc))
+        if item["type"] == "extra_forbidden":
+            known = _field_names_at(model, loc[:-1])
+            problems.append(FieldProblem(path, _unknown_message(str(loc[-1]), known)))
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+            problems.append(FieldProblem(path, message))
+    return problems
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out:
+            out += f".{part}"
+        else:
+            out = str(part)
+    return out
+
+
+def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the nested model found by following `loc` from `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside `X`, `list[X]`, `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_message(name: str, known: Any, what: str = "field") -> str:
+    choices = [str(k) for k in known]
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(choices)}"
+    return f"unknown {what} '{name}'{hint}"
+
+
+def dump_recipe(recipe_type: str, spec: dict[str, Any], state: dict[str, Any] | None = None,
+                schema_version: str = SCHEMA_VERSION) -> dict[str, Any]:
+    """The envelope as the API returns it and `flo export` writes it."""
+    out: dict[str, Any] = {"schema_version": schema_version, "type": recipe_type, "spec": spec}
+    if state is not None:
+        out["state"] = state
+    return out
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)

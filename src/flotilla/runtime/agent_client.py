@@ -1,0 +1,165 @@
+"""The server's side of the agent protocol: one persistent Unix-socket connection,
+request/response matched by id, pushed `task` events handed to a callback.
+
+`ensure_agent` starts the agent as a detached daemon when none answers, so the
+first server start on a machine needs no extra step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from flotilla.errors import TemporaryError
+from flotilla.runtime.taskspec import TaskSpec, TaskState
+
+EventHandler = Callable[[TaskState], Awaitable[None]]
+_LIMIT = 64 * 1024 * 1024
+_MAX_UNIX_PATH = 100
+
+
+def agent_socket_path(data_dir: Path) -> Path:
+    """The socket path; Unix socket paths are limited to ~108 bytes."""
+    path = data_dir / "agent.sock"
+    if len(str(path)) <= _MAX_UNIX_PATH:
+        return path
+    digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]  # noqa: S324 - a name, not security
+    return Path("/tmp") / f"flotilla-agent-{digest}.sock"
+
+
+class AgentClient:
+    def __init__(self, data_dir: Path, on_event: EventHandler, idle_exit: float = 600.0) -> None:
+        self.data_dir = data_dir
+        self.socket = agent_socket_path(data_dir)
+        self.on_event = on_event
+        self.idle_exit = idle_exit
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.on_reconnect: Callable[[], None] | None = None
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return
+            reader, writer = await self._open()
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_loop(reader))
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def request(self, op: str, **payload: Any) -> dict[str, Any]:
+        """Send one request; raises TemporaryError if the agent cannot be reached."""
+        for attempt in range(2):
+            try:
+                await self.connect()
+                return await self._send(op, payload)
+            except (ConnectionError, OSError) as e:
+                self._writer = None
+                if attempt == 1:
+                    raise TemporaryError(f"node agent unreachable: {e}") from e
+        raise AssertionError("unreachable")
+
+    async def launch(self, spec: TaskSpec) -> dict[str, Any]:
+        return await self.request("launch", task=spec.to_dict())
+
+    async def stop(self, task_id: str, task_dir: str) -> dict[str, Any]:
+        return await self.request("stop", task_id=task_id, task_dir=task_dir)
+
+    async def inspect(self, tasks: list[tuple[str, str]]) -> list[TaskState]:
+        reply = await self.request(
+            "inspect", tasks=[{"task_id": t, "task_dir": d} for t, d in tasks]
+        )
+        return [TaskState.from_dict(t) for t in reply["tasks"]]
+
+    async def _send(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._writer is not None
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.write(json.dumps({"id": request_id, "op": op, **payload}).encode() + b"\n")
+            await self._writer.drain()
+            reply = await asyncio.wait_for(future, timeout=30)
+        finally:
+            self._pending.pop(request_id, None)
+        if not reply.get("ok"):
+            raise TemporaryError(f"node agent refused {op}: {reply.get('error')}")
+        return reply
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if message.get("event") == "task":
+                    await self.on_event(TaskState.from_dict(message["task"]))
+                elif (future := self._pending.get(message.get("id"))) and not future.done():
+                    future.set_result(message)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionResetError("agent connection lost"))
+            self._writer = None
+            if self.on_reconnect is not None:
+                self.on_reconnect()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(self.socket, limit=_LIMIT)
+        except (ConnectionError, FileNotFoundError):
+            pass
+        self._spawn_agent()
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                return await asyncio.open_unix_connection(self.socket, limit=_LIMIT)
+            except (ConnectionError, FileNotFoundError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+
+    def _spawn_agent(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ)
+        env.pop("FLOTILLA_ADMIN_TOKEN", None)  # the agent needs no credentials
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "flotilla.runtime.agent",
+                "--socket", str(self.socket),
+                "--lock", str(self.data_dir / "agent.lock"),
+                "--idle-exit", str(self.idle_exit),
+            ],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,  # outlives the server, like the work it supervises
+            env=env,
+        )
+        log.close()
+
+
+def agent_pid(data_dir: Path) -> int | None:
+    """The pid of this data directory's agent, as recorded in its lock file."""
+    try:
+        return int((data_dir / "agent.lock").read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,86 @@
+"""The plain-data contract between the server and a node agent: what to launch
+(`TaskSpec`) and what became of it (`TaskState`). JSON on the wire and on disk."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class GitClone:
+    url: str
+    dest: str
+    reference: str | None = None
+    reference_type: str = "branch"
+
+
+@dataclass
+class SecretFile:
+    path: str
+    content: str
+
+
+@dataclass
+class TaskSpec:
+    task_id: str
+    task_dir: str
+    workdir: str
+    env: dict[str, str]
+    argv: list[str] | None = None
+    shell: str | None = None
+    start_script: str | None = None
+    git: list[GitClone] = field(default_factory=list)
+    files: list[SecretFile] = field(default_factory=list)
+    grace_seconds: float = 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        data = dict(data)
+        data["git"] = [GitClone(**g) for g in data.get("git", [])]
+        data["files"] = [SecretFile(**f) for f in data.get("files", [])]
+        return cls(**data)
+
+
+# Phases a task goes through on its node.
+SETUP = "setup"  # cloning repositories, running the start script
+RUNNING = "running"  # the command's process is alive
+EXITED = "exited"  # result.json written
+LOST = "lost"  # supervisor gone without a result (node rebooted, killed with -9)
+UNKNOWN = "unknown"  # never launched here
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    phase: str
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    stopped: bool = False
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskState:
+        return cls(**data)
+
+
+class TaskFiles:
+    """Where a task keeps its state on the node's disk."""
+
+    def __init__(self, task_dir: str | Path) -> None:
+        self.dir = Path(task_dir)
+        self.supervisor = self.dir / "supervisor.json"
+        self.started = self.dir / "started.json"
+        self.result = self.dir / "result.json"
+        self.setup_log = self.dir / "setup.log"
+        self.main_log = self.dir / "main.log"
+        self.supervisor_log = self.dir / "supervisor.log"

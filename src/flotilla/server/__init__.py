@@ -1,0 +1,1 @@
+"""The Flotilla server: FastAPI app, services, store and reconcilers."""

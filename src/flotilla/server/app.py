@@ -1,0 +1,87 @@
+"""The app factory. `create_app(settings)` wires the store, the backend and the
+reconcilers into a FastAPI app; `flo server` serves it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from flotilla import __version__
+from flotilla.clock import Clock
+from flotilla.compute.base import ComputeBackend
+from flotilla.compute.local import LocalBackend
+from flotilla.config import Settings
+from flotilla.server.context import ServerContext
+from flotilla.server.db.engine import create_engine, session_factory
+from flotilla.server.db.migrate import upgrade_to_head
+from flotilla.server.errors import install_error_handlers
+from flotilla.server.reconcilers.cron import Cron
+from flotilla.server.reconcilers.scheduler import Scheduler
+from flotilla.server.reconcilers.supervision import Supervision
+from flotilla.server.routers import jobs, pods, recipes, runs, secrets, status
+from flotilla.server.secretbox import SecretBox
+from flotilla.server.security import bootstrap_admin
+
+log = logging.getLogger("flotilla.server")
+
+
+def create_app(
+    settings: Settings, clock: Clock | None = None, backend: ComputeBackend | None = None
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)  # tokens, keys and logs live here
+        engine = create_engine(settings.db_url)
+        await upgrade_to_head(engine)
+        ctx = ServerContext(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            backend=backend or LocalBackend(
+                settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
+            ),
+            secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
+            clock=clock or Clock(),
+        )
+        async with ctx.transaction() as session:
+            await bootstrap_admin(session, settings.admin_token, settings.admin_token_file, ctx.clock.now())
+        scheduler = Scheduler(ctx)
+        supervision = Supervision(ctx, scheduler)
+        loops = [scheduler, supervision, Cron(ctx)]
+        await ctx.backend.start(supervision.on_task_event)
+        app.state.ctx = ctx
+        app.state.loops = loops
+        # Re-adopt whatever ran while we were down before taking new work.
+        await supervision.step()
+        for loop in loops:
+            loop.start()
+        log.info("flotilla %s serving on %s (data in %s)", __version__, settings.db_url.split("://")[0],
+                 settings.data_dir)
+        try:
+            yield
+        finally:
+            for loop in loops:
+                await loop.stop()
+            await ctx.backend.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Flotilla",
+        version=__version__,
+        description="An open-source control plane for GPU compute (Saturn Cloud-shaped API).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (status, recipes, jobs, pods, runs, secrets):
+        app.include_router(module.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,46 @@
+"""Everything a request handler or reconciler needs, built once per server.
+
+Handlers get it from `request.app.state.ctx`; reconcilers are constructed with it.
+Holding it in one object keeps start-up and tests explicit (no module globals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from flotilla.clock import Clock
+from flotilla.compute.base import ComputeBackend
+from flotilla.config import Settings
+from flotilla.server.secretbox import SecretBox
+
+
+@dataclass
+class Wakers:
+    """One event per reconciler: setting it makes the loop run now rather than at
+    its next periodic resync."""
+
+    scheduler: asyncio.Event = field(default_factory=asyncio.Event)
+    supervision: asyncio.Event = field(default_factory=asyncio.Event)
+    cron: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    backend: ComputeBackend
+    secret_box: SecretBox
+    clock: Clock = field(default_factory=Clock)
+    wakers: Wakers = field(default_factory=Wakers)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session

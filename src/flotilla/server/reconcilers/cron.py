@@ -1,0 +1,81 @@
+"""The cron reconciler: starts runs of scheduled jobs when their tick comes.
+
+Each scheduled job stores its next tick. When it is due, one run starts (however
+many ticks were missed while the server was down: no burst), subject to the job's
+concurrency policy, and the next tick after now is stored in the same transaction,
+so a crash never fires a tick twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.core.cron import decide_tick
+from flotilla.recipes.job import ConcurrencyPolicy
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import RecipeModel
+from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.events import record_event
+from flotilla.server.services.runs import active_runs, create_run, request_stop
+
+log = logging.getLogger("flotilla.cron")
+ACTOR = "cron"
+
+
+class Cron(ReconcileLoop):
+    name = "cron"
+
+    def __init__(self, ctx: ServerContext, interval: float = 1.0) -> None:
+        super().__init__(ctx.wakers.cron, interval)
+        self.ctx = ctx
+
+    async def step(self) -> None:
+        now = self.ctx.clock.now()
+        started = False
+        async with self.ctx.sessions() as session, session.begin():
+            due = (
+                await session.execute(
+                    select(RecipeModel).where(
+                        RecipeModel.schedule_enabled.is_(True),
+                        RecipeModel.deleted_at.is_(None),
+                        RecipeModel.next_tick_at <= now,
+                    )
+                )
+            ).scalars().all()
+            for recipe in due:
+                schedule = recipe.spec.get("schedule")
+                if not schedule or recipe.next_tick_at is None:
+                    recipe.schedule_enabled = False
+                    continue
+                decision = decide_tick(schedule, recipe.next_tick_at, now)
+                recipe.next_tick_at = decision.next_at
+                if decision.missed:
+                    record_event(
+                        session, kind="cron", actor=ACTOR, now=now, recipe_id=recipe.id,
+                        message=f"{decision.missed} missed ticks skipped (not replayed)",
+                    )
+                started |= await self._fire(session, recipe, now)
+        if started:
+            self.ctx.wakers.scheduler.set()
+            self.ctx.wakers.supervision.set()
+
+    async def _fire(self, session: AsyncSession, recipe: RecipeModel, now: datetime) -> bool:
+        policy = ConcurrencyPolicy(recipe.spec.get("concurrency_policy", "Allow"))
+        running = await active_runs(session, recipe.id)
+        if running and policy == ConcurrencyPolicy.FORBID:
+            record_event(
+                session, kind="cron", actor=ACTOR, now=now, recipe_id=recipe.id,
+                message=f"tick skipped: {len(running)} run(s) still active (concurrency_policy Forbid)",
+            )
+            return False
+        if running and policy == ConcurrencyPolicy.REPLACE:
+            for run in running:
+                request_stop(
+                    session, run, reason="replaced by a newer scheduled run", actor=ACTOR, now=now
+                )
+        create_run(session, recipe, trigger="cron", actor=ACTOR, now=now)
+        return True

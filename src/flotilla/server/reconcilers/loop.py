@@ -1,0 +1,58 @@
+"""The shared shape of every reconciler loop: run `step()` when woken or every
+`interval` seconds, log and back off on errors, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+log = logging.getLogger("flotilla.reconcilers")
+
+
+class ReconcileLoop:
+    name = "loop"
+
+    def __init__(self, wake: asyncio.Event, interval: float) -> None:
+        self.wake = wake
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"reconciler-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def drain(self) -> None:
+        """Run one last step now (used at shutdown and by tests)."""
+        await self.step()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self._delay())
+            self.wake.clear()
+            try:
+                await self.step()
+                self._failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._failures += 1
+                log.exception("%s step failed (%d in a row)", self.name, self._failures)
+
+    def _delay(self) -> float:
+        if not self._failures:
+            return self.interval
+        # Exponential back-off with jitter, so a broken database is not hammered.
+        return min(30.0, self.interval * 2 ** min(self._failures, 5)) * random.uniform(0.5, 1.0)

@@ -1,0 +1,199 @@
+"""The supervision reconciler: keeps runs' statuses in step with their processes.
+
+Inputs: task events pushed by the backend (fast path) and, every resync interval,
+a full `observe` of every placed task (the level-triggered truth after restarts
+and lost events). It also delivers stop requests, enforces `max_duration`, relaunches
+tasks the backend never got, and requeues failed runs within their `retries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.compute.base import LaunchRequest, TaskRef
+from flotilla.core.status import RunStatus, TaskStatus
+from flotilla.core.verdict import TaskView, judge_run
+from flotilla.errors import FlotillaError
+from flotilla.recipes.job import JobSpec
+from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.reconcilers.scheduler import Scheduler
+from flotilla.server.services.launch import task_ref
+from flotilla.server.services.runs import (
+    current_tasks,
+    new_tasks,
+    request_stop,
+    run_tasks,
+    switch_run_status,
+)
+
+log = logging.getLogger("flotilla.supervision")
+ACTOR = "supervisor"
+PLACED = [RunStatus.PROVISIONING.value, RunStatus.STARTING.value, RunStatus.RUNNING.value]
+
+
+class Supervision(ReconcileLoop):
+    name = "supervision"
+
+    def __init__(self, ctx: ServerContext, scheduler: Scheduler) -> None:
+        super().__init__(ctx.wakers.supervision, ctx.settings.resync_seconds)
+        self.ctx = ctx
+        self.scheduler = scheduler
+        self.events: dict[str, TaskState] = {}
+        self._last_full = 0.0
+        self._signalled: dict[str, float] = {}  # task id -> when we last sent SIGTERM
+
+    async def on_task_event(self, state: TaskState) -> None:
+        """Backend callback: remember the newest state and wake the loop."""
+        self.events[state.task_id] = state
+        self.wake.set()
+
+    async def step(self) -> None:
+        full = time.monotonic() - self._last_full >= self.interval
+        events, self.events = self.events, {}
+        if full:
+            async with self.ctx.sessions() as session:
+                _, tasks = await self._load(session)
+            observed = await self.ctx.backend.observe(
+                [task_ref(t) for t in tasks if t.status != TaskStatus.PENDING.value]
+            )
+            events = {**{s.task_id: s for s in observed}, **events}
+            self._last_full = time.monotonic()
+        stops: list[TaskRef] = []
+        relaunch: list[LaunchRequest] = []
+        requeued = False
+        finished = False
+        async with self.ctx.sessions() as session, session.begin():
+            runs, tasks = await self._load(session)
+            by_run: dict[str, list[TaskModel]] = {}
+            for task in tasks:
+                by_run.setdefault(task.run_id, []).append(task)
+            for run in runs:
+                run_tasks_now = by_run.get(run.id, [])
+                unknown = [t for t in run_tasks_now if self._apply(t, events.get(t.id))]
+                gang_stop = await self._judge(session, run, run_tasks_now)
+                self._enforce_max_duration(session, run)
+                status = RunStatus(run.status)
+                requeued |= status == RunStatus.PENDING
+                finished |= status.is_finished()
+                if (run.stop_requested_at is not None or gang_stop) and status.is_active():
+                    stops += [task_ref(t) for t in run_tasks_now if not TaskStatus(t.status).is_finished()]
+                elif unknown and full:
+                    relaunch += await self.scheduler.relaunch(session, run, unknown)
+        await self._signal(self._due_for_signal(stops))
+        if relaunch:
+            log.warning("relaunching %d tasks the backend did not know", len(relaunch))
+            await self.scheduler.launch(relaunch)
+        if requeued or finished:
+            self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
+
+    async def _load(self, session: AsyncSession) -> tuple[Sequence[RunModel], list[TaskModel]]:
+        runs = (await session.execute(select(RunModel).where(RunModel.status.in_(PLACED)))).scalars().all()
+        by_run = await run_tasks(session, [r.id for r in runs])
+        tasks = [t for r in runs for t in current_tasks(r, by_run[r.id])]
+        return runs, tasks
+
+    def _apply(self, task: TaskModel, state: TaskState | None) -> bool:
+        """Record what the node says about `task`. True if the node never heard of it."""
+        if state is None or TaskStatus(task.status).is_finished():
+            return False
+        if state.phase == RUNNING and task.status != TaskStatus.RUNNING.value:
+            task.status = TaskStatus.RUNNING.value
+            task.pid = state.pid
+            task.started_at = _ts(state.started_at)
+        elif state.phase == EXITED:
+            task.pid = state.pid or task.pid
+            task.started_at = task.started_at or _ts(state.started_at)
+            task.finished_at = _ts(state.finished_at)
+            task.exit_code = state.exit_code
+            task.message = state.message
+            task.status = _exited_status(state).value
+        elif state.phase == LOST:
+            task.status = TaskStatus.LOST.value
+            task.message = state.message
+            task.finished_at = self.ctx.clock.now()
+        elif state.phase == UNKNOWN:
+            return True
+        return False
+
+    async def _judge(self, session: AsyncSession, run: RunModel, tasks: list[TaskModel]) -> bool:
+        """Update the run from its tasks. True if the rest of the gang must stop."""
+        now = self.ctx.clock.now()
+        views = [TaskView(t.rank, TaskStatus(t.status), t.exit_code, t.message) for t in tasks]
+        verdict = judge_run(RunStatus(run.status), views, run.stop_requested_at is not None)
+        if verdict.status is None:
+            return verdict.stop_others is not None
+        if verdict.status == RunStatus.RUNNING:
+            switch_run_status(session, run, RunStatus.RUNNING, reason="running", actor=ACTOR, now=now)
+            started = [t.started_at for t in tasks if t.started_at]
+            run.started_at = min(started) if started else now
+            return False
+        run.exit_code = verdict.exit_code
+        switch_run_status(session, run, verdict.status, reason=verdict.reason, actor=ACTOR, now=now)
+        retries = int(run.spec.get("retries", 0))
+        # A run stopped on purpose (user, max_duration) is not retried.
+        if verdict.status == RunStatus.FAILED and run.attempt < retries and run.stop_reason is None:
+            await self._requeue(session, run, verdict.reason, retries)
+        return False
+
+    async def _requeue(self, session: AsyncSession, run: RunModel, why: str, retries: int) -> None:
+        recipe = await session.get(RecipeModel, run.recipe_id)
+        assert recipe is not None
+        attempt = run.attempt + 1
+        switch_run_status(
+            session, run, RunStatus.PENDING, reason=f"retry {attempt} of {retries} after: {why}",
+            actor=ACTOR, now=self.ctx.clock.now(),
+        )
+        run.attempt = attempt
+        session.add_all(new_tasks(run, recipe.name))
+
+    def _enforce_max_duration(self, session: AsyncSession, run: RunModel) -> None:
+        limit = JobSpec.model_validate(run.spec).max_duration_seconds()
+        now = self.ctx.clock.now()
+        if limit is None or run.started_at is None or run.status != RunStatus.RUNNING.value:
+            return
+        if now - run.started_at > timedelta(seconds=limit):
+            request_stop(
+                session, run, reason=f"exceeded max_duration of {limit:g}s", actor=ACTOR, now=now
+            )
+
+    def _due_for_signal(self, tasks: list[TaskRef]) -> list[TaskRef]:
+        """Stop requests are repeated (idempotently) only once per resync interval."""
+        now = time.monotonic()
+        due = [t for t in tasks if now - self._signalled.get(t.task_id, -1e9) >= self.interval]
+        live = {t.task_id for t in tasks}
+        self._signalled = {k: v for k, v in self._signalled.items() if k in live}
+        self._signalled.update({t.task_id: now for t in due})
+        return due
+
+    async def _signal(self, tasks: list[TaskRef]) -> None:
+        grace = self.ctx.settings.stop_grace_seconds
+        results = await asyncio.gather(
+            *(self.ctx.backend.stop(t, grace) for t in tasks), return_exceptions=True
+        )
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, FlotillaError):
+                log.warning("stopping task %s failed: %s", task.task_id, result)
+            elif isinstance(result, BaseException):
+                raise result
+
+
+def _exited_status(state: TaskState) -> TaskStatus:
+    if state.stopped:
+        return TaskStatus.STOPPED
+    if state.exit_code == 0:
+        return TaskStatus.SUCCEEDED
+    return TaskStatus.FAILED
+
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None

@@ -1,0 +1,63 @@
+"""Saturn's active-pod API (`/api/active/pods…`): the tasks of runs that are still
+active, with their containers `setup` (init) and `main`, and their logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from flotilla.errors import NotFound
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.launch import task_ref
+from flotilla.server.services.logs import read_log
+from flotilla.server.services.runs import active_runs, find_task_by_name, get_run, run_tasks
+from flotilla.server.services.views import pod_summary
+from flotilla.server.db.models import RecipeModel
+
+router = APIRouter(prefix="/api/active/pods", tags=["pods"])
+
+
+@router.get("")
+async def active_pods(
+    ctx: Ctx, caller: Caller, workload_type: str = Query(...), workload_id: str = Query(...)
+) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        job = await recipe_service.get_recipe_by_id(session, workload_type, workload_id)
+        runs = await active_runs(session, job.id)
+        tasks = await run_tasks(session, [r.id for r in runs])
+    pods = [pod_summary(t, r, job.name) for r in runs for t in tasks[r.id] if t.attempt == r.attempt]
+    return {"pod_summaries": pods, "next_key": None}
+
+
+async def _find(ctx: Ctx, name: str) -> tuple[Any, Any, str]:
+    async with ctx.sessions() as session:
+        task = await find_task_by_name(session, name)
+        run = await get_run(session, task.run_id)
+        recipe = await session.get(RecipeModel, run.recipe_id)
+    if recipe is None:
+        raise NotFound(f"pod {name!r}")
+    return task, run, recipe.name
+
+
+@router.get("/{name}")
+async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> dict[str, Any]:
+    task, run, job_name = await _find(ctx, name)
+    files = ctx.backend.log_files(task_ref(task))
+    lines = min(max(page_size, 1), 5000)
+    logs = {"setup": read_log(files.setup, lines), "main": read_log(files.main, lines)}
+    return pod_summary(task, run, job_name, logs)
+
+
+@router.get("/{name}/logs")
+async def pod_logs(
+    ctx: Ctx, caller: Caller, name: str, container_name: str = "main", page_size: int = 1000,
+    previous: bool = False,
+) -> dict[str, Any]:
+    task, _, _ = await _find(ctx, name)
+    files = ctx.backend.log_files(task_ref(task))
+    if container_name not in ("main", "setup"):
+        raise NotFound(f"container {container_name!r} (containers: setup, main)")
+    path = files.main if container_name == "main" else files.setup
+    return {"logs": read_log(path, min(max(page_size, 1), 5000))}

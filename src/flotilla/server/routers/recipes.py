@@ -1,0 +1,89 @@
+"""Recipes: apply (idempotent PUT), create, read, list, versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body
+
+from flotilla.recipes import recipe_types
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.views import iso, recipe_states, recipe_view
+
+router = APIRouter(prefix="/api/recipes", tags=["recipes"])
+
+
+def singular(recipe_type: str) -> str:
+    """Saturn's clients say `job` or `jobs`."""
+    return recipe_type[:-1] if recipe_type.endswith("s") and recipe_type[:-1] in recipe_types() else recipe_type
+
+
+async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> dict[str, Any]:
+    async with ctx.transaction() as session:
+        recipe, _ = await recipe_service.apply_recipe(
+            session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
+        )
+        states = await recipe_states(session, [recipe])
+    ctx.wakers.cron.set()
+    return recipe_view(recipe, states[recipe.id])
+
+
+@router.put("", status_code=201)
+async def apply_recipe(
+    ctx: Ctx, caller: Caller, payload: Any = Body(...),  # noqa: B008
+    enforce_unknown: bool = True,
+) -> dict[str, Any]:
+    """Create or update a recipe from its envelope. The same recipe twice is a no-op."""
+    return await _apply(ctx, caller, payload, enforce_unknown)
+
+
+@router.post("", status_code=201)
+async def create_recipe(
+    ctx: Ctx, caller: Caller, payload: Any = Body(...),  # noqa: B008
+    enforce_unknown: bool = True,
+) -> dict[str, Any]:
+    return await _apply(ctx, caller, payload, enforce_unknown)
+
+
+@router.get("")
+async def list_recipes(
+    ctx: Ctx, caller: Caller, type: str | None = None, owner_name: str | None = None,
+    name: str | None = None, as_template: bool = False,
+) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        recipes = await recipe_service.list_recipes(
+            session, singular(type) if type else None, owner_name, name
+        )
+        states = await recipe_states(session, recipes)
+    items = [recipe_view(r, None if as_template else states[r.id]) for r in recipes]
+    return {"recipes": items, "next_key": None}
+
+
+@router.get("/{recipe_type}/{name}")
+async def get_recipe(
+    ctx: Ctx, caller: Caller, recipe_type: str, name: str, owner_name: str | None = None,
+    as_template: bool = False,
+) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        recipe = await recipe_service.get_recipe(session, singular(recipe_type), name, owner_name)
+        states = await recipe_states(session, [recipe])
+    return recipe_view(recipe, None if as_template else states[recipe.id])
+
+
+@router.get("/{recipe_type}/{name}/versions")
+async def recipe_versions(
+    ctx: Ctx, caller: Caller, recipe_type: str, name: str, owner_name: str | None = None
+) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        recipe = await recipe_service.get_recipe(session, singular(recipe_type), name, owner_name)
+        versions = await recipe_service.recipe_versions(session, recipe.id)
+    return {
+        "versions": [
+            {"version": v.version, "created_at": iso(v.created_at), "created_by": v.created_by,
+             "spec": v.spec}
+            for v in versions
+        ]
+    }
+
+

@@ -1,0 +1,72 @@
+"""Runs by id: details, events, and logs (whole, or followed live)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from flotilla.core.status import RunStatus
+from flotilla.errors import NotFound
+from flotilla.server.db.models import RecipeModel, RunModel
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services.events import event_view, run_events
+from flotilla.server.services.launch import task_ref
+from flotilla.server.services.logs import follow_log, read_log
+from flotilla.server.services.runs import get_run, run_tasks
+from flotilla.server.services.views import run_view
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+
+@router.get("/{run_id}")
+async def get_run_view(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        run = await get_run(session, run_id)
+        recipe = await session.get(RecipeModel, run.recipe_id)
+        tasks = (await run_tasks(session, [run.id]))[run.id]
+    return run_view(run, tasks, recipe.name if recipe else "")
+
+
+@router.get("/{run_id}/events")
+async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        await get_run(session, run_id)
+        events = await run_events(session, run_id)
+    return {"events": [event_view(e) for e in events]}
+
+
+@router.get("/{run_id}/logs", response_model=None)
+async def get_run_logs(
+    ctx: Ctx, caller: Caller, run_id: str, rank: int = 0, container: str = "main",
+    follow: bool = False, attempt: int | None = None,
+) -> PlainTextResponse | StreamingResponse:
+    """The logs of one task (`rank`) of the run's current (or given) attempt.
+    `container=setup` gives the clone/start-script output. With `follow`, the
+    response streams until the run has finished."""
+    async with ctx.sessions() as session:
+        run = await get_run(session, run_id)
+        tasks = (await run_tasks(session, [run.id]))[run.id]
+    wanted = run.attempt if attempt is None else attempt
+    match = [t for t in tasks if t.rank == rank and t.attempt == wanted]
+    if not match:
+        raise NotFound(f"rank {rank} (attempt {wanted}) of run {run_id}")
+    if container not in ("main", "setup"):
+        raise NotFound(f"container {container!r} (containers: setup, main)")
+    files = ctx.backend.log_files(task_ref(match[0]))
+    path = files.main if container == "main" else files.setup
+    if not follow:
+        return PlainTextResponse(read_log(path))
+
+    async def finished() -> bool:
+        async with ctx.sessions() as session:
+            current = await session.get(RunModel, run_id)
+        return current is None or current.attempt != wanted or RunStatus(current.status).is_finished()
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for chunk in follow_log(path, finished):
+            yield chunk
+
+    return StreamingResponse(stream(), media_type="text/plain")

@@ -1,0 +1,46 @@
+"""Server status, the caller's identity and the instance sizes (`/api/info/servers`,
+which saturn-client reads for `sc options`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from flotilla import __version__
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services.views import API_VERSION
+
+router = APIRouter(prefix="/api", tags=["status"])
+
+
+@router.get("/status")
+async def status(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return {"status": "ok", "version": API_VERSION, "flotilla_version": __version__,
+            "backend": ctx.backend.name}
+
+
+@router.get("/user")
+async def user(caller: Caller) -> dict[str, Any]:
+    return {"id": caller.user_id, "username": caller.name, "admin": caller.is_admin,
+            "full_name": caller.name, "email": None, "locked": False, "active": True}
+
+
+@router.get("/info/servers")
+async def servers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    sizes = {}
+    for node in ctx.backend.nodes():
+        sizes[node.name] = {
+            "name": node.name,
+            "display": node.name,
+            "display_name": node.name,
+            "cores": node.cpus,
+            "memory": f"{node.memory_bytes // 2**30}Gi",
+            "gpu": len(node.gpus),
+            "gpu_type": node.gpu_type,
+            "hardware_type": "gpu" if node.gpus else "cpu",
+            "cloud": ctx.backend.name,
+            "price_per_hour": None,
+            "description": "this machine",
+        }
+    return {"sizes": sizes, "auto_shutoff": ["Never"], "disk_space": []}

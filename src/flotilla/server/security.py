@@ -1,0 +1,118 @@
+"""Authentication: every /api request carries `Authorization: token <T>` (Saturn's
+form) or `Bearer <T>`. Tokens are looked up by SHA-256; the plaintext exists only
+in the caller's hands and, for the bootstrap admin token, a 0600 file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.errors import Unauthorized
+from flotilla.server.db.models import ApiTokenModel, UserModel
+
+ADMIN_USER = "admin"
+TOKEN_PREFIX = "flo_"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    name: str
+    is_admin: bool
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_authorization(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("missing Authorization header (expected 'token <API token>')")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() not in ("token", "bearer") or not value.strip():
+        raise Unauthorized("malformed Authorization header (expected 'token <API token>')")
+    return value.strip()
+
+
+async def identity_for_token(session: AsyncSession, token: str, now_utc: object) -> Identity:
+    row = (
+        await session.execute(
+            select(ApiTokenModel, UserModel)
+            .join(UserModel, UserModel.id == ApiTokenModel.user_id)
+            .where(ApiTokenModel.token_hash == hash_token(token))
+        )
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid API token")
+    token_row, user = row
+    if token_row.revoked_at is not None:
+        raise Unauthorized("API token revoked")
+    if token_row.expires_at is not None and token_row.expires_at <= now_utc:  # type: ignore[operator]
+        raise Unauthorized("API token expired")
+    return Identity(user.id, user.name, user.is_admin)
+
+
+async def bootstrap_admin(session: AsyncSession, requested: str | None, token_file: Path, now: object) -> None:
+    """Make sure an admin user exists with a usable token.
+
+    On first start, creates the admin and a token (FLOTILLA_ADMIN_TOKEN if given,
+    else a random one) and writes it to `token_file` with mode 0600. A requested
+    token that is not known yet is added, so scripts can pin their token.
+    """
+    admin = (await session.execute(select(UserModel).where(UserModel.name == ADMIN_USER))).scalar()
+    if admin is None:
+        admin = UserModel(id=uuid.uuid4().hex, name=ADMIN_USER, is_admin=True, created_at=now)
+        session.add(admin)
+        await session.flush()
+    if requested is None:
+        has_token = (
+            await session.execute(select(ApiTokenModel.id).where(ApiTokenModel.user_id == admin.id))
+        ).first()
+        if has_token and token_file.exists():
+            return
+    token = requested or new_token()
+    known = (
+        await session.execute(
+            select(ApiTokenModel.id).where(ApiTokenModel.token_hash == hash_token(token))
+        )
+    ).first()
+    if not known:
+        session.add(
+            ApiTokenModel(
+                id=uuid.uuid4().hex, user_id=admin.id, name="bootstrap admin",
+                token_hash=hash_token(token), created_at=now, expires_at=None, revoked_at=None,
+            )
+        )
+    write_secret_file(token_file, token)
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content + "\n")
+    os.replace(tmp, path)
+
+
+async def current_identity(request: Request) -> Identity:
+    """FastAPI dependency: the caller's identity, or 401."""
+    from flotilla.server.context import ServerContext
+
+    ctx: ServerContext = request.app.state.ctx
+    token = parse_authorization(request.headers.get("authorization"))
+    async with ctx.sessions() as session:
+        identity = await identity_for_token(session, token, ctx.clock.now())
+    return identity

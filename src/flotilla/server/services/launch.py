@@ -1,0 +1,71 @@
+"""Turning a placed run into launch requests: the recipe's environment, the
+environment contract and the attached secrets, resolved at the last moment."""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.compute.base import LaunchRequest, TaskRef
+from flotilla.core.envcontract import TaskIdentity, task_environment
+from flotilla.errors import ClientError
+from flotilla.recipes.job import JobSpec, SecretAttachment
+from flotilla.server.db.models import RunModel, TaskModel
+from flotilla.server.secretbox import SecretBox
+from flotilla.server.services.secrets import find_secret
+
+
+def task_ref(task: TaskModel) -> TaskRef:
+    return TaskRef(task.id, task.run_id, task.attempt, task.rank, task.node)
+
+
+def free_port() -> int:
+    """A port for the leader's rendezvous (MASTER_PORT), free at placement time."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def resolve_secrets(
+    session: AsyncSession, box: SecretBox, spec: JobSpec, default_owner: str
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    env: dict[str, str] = {}
+    files: list[tuple[str, str]] = []
+    for ref in spec.secrets:
+        secret = await find_secret(session, ref.owner or default_owner, ref.name)
+        if secret is None:
+            raise ClientError(
+                f"secret {ref.name!r} (attached as {ref.location}) does not exist",
+                "missing_secret", 422,
+            )
+        value = box.decrypt(secret.ciphertext)
+        if ref.attachment_type == SecretAttachment.ENV:
+            env[ref.location] = value
+        else:
+            files.append((ref.location, value))
+    return env, files
+
+
+def launch_requests(
+    run: RunModel, tasks: list[TaskModel], job_name: str, secret_env: dict[str, str],
+    secret_files: list[tuple[str, str]], leader_port: int, grace_seconds: float,
+) -> list[LaunchRequest]:
+    spec = JobSpec.model_validate(run.spec)
+    peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
+    requests = []
+    for task in tasks:
+        identity = TaskIdentity(
+            run_id=run.id, job_name=job_name, rank=task.rank, scale=len(tasks),
+            nprocs=spec.nprocs, leader_address=peers[0], leader_port=leader_port, peers=peers,
+            gpus=tuple(task.gpus),
+        )
+        env = {**spec.environment_variables, **task_environment(identity), **secret_env}
+        requests.append(
+            LaunchRequest(
+                task=task_ref(task), spec=spec, env=env, secret_files=secret_files,
+                grace_seconds=grace_seconds,
+            )
+        )
+    return requests
