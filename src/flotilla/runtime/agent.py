@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--lock", required=True, type=Path)
     parser.add_argument("--idle-exit", type=float, default=600.0)
+    parser.add_argument("--daemonize", action="store_true", help="fork; the parent exits at once")
     args = parser.parse_args(argv)
+    if args.daemonize and os.fork() != 0:
+        os._exit(0)
     lock = open(args.lock, "a+")  # noqa: SIM115 - held for the life of the process
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

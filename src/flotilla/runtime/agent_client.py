@@ -58,13 +58,19 @@ class AgentClient:
             self._reader_task = asyncio.create_task(self._read_loop(reader))
 
     async def close(self) -> None:
+        self.on_reconnect = None
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        await self._close_writer()
+
+    async def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
 
     async def request(self, op: str, **payload: Any) -> dict[str, Any]:
         """Send one request; raises TemporaryError if the agent cannot be reached."""
@@ -73,7 +79,7 @@ class AgentClient:
                 await self.connect()
                 return await self._send(op, payload)
             except (ConnectionError, OSError) as e:
-                self._writer = None
+                await self._close_writer()
                 if attempt == 1:
                     raise TemporaryError(f"node agent unreachable: {e}") from e
         raise AssertionError("unreachable")
@@ -119,7 +125,7 @@ class AgentClient:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionResetError("agent connection lost"))
-            self._writer = None
+            await self._close_writer()
             if self.on_reconnect is not None:
                 self.on_reconnect()
 
@@ -128,7 +134,7 @@ class AgentClient:
             return await asyncio.open_unix_connection(self.socket, limit=_LIMIT)
         except (ConnectionError, FileNotFoundError):
             pass
-        self._spawn_agent()
+        await self._spawn_agent()
         deadline = asyncio.get_running_loop().time() + 15
         while True:
             try:
@@ -138,23 +144,24 @@ class AgentClient:
                     raise
                 await asyncio.sleep(0.02)
 
-    def _spawn_agent(self) -> None:
+    async def _spawn_agent(self) -> None:
+        """Start the agent as a daemon: `--daemonize` forks and the first process
+        exits at once, so the agent is nobody's child and outlives the server."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ)
-        env.pop("FLOTILLA_ADMIN_TOKEN", None)  # the agent needs no credentials
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "flotilla.runtime.agent",
+        log_fd = os.open(self.data_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "flotilla.runtime.agent", "--daemonize",
                 "--socket", str(self.socket),
                 "--lock", str(self.data_dir / "agent.lock"),
                 "--idle-exit", str(self.idle_exit),
-            ],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,  # outlives the server, like the work it supervises
-            env=env,
-        )
-        log.close()
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                start_new_session=True, env=env,
+            )
+        finally:
+            os.close(log_fd)
+        await proc.wait()
 
 
 def agent_pid(data_dir: Path) -> int | None:

@@ -1,0 +1,100 @@
+"""Test helpers in one place: recipe builders, waiting on conditions, git repos,
+and cleaning up the processes a test's server left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN_TOKEN = "flo_test-admin-token"
+AUTH = {"Authorization": f"token {ADMIN_TOKEN}"}
+
+
+def job(name: str = "hello", command: str | list[str] = "echo hello", **spec: Any) -> dict[str, Any]:
+    return {"schema_version": "2025.10.01", "type": "job", "spec": {"name": name, "command": command, **spec}}
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+async def apply_and_start(client: httpx.AsyncClient, recipe: dict[str, Any]) -> tuple[str, str]:
+    """Apply a recipe and start it; returns (job id, run id)."""
+    applied = await client.put("/api/recipes", json=recipe)
+    assert applied.status_code == 201, applied.text
+    job_id = applied.json()["state"]["id"]
+    started = await client.post(f"/api/jobs/{job_id}/start")
+    assert started.status_code == 200, started.text
+    return job_id, started.json()["run"]["id"]
+
+
+async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    response = await client.get(f"/api/runs/{run_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def wait_run(client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        run = await get_run(client, run_id)
+        return run if run["status"] in statuses else None
+
+    result: dict[str, Any] = await wait_for(check, timeout, what=f"run {run_id} to be {statuses}")
+    return result
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(path: Path) -> Path:
+    """A real git repository with two commits: tag v1 has VERSION=1, main has VERSION=2."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "VERSION").write_text("1\n")
+    git(path, "add", "VERSION")
+    git(path, "commit", "-qm", "one")
+    git(path, "tag", "v1")
+    (path / "VERSION").write_text("2\n")
+    git(path, "commit", "-qam", "two")
+    return path
+
+
+def cleanup_data_dir(data_dir: Path) -> None:
+    """Kill what a test's server started there: task process groups, supervisors,
+    then the agent. Only pids recorded under this data directory."""
+    runs = data_dir / "runs"
+    if runs.exists():
+        for name in ("started.json", "supervisor.json"):
+            for record in runs.rglob(name):
+                with contextlib.suppress(Exception):
+                    pid = int(json.loads(record.read_text())["pid"])
+                    if name == "started.json":
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+    lock = data_dir / "agent.lock"
+    with contextlib.suppress(Exception):
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
