@@ -44,6 +44,9 @@ class Cron(ReconcileLoop):
                         RecipeModel.deleted_at.is_(None),
                         RecipeModel.next_tick_at <= now,
                     )
+                    # Another worker firing the same tick holds the row: skip it
+                    # rather than fire twice (PostgreSQL; SQLite serialises anyway).
+                    .with_for_update(skip_locked=True)
                 )
             ).scalars().all()
             for recipe in due:

@@ -1,0 +1,101 @@
+"""Cron: ticks start runs on time, missed ticks are not replayed, and the
+concurrency policy is honoured. Time is a FakeClock moved by the test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flotilla.clock import FakeClock
+from flotilla.core.cron import decide_tick, next_tick
+from flotilla.server.reconcilers.cron import Cron
+from tests.conftest import Api, make_settings, open_api
+from tests.factories import job, wait_run
+
+T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_next_tick_and_missed_ticks_collapse() -> None:
+    assert next_tick("*/5 * * * *", T0) == datetime(2026, 11, 1, 12, 5, tzinfo=UTC)
+    assert next_tick("@every 90s", T0) == datetime(2026, 11, 1, 12, 1, 30, tzinfo=UTC)
+    due = datetime(2026, 11, 1, 12, 5, tzinfo=UTC)
+    later = datetime(2026, 11, 1, 14, 2, tzinfo=UTC)  # the server was down ~2 hours
+    decision = decide_tick("*/5 * * * *", due, later)
+    assert decision.fire and decision.missed == 23
+    assert decision.next_at == datetime(2026, 11, 1, 14, 5, tzinfo=UTC)
+    assert not decide_tick("*/5 * * * *", due, T0).fire
+
+
+@pytest.fixture
+async def cron_api(data_dir: Path, database_url: str | None) -> AsyncIterator[tuple[Api, FakeClock]]:
+    clock = FakeClock(T0)
+    async for api in open_api(make_settings(data_dir, database_url), clock=clock):
+        yield api, clock
+
+
+async def _tick(api: Api) -> None:
+    await Cron(api.ctx).step()
+
+
+async def _runs(api: Api, job_id: str) -> list[dict[str, object]]:
+    return list((await api.client.get(f"/api/jobs/{job_id}/runs")).json()["runs"])
+
+
+async def test_schedule_fires_once_per_tick_without_burst(cron_api: tuple[Api, FakeClock]) -> None:
+    api, clock = cron_api
+    applied = (await api.client.put("/api/recipes", json=job("tick", "true", schedule="*/5 * * * *"))).json()
+    job_id = applied["state"]["id"]
+    assert applied["state"]["scheduled"] and applied["state"]["next_scheduled_at"].startswith("2026-11-01T12:05")
+    await _tick(api)
+    assert await _runs(api, job_id) == []
+    clock.advance(5 * 60)
+    await _tick(api)
+    await _tick(api)  # the same tick is not fired twice
+    runs = await _runs(api, job_id)
+    assert len(runs) == 1 and runs[0]["trigger"] == "cron"
+    await wait_run(api.client, str(runs[0]["id"]), "succeeded")
+    clock.advance(3 * 3600)  # down for three hours: one run, not 36
+    await _tick(api)
+    assert len(await _runs(api, job_id)) == 2
+    state = (await api.client.get("/api/recipes/job/tick")).json()["state"]
+    assert state["next_scheduled_at"].startswith("2026-11-01T15:10")
+
+
+async def test_forbid_skips_while_running_and_replace_stops(cron_api: tuple[Api, FakeClock]) -> None:
+    api, clock = cron_api
+    forbid = (await api.client.put("/api/recipes", json=job(
+        "forbid", "sleep 60", schedule="* * * * *", concurrency_policy="Forbid"))).json()["state"]["id"]
+    replace = (await api.client.put("/api/recipes", json=job(
+        "replace", "sleep 60", schedule="* * * * *", concurrency_policy="Replace"))).json()["state"]["id"]
+    clock.advance(60)
+    await _tick(api)
+    first_replace = (await _runs(api, replace))[0]
+    await wait_run(api.client, str(first_replace["id"]), "running")
+    clock.advance(60)
+    await _tick(api)
+    assert len(await _runs(api, forbid)) == 1
+    replace_runs = await _runs(api, replace)
+    assert len(replace_runs) == 2
+    stopped = await wait_run(api.client, str(first_replace["id"]), "stopped")
+    assert "replaced" in stopped["stop_reason"]
+
+
+async def test_schedule_unschedule_and_patch_like_sc(cron_api: tuple[Api, FakeClock]) -> None:
+    api, clock = cron_api
+    job_id = (await api.client.put("/api/recipes", json=job("later", "true"))).json()["state"]["id"]
+    refused = await api.client.post(f"/api/jobs/{job_id}/schedule")
+    assert refused.status_code == 400 and "no schedule" in refused.json()["message"]
+    patched = await api.client.patch(f"/api/jobs/{job_id}", json={"cron_schedule_options": {"schedule": "0 * * * *"}})
+    assert patched.status_code == 200 and patched.json()["spec"]["schedule"] == "0 * * * *"
+    bad = await api.client.patch(f"/api/jobs/{job_id}", json={"cron_schedule_options": {"schedule": "bogus"}})
+    assert bad.status_code == 422
+    scheduled = (await api.client.post(f"/api/jobs/{job_id}/schedule")).json()
+    assert scheduled["state"]["scheduled"]
+    unscheduled = (await api.client.post(f"/api/jobs/{job_id}/unschedule")).json()
+    assert not unscheduled["state"]["scheduled"]
+    clock.advance(2 * 3600)
+    await _tick(api)
+    assert await _runs(api, job_id) == []
