@@ -1,0 +1,91 @@
+"""The unmodified `sc` CLI (saturn-client from PyPI) against a real Flotilla server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.factories import ADMIN_TOKEN, ServerProcess, wait_sync
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """\
+schema_version: 2025.10.01
+type: job
+spec:
+  name: sc-hello
+  image: saturncloud/saturn:2025.06.01
+  instance_type: local
+  command: echo "hello from sc"; sleep 1; echo "rank $SATURN_JOB_RANK done"; sleep {sleep}
+  environment_variables:
+    FOO: bar
+"""
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(data_dir).start()
+    yield process
+    process.stop()
+
+
+def sc(server: ServerProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SATURN_BASE_URL": server.url, "SATURN_TOKEN": ADMIN_TOKEN}
+    result = subprocess.run(["sc", *args], env=env, capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def test_sc_apply_list_pods_logs_stop_delete(server: ServerProcess, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(sleep=0))
+    out = sc(server, "apply", str(recipe), "--start").stdout
+    assert "Applied job sc-hello" in out and "Started job sc-hello" in out
+
+    listed = sc(server, "list", "job").stdout
+    assert "sc-hello" in listed and "local" in listed
+
+    def pods_completed() -> str | None:
+        text = sc(server, "pods", "job", "sc-hello").stdout
+        return text if "completed" in text else None
+
+    pods = wait_sync(pods_completed, what="the pod to complete")
+    assert "sc-hello-1-0" in pods
+    logs = sc(server, "logs", "job", "sc-hello").stdout
+    assert "hello from sc" in logs and "rank 0 done" in logs
+    assert "hello from sc" in sc(server, "logs", "job", "sc-hello", "sc-hello-1-0").stdout
+
+    got = sc(server, "get", "job", "sc-hello").stdout
+    assert "name: sc-hello" in got and "FOO: bar" in got
+
+    # A long run: live pods and logs, then stop.
+    recipe.write_text(RECIPE.format(sleep=60))
+    sc(server, "apply", str(recipe))
+    sc(server, "start", "job", "sc-hello")
+
+    def live_logs() -> str | None:
+        text = sc(server, "logs", "job", "sc-hello").stdout
+        return text if "rank 0 done" in text and "sc-hello-2-0" in text else None
+
+    wait_sync(live_logs, what="live logs of the second run")
+    assert "running" in sc(server, "pods", "job", "sc-hello", "--source", "live").stdout
+    sc(server, "restart", "job", "sc-hello")
+    assert "Stopped job sc-hello" in sc(server, "stop", "job", "sc-hello").stdout
+
+    def all_stopped() -> bool:
+        text = sc(server, "pods", "job", "sc-hello").stdout
+        return "running" not in text and "pending" not in text and "stopping" not in text
+
+    wait_sync(all_stopped, what="all pods stopped")
+    assert "Scheduled job sc-hello" in sc(server, "schedule", "sc-hello", "0 3 * * *").stdout
+    assert "Unscheduled job sc-hello" in sc(server, "schedule", "sc-hello", "--disable").stdout
+
+    assert "Deleted job sc-hello" in sc(server, "delete", "job", "sc-hello").stdout
+    missing = sc(server, "get", "job", "sc-hello", check=False)
+    assert missing.returncode != 0
+    assert "sc-hello" not in sc(server, "list", "job").stdout
