@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
-from flotilla.cli.output import fail, fail_api, print_json, print_yaml, table
+from flotilla.cli.output import fail, fail_api, fail_problems, print_json, print_yaml, table
 from flotilla.client import ApiError, FlotillaClient, Connection
 from flotilla.client.connection import save_profile
 from flotilla.errors import InvalidRecipe
@@ -73,8 +73,7 @@ def apply(
             try:
                 parse_recipe(document)  # the same validation the server does, offline
             except InvalidRecipe as e:
-                for problem in e.problems:
-                    fail(f"{file}: {problem.path}: {problem.message}")
+                fail_problems(str(file), e.problems)
             result = api.apply(document)
             kind, name = result["type"], result["spec"]["name"]
             print(f"applied {kind} {name} (version {result['state']['version']})")

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from flotilla.client import ApiError
+from flotilla.errors import FieldProblem
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -41,13 +42,18 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def fail_problems(where: str, problems: Sequence[FieldProblem]) -> NoReturn:
+    """Every invalid field, one line each, then exit 1."""
+    for problem in problems:
+        err_console.print(f"[red]error:[/red] {where}: {problem.path}: {problem.message}", highlight=False)
+    raise typer.Exit(1)
+
+
 def fail_api(error: ApiError) -> NoReturn:
     hints = {
         "unreachable": "start one with `flo server`, or set FLOTILLA_URL",
         "unauthorized": "set FLOTILLA_TOKEN or run `flo login`",
     }
     if error.errors:
-        for problem in error.errors:
-            err_console.print(f"[red]error:[/red] {problem['field']}: {problem['message']}", highlight=False)
-        raise typer.Exit(1)
+        fail_problems("server", [FieldProblem(p["field"], p["message"]) for p in error.errors])
     fail(error.message, hints.get(error.code), 3 if error.code == "unreachable" else 1)
