@@ -84,7 +84,9 @@ async def open_api(settings: Settings, **kwargs: object) -> AsyncIterator[Api]:
     app = create_app(settings, **kwargs)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://flotilla", headers=AUTH) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://flotilla", headers=AUTH
+        ) as client:
             yield Api(client, app.state.ctx)
 
 

@@ -20,12 +20,21 @@ ADMIN_TOKEN = "flo_test-admin-token"
 AUTH = {"Authorization": f"token {ADMIN_TOKEN}"}
 
 
-def job(name: str = "hello", command: str | list[str] = "echo hello", **spec: Any) -> dict[str, Any]:
-    return {"schema_version": "2025.10.01", "type": "job", "spec": {"name": name, "command": command, **spec}}
+def job(
+    name: str = "hello", command: str | list[str] = "echo hello", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "schema_version": "2025.10.01",
+        "type": "job",
+        "spec": {"name": name, "command": command, **spec},
+    }
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> Any:
     """Poll `check` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout
@@ -54,7 +63,9 @@ async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     return dict(response.json())
 
 
-async def wait_run(client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+async def wait_run(
+    client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 30.0
+) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         run = await get_run(client, run_id)
         return run if run["status"] in statuses else None
@@ -64,9 +75,16 @@ async def wait_run(client: httpx.AsyncClient, run_id: str, *statuses: str, timeo
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def make_repo(path: Path) -> Path:
@@ -135,13 +153,17 @@ class ServerProcess:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError("server exited:\n" + (self.data_dir / "server.log").read_text())
+                raise AssertionError(
+                    "server exited:\n" + (self.data_dir / "server.log").read_text()
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise AssertionError("server did not come up:\n" + (self.data_dir / "server.log").read_text())
+        raise AssertionError(
+            "server did not come up:\n" + (self.data_dir / "server.log").read_text()
+        )
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -70,16 +70,49 @@ async def test_invalid_and_unknown_fields_name_every_path(api: Api) -> None:
         ({"type": "jobz", "spec": {"name": "a", "command": "x"}}, "type"),
         ({"type": "job"}, "spec"),
         ({"type": "job", "spec": {"name": "Bad Name!", "command": "x"}}, "spec.name"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "schedule": "every day"}}, "spec.schedule"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "resources": {"gpu": "H100:x"}}}, "spec.resources.gpu"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "concurrency_policy": "Sometimes"}}, "spec.concurrency_policy"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "environment_variables": {"1BAD": "v"}}}, "spec.environment_variables"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "git_repositories": [{"url": "--upload-pack=evil"}]}}, "spec.git_repositories[0].url"),
-        ({"type": "job", "spec": {"name": "a", "command": "x", "max_duration": "soon"}}, "spec.max_duration"),
+        (
+            {"type": "job", "spec": {"name": "a", "command": "x", "schedule": "every day"}},
+            "spec.schedule",
+        ),
+        (
+            {"type": "job", "spec": {"name": "a", "command": "x", "resources": {"gpu": "H100:x"}}},
+            "spec.resources.gpu",
+        ),
+        (
+            {
+                "type": "job",
+                "spec": {"name": "a", "command": "x", "concurrency_policy": "Sometimes"},
+            },
+            "spec.concurrency_policy",
+        ),
+        (
+            {
+                "type": "job",
+                "spec": {"name": "a", "command": "x", "environment_variables": {"1BAD": "v"}},
+            },
+            "spec.environment_variables",
+        ),
+        (
+            {
+                "type": "job",
+                "spec": {
+                    "name": "a",
+                    "command": "x",
+                    "git_repositories": [{"url": "--upload-pack=evil"}],
+                },
+            },
+            "spec.git_repositories[0].url",
+        ),
+        (
+            {"type": "job", "spec": {"name": "a", "command": "x", "max_duration": "soon"}},
+            "spec.max_duration",
+        ),
         ({"type": "job", "spec": {"name": "a", "command": "x"}, "extra": 1}, "extra"),
     ],
 )
-async def test_bad_recipes_get_4xx_naming_the_field(api: Api, recipe: dict[str, object], field: str) -> None:
+async def test_bad_recipes_get_4xx_naming_the_field(
+    api: Api, recipe: dict[str, object], field: str
+) -> None:
     response = await api.client.put("/api/recipes", json=recipe)
     assert response.status_code == 422, response.text
     assert field in [e["field"] for e in response.json()["errors"]]
@@ -87,7 +120,9 @@ async def test_bad_recipes_get_4xx_naming_the_field(api: Api, recipe: dict[str, 
 
 async def test_malformed_bodies_are_4xx_not_500(api: Api) -> None:
     client = api.client
-    not_json = await client.put("/api/recipes", content=b"{nope", headers={"content-type": "application/json"})
+    not_json = await client.put(
+        "/api/recipes", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 422
     assert (await client.put("/api/recipes", json=[1, 2])).status_code == 422
     assert (await client.put("/api/recipes", json="job")).status_code == 422
@@ -117,7 +152,9 @@ async def test_auth_required_on_every_api_route(api: Api) -> None:
     for method, path in routes:
         url = path.replace("{", "").replace("}", "")  # any value: auth comes first
         for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": "Basic abc"}):
-            response = await api.client.request(method, url, headers={**headers, "Authorization": headers.get("Authorization", "")})
+            response = await api.client.request(
+                method, url, headers={**headers, "Authorization": headers.get("Authorization", "")}
+            )
             assert response.status_code == 401, (method, path, headers, response.status_code)
             assert response.json()["error_code"] == "unauthorized"
 

@@ -23,11 +23,16 @@ def server(data_dir: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def flo(server: ServerProcess, *args: str, env: dict[str, str] | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def flo(
+    server: ServerProcess, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FLOTILLA_", "SATURN_"))}
-    base.update(env if env is not None else {"FLOTILLA_URL": server.url, "FLOTILLA_TOKEN": ADMIN_TOKEN})
-    return subprocess.run(["flo", *args], env=base, capture_output=True, text=True, timeout=60, input=stdin)
+    base.update(
+        env if env is not None else {"FLOTILLA_URL": server.url, "FLOTILLA_TOKEN": ADMIN_TOKEN}
+    )
+    return subprocess.run(
+        ["flo", *args], env=base, capture_output=True, text=True, timeout=60, input=stdin
+    )
 
 
 def test_apply_start_follow_runs_export(server: ServerProcess, tmp_path: Path) -> None:
@@ -37,7 +42,10 @@ def test_apply_start_follow_runs_export(server: ServerProcess, tmp_path: Path) -
     )
     applied = flo(server, "apply", str(recipe), "--start")
     assert applied.returncode == 0, applied.stderr
-    assert "applied job cli-job (version 1)" in applied.stdout and "started job cli-job run 1" in applied.stdout
+    assert (
+        "applied job cli-job (version 1)" in applied.stdout
+        and "started job cli-job run 1" in applied.stdout
+    )
 
     followed = flo(server, "logs", "cli-job", "--follow")
     assert followed.returncode == 0 and followed.stdout == "one\ntwo\n"
@@ -81,12 +89,18 @@ def test_errors_are_one_line_with_non_zero_exit(server: ServerProcess, tmp_path:
     wrong_token = flo(server, "list", env={"FLOTILLA_URL": server.url, "FLOTILLA_TOKEN": "nope"})
     assert wrong_token.returncode == 1 and "invalid API token" in wrong_token.stderr
 
-    unreachable = flo(server, "list", env={"FLOTILLA_URL": "http://127.0.0.1:9", "FLOTILLA_TOKEN": "x"})
+    unreachable = flo(
+        server, "list", env={"FLOTILLA_URL": "http://127.0.0.1:9", "FLOTILLA_TOKEN": "x"}
+    )
     assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr
 
 
 def test_cli_finds_the_local_server_and_accepts_saturn_variables(server: ServerProcess) -> None:
     local = {"FLOTILLA_DATA_DIR": str(server.data_dir), "FLOTILLA_PORT": str(server.port)}
     assert flo(server, "list", env=local).returncode == 0  # admin token file, local port
-    saturn = {"SATURN_BASE_URL": server.url, "SATURN_TOKEN": ADMIN_TOKEN, "HOME": str(server.data_dir)}
+    saturn = {
+        "SATURN_BASE_URL": server.url,
+        "SATURN_TOKEN": ADMIN_TOKEN,
+        "HOME": str(server.data_dir),
+    }
     assert flo(server, "list", env=saturn).returncode == 0

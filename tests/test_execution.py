@@ -23,7 +23,9 @@ async def test_logs_stream_while_running_and_are_kept(sqlite_api: Api) -> None:
     live = await wait_for(first_line_only, what="the first line while running")
     assert "second" not in live
     followed = b""
-    async with client.stream("GET", f"/api/runs/{run_id}/logs", params={"follow": "true"}) as response:
+    async with client.stream(
+        "GET", f"/api/runs/{run_id}/logs", params={"follow": "true"}
+    ) as response:
         async for chunk in response.aiter_bytes():
             followed += chunk
     assert followed.decode() == "first\nsecond\n"
@@ -58,7 +60,12 @@ async def test_git_clone_at_tag_commit_and_branch(sqlite_api: Api, tmp_path: Pat
         "cat at-tag/VERSION at-commit/VERSION src-repo/VERSION; pwd",
         git_repositories=[
             {"url": str(repo), "reference": "v1", "reference_type": "tag", "path": "at-tag"},
-            {"url": str(repo), "reference": first_commit, "reference_type": "commit", "path": "at-commit"},
+            {
+                "url": str(repo),
+                "reference": first_commit,
+                "reference_type": "commit",
+                "path": "at-commit",
+            },
             {"url": f"file://{repo}", "reference": "main"},
         ],
         start_script="echo setting up > setup-was-here",
@@ -68,7 +75,9 @@ async def test_git_clone_at_tag_commit_and_branch(sqlite_api: Api, tmp_path: Pat
     logs = (await sqlite_api.client.get(f"/api/runs/{run_id}/logs")).text
     assert run["status"] == "succeeded", (run, logs)
     assert logs.splitlines()[:3] == ["1", "1", "2"]
-    setup = (await sqlite_api.client.get(f"/api/runs/{run_id}/logs", params={"container": "setup"})).text
+    setup = (
+        await sqlite_api.client.get(f"/api/runs/{run_id}/logs", params={"container": "setup"})
+    ).text
     assert "git clone" in setup
 
 
@@ -88,7 +97,13 @@ async def test_gang_of_two_gets_the_environment_contract(sqlite_api: Api) -> Non
         text = (await sqlite_api.client.get(f"/api/runs/{run_id}/logs", params={"rank": rank})).text
         envs.append(json.loads(text))
     for rank, env in enumerate(envs):
-        assert env["FLOTILLA_RANK"] == env["SATURN_JOB_RANK"] == env["NODE_RANK"] == env["RANK"] == str(rank)
+        assert (
+            env["FLOTILLA_RANK"]
+            == env["SATURN_JOB_RANK"]
+            == env["NODE_RANK"]
+            == env["RANK"]
+            == str(rank)
+        )
         assert env["SATURN_JOB_SCALE"] == env["NNODES"] == env["WORLD_SIZE"] == "2"
         assert env["SATURN_JOB_RUN"] == env["FLOTILLA_RUN_ID"] == run_id
         assert env["SATURN_JOB_LEADER"] == env["MASTER_ADDR"] == "127.0.0.1"
@@ -112,7 +127,9 @@ async def test_gpus_are_assigned_and_shortage_waits_with_reason(gpu_api: Api) ->
     show = "echo $CUDA_VISIBLE_DEVICES; sleep 30"
     _, first = await apply_and_start(client, job("one", show, resources={"gpu": "H100:1"}))
     await wait_run(client, first, "running")
-    _, big = await apply_and_start(client, job("two", "echo $CUDA_VISIBLE_DEVICES", resources={"gpu": "H100:2"}))
+    _, big = await apply_and_start(
+        client, job("two", "echo $CUDA_VISIBLE_DEVICES", resources={"gpu": "H100:2"})
+    )
 
     async def pending_reason() -> str | None:
         run = await get_run(client, big)
@@ -121,7 +138,9 @@ async def test_gpus_are_assigned_and_shortage_waits_with_reason(gpu_api: Api) ->
     await wait_for(pending_reason, what="a pending reason")
     assert (await get_run(client, big))["status"] == "pending"
     _, wrong = await apply_and_start(client, job("three", "true", resources={"gpu": "A100:1"}))
-    await wait_for(lambda: _reason_has(client, wrong, "no schedulable node has A100"), what="type reason")
+    await wait_for(
+        lambda: _reason_has(client, wrong, "no schedulable node has A100"), what="type reason"
+    )
     _, huge = await apply_and_start(client, job("four", "true", resources={"gpu": "H100:4"}))
     await wait_for(lambda: _reason_has(client, huge, "only 2 exist"), what="too-big reason")
 
@@ -154,8 +173,16 @@ async def test_secrets_reach_the_process_as_env_and_file(sqlite_api: Api) -> Non
     job_id, run_id = await apply_and_start(client, recipe)
     run = await wait_run(client, run_id, "succeeded", "failed")
     assert run["status"] == "succeeded", run
-    assert (await client.get(f"/api/runs/{run_id}/logs")).text .split() == ["eulav-t3rc3s", "eulav-t3rc3s"]
-    for path in (f"/api/runs/{run_id}", f"/api/jobs/{job_id}", f"/api/runs/{run_id}/events", "/api/recipes"):
+    assert (await client.get(f"/api/runs/{run_id}/logs")).text.split() == [
+        "eulav-t3rc3s",
+        "eulav-t3rc3s",
+    ]
+    for path in (
+        f"/api/runs/{run_id}",
+        f"/api/jobs/{job_id}",
+        f"/api/runs/{run_id}/events",
+        "/api/recipes",
+    ):
         assert "s3cr3t" not in (await client.get(path)).text
 
 
@@ -173,7 +200,11 @@ async def test_retries_rerun_a_failing_command(sqlite_api: Api) -> None:
     events = (await sqlite_api.client.get(f"/api/runs/{run_id}/events")).json()["events"]
     assert sum("retry" in e["message"] for e in events) == 2
     pods = (await sqlite_api.client.get(f"/api/jobs/{run['job_id']}/history")).json()["pods"]
-    assert sorted(p["pod_name"] for p in pods) == ["flaky-1-0", "flaky-1-0-retry1", "flaky-1-0-retry2"]
+    assert sorted(p["pod_name"] for p in pods) == [
+        "flaky-1-0",
+        "flaky-1-0-retry1",
+        "flaky-1-0-retry2",
+    ]
 
 
 async def test_max_duration_stops_the_run(sqlite_api: Api) -> None:

@@ -36,7 +36,9 @@ def test_kill_9_then_restart_readopts_runs(server: ServerProcess, data_dir: Path
         long = _start(client, job("long", "echo start; sleep 60"))
         gang = _start(client, job("gang", "echo start; sleep 60", scale=2))
         for run_id in (short, long, gang):
-            wait_sync(lambda r=run_id: _run(client, r)["status"] == "running", what=f"{run_id} running")
+            wait_sync(
+                lambda r=run_id: _run(client, r)["status"] == "running", what=f"{run_id} running"
+            )
         pids = {r: [t["pid"] for t in _run(client, r)["tasks"]] for r in (long, gang)}  # type: ignore[union-attr]
 
     server.kill9()
@@ -46,19 +48,26 @@ def test_kill_9_then_restart_readopts_runs(server: ServerProcess, data_dir: Path
     server.start()
 
     with server.client() as client:
-        done = wait_sync(lambda: _run(client, short)["status"] == "failed" and _run(client, short), what="exit recorded")
+        done = wait_sync(
+            lambda: _run(client, short)["status"] == "failed" and _run(client, short),
+            what="exit recorded",
+        )
         assert done["exit_code"] == 5
         for run_id, before in pids.items():
             run = _run(client, run_id)
             assert run["status"] == "running"
             assert [t["pid"] for t in run["tasks"]] == before  # the same processes  # type: ignore[index]
         for name in ("short", "long", "gang"):
-            runs = client.get(f"/api/jobs/{client.get(f'/api/recipes/job/{name}').json()['state']['id']}/runs").json()["runs"]
+            runs = client.get(
+                f"/api/jobs/{client.get(f'/api/recipes/job/{name}').json()['state']['id']}/runs"
+            ).json()["runs"]
             assert len(runs) == 1
         # Nothing started twice: each task printed "start" exactly once.
         for log in (data_dir / "runs").rglob("main.log"):
             assert log.read_text().count("start") == 1, log
         job_id = client.get("/api/recipes/job/long").json()["state"]["id"]
         client.post(f"/api/jobs/{job_id}/stop")
-        stopped = wait_sync(lambda: _run(client, long)["status"] == "stopped" and _run(client, long), what="stop")
+        stopped = wait_sync(
+            lambda: _run(client, long)["status"] == "stopped" and _run(client, long), what="stop"
+        )
         assert stopped["exit_code"] in (143, 0)

@@ -12,13 +12,16 @@ import typer
 import yaml
 
 from flotilla.cli.output import fail, fail_api, fail_problems, print_json, print_yaml, table
-from flotilla.client import ApiError, FlotillaClient, Connection
+from flotilla.client import ApiError, Connection, FlotillaClient
 from flotilla.client.connection import save_profile
 from flotilla.errors import InvalidRecipe
 from flotilla.recipes import parse_recipe
 
-app = typer.Typer(help="Flotilla: a control plane for GPU compute.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Flotilla: a control plane for GPU compute.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 secret_app = typer.Typer(help="Manage secrets attached to recipes.", no_args_is_help=True)
 app.add_typer(secret_app, name="secret")
 
@@ -46,9 +49,15 @@ def client() -> FlotillaClient:
 def server(
     host: Annotated[str | None, typer.Option(help="address to listen on [FLOTILLA_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port [FLOTILLA_PORT, default 8765]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="state directory [FLOTILLA_DATA_DIR]")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL [FLOTILLA_DATABASE_URL]")] = None,
-    gpus: Annotated[str | None, typer.Option(help="declared local GPUs, e.g. H100:8 [FLOTILLA_LOCAL_GPUS]")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="state directory [FLOTILLA_DATA_DIR]")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL [FLOTILLA_DATABASE_URL]")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="declared local GPUs, e.g. H100:8 [FLOTILLA_LOCAL_GPUS]")
+    ] = None,
 ) -> None:
     """Run the Flotilla server (API, scheduler, supervisor) in the foreground."""
     from flotilla.server.serve import serve
@@ -91,16 +100,27 @@ def _read(path: Path) -> str:
 
 @app.command("list")
 @api_errors
-def list_(recipe_type: Annotated[str | None, typer.Argument(help="job, ...")] = None, json: JsonOpt = False) -> None:
+def list_(
+    recipe_type: Annotated[str | None, typer.Argument(help="job, ...")] = None,
+    json: JsonOpt = False,
+) -> None:
     """List resources and their status."""
     with client() as api:
-        recipes = api.list_recipes(recipe_type if recipe_type not in (None, "all", "resources") else None)
+        recipes = api.list_recipes(
+            recipe_type if recipe_type not in (None, "all", "resources") else None
+        )
     if json:
         return print_json(recipes)
     rows = [
-        (r["type"], r["spec"]["name"], r["spec"].get("owner"), r["state"]["status"],
-         (r["state"].get("last_run") or {}).get("status", ""), r["spec"].get("schedule") or "",
-         r["state"]["id"])
+        (
+            r["type"],
+            r["spec"]["name"],
+            r["spec"].get("owner"),
+            r["state"]["status"],
+            (r["state"].get("last_run") or {}).get("status", ""),
+            r["spec"].get("schedule") or "",
+            r["state"]["id"],
+        )
         for r in recipes
     ]
     table(None, ["type", "name", "owner", "status", "last run", "schedule", "id"], rows)
@@ -149,7 +169,9 @@ def restart(name: str) -> None:
 
 @app.command()
 @api_errors
-def delete(name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False) -> None:
+def delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+) -> None:
     """Delete a job (its active runs are stopped; run history and logs are kept)."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete job {name}?"):
         raise typer.Exit(1)
@@ -167,11 +189,24 @@ def runs(name: str, json: JsonOpt = False, limit: int = 20) -> None:
     if json:
         return print_json(items)
     rows = [
-        (r["number"], r["status"], r["reason"], r["exit_code"], r["trigger"], r["queued_at"],
-         r["started_at"], r["finished_at"], r["id"])
+        (
+            r["number"],
+            r["status"],
+            r["reason"],
+            r["exit_code"],
+            r["trigger"],
+            r["queued_at"],
+            r["started_at"],
+            r["finished_at"],
+            r["id"],
+        )
         for r in items
     ]
-    table(f"runs of {name}", ["#", "status", "reason", "exit", "trigger", "queued", "started", "finished", "id"], rows)
+    table(
+        f"runs of {name}",
+        ["#", "status", "reason", "exit", "trigger", "queued", "started", "finished", "id"],
+        rows,
+    )
 
 
 @app.command()
@@ -179,9 +214,13 @@ def runs(name: str, json: JsonOpt = False, limit: int = 20) -> None:
 def logs(
     name: str,
     run: Annotated[int | None, typer.Argument(help="run number (default: latest)")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the run ends")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream until the run ends")
+    ] = False,
     rank: Annotated[int, typer.Option(help="which task of a multi-node run")] = 0,
-    setup: Annotated[bool, typer.Option("--setup", help="clone / start-script output instead")] = False,
+    setup: Annotated[
+        bool, typer.Option("--setup", help="clone / start-script output instead")
+    ] = False,
 ) -> None:
     """Print a run's logs (the latest run unless a number is given)."""
     with client() as api:
@@ -218,11 +257,27 @@ def describe(name: str, run: Annotated[int | None, typer.Argument()] = None) -> 
         detail = chosen[0]
         events = api.run_events(detail["id"])
     print(f"run {detail['number']} of {name}: {detail['status']} ({detail['reason']})")
-    table("tasks", ["rank", "name", "status", "node", "gpus", "pid", "exit"],
-          [(t["rank"], t["name"], t["status"], t["node"], ",".join(map(str, t["gpus"])), t["pid"], t["exit_code"])
-           for t in detail["tasks"]])
-    table("events", ["time", "kind", "message", "by"],
-          [(e["time"], e["kind"], e["message"], e["actor"]) for e in events])
+    table(
+        "tasks",
+        ["rank", "name", "status", "node", "gpus", "pid", "exit"],
+        [
+            (
+                t["rank"],
+                t["name"],
+                t["status"],
+                t["node"],
+                ",".join(map(str, t["gpus"])),
+                t["pid"],
+                t["exit_code"],
+            )
+            for t in detail["tasks"]
+        ],
+    )
+    table(
+        "events",
+        ["time", "kind", "message", "by"],
+        [(e["time"], e["kind"], e["message"], e["actor"]) for e in events],
+    )
 
 
 @app.command()
@@ -255,8 +310,10 @@ def schedule(
     with client() as api:
         result = api.schedule(name, cron, enable=not disable)
     state = result["state"]
-    print(f"{'unscheduled' if disable else 'scheduled'} job {name}"
-          + (f"; next run at {state['next_scheduled_at']}" if state.get("next_scheduled_at") else ""))
+    print(
+        f"{'unscheduled' if disable else 'scheduled'} job {name}"
+        + (f"; next run at {state['next_scheduled_at']}" if state.get("next_scheduled_at") else "")
+    )
 
 
 @app.command()
@@ -290,8 +347,11 @@ def secret_list(json: JsonOpt = False) -> None:
         items = api.list_secrets()
     if json:
         return print_json(items)
-    table(None, ["name", "owner", "description", "updated"],
-          [(s["name"], s["owner"], s["description"], s["updated_at"]) for s in items])
+    table(
+        None,
+        ["name", "owner", "description", "updated"],
+        [(s["name"], s["owner"], s["description"], s["updated_at"]) for s in items],
+    )
 
 
 @secret_app.command("delete")

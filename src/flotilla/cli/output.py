@@ -37,15 +37,20 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}" + (f" [dim]({hint})[/dim]" if hint else ""),
-                      highlight=False, markup=True)
+    err_console.print(
+        f"[red]error:[/red] {message}" + (f" [dim]({hint})[/dim]" if hint else ""),
+        highlight=False,
+        markup=True,
+    )
     raise typer.Exit(code)
 
 
 def fail_problems(where: str, problems: Sequence[FieldProblem]) -> NoReturn:
     """Every invalid field, one line each, then exit 1."""
     for problem in problems:
-        err_console.print(f"[red]error:[/red] {where}: {problem.path}: {problem.message}", highlight=False)
+        err_console.print(
+            f"[red]error:[/red] {where}: {problem.path}: {problem.message}", highlight=False
+        )
     raise typer.Exit(1)
 
 

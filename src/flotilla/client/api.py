@@ -12,7 +12,9 @@ from flotilla.client.connection import Connection, resolve_connection
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -21,10 +23,16 @@ class ApiError(Exception):
 
 
 class FlotillaClient:
-    def __init__(self, connection: Connection | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.connection = connection or resolve_connection()
-        headers = {"Authorization": f"token {self.connection.token}"} if self.connection.token else {}
+        headers = (
+            {"Authorization": f"token {self.connection.token}"} if self.connection.token else {}
+        )
         self.http = httpx.Client(
             base_url=self.connection.url, headers=headers, timeout=timeout, transport=transport
         )
@@ -42,14 +50,18 @@ class FlotillaClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ApiError(0, "unreachable", f"cannot reach the Flotilla server at {self.connection.url}: {e}") from e
+            raise ApiError(
+                0, "unreachable", f"cannot reach the Flotilla server at {self.connection.url}: {e}"
+            ) from e
         return _decode(response)
 
     # recipes
     def apply(self, recipe: dict[str, Any]) -> dict[str, Any]:
         return dict(self._request("PUT", "/api/recipes", json=recipe))
 
-    def list_recipes(self, recipe_type: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+    def list_recipes(
+        self, recipe_type: str | None = None, owner: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {k: v for k, v in {"type": recipe_type, "owner_name": owner}.items() if v}
         return list(self._request("GET", "/api/recipes", params=params)["recipes"])
 
@@ -79,11 +91,19 @@ class FlotillaClient:
     def schedule(self, name: str, cron: str | None = None, enable: bool = True) -> dict[str, Any]:
         job_id = self._job_id(name)
         if cron:
-            self._request("PATCH", f"/api/jobs/{job_id}", json={"cron_schedule_options": {"schedule": cron}})
-        return dict(self._request("POST", f"/api/jobs/{job_id}/{'schedule' if enable else 'unschedule'}"))
+            self._request(
+                "PATCH", f"/api/jobs/{job_id}", json={"cron_schedule_options": {"schedule": cron}}
+            )
+        return dict(
+            self._request("POST", f"/api/jobs/{job_id}/{'schedule' if enable else 'unschedule'}")
+        )
 
     def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/api/jobs/{self._job_id(name)}/runs", params={"limit": limit})["runs"])
+        return list(
+            self._request("GET", f"/api/jobs/{self._job_id(name)}/runs", params={"limit": limit})[
+                "runs"
+            ]
+        )
 
     def run(self, run_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/api/runs/{run_id}"))
@@ -92,14 +112,18 @@ class FlotillaClient:
         return list(self._request("GET", f"/api/runs/{run_id}/events")["events"])
 
     def logs(self, run_id: str, rank: int = 0, container: str = "main") -> str:
-        response = self.http.get(f"/api/runs/{run_id}/logs", params={"rank": rank, "container": container})
+        response = self.http.get(
+            f"/api/runs/{run_id}/logs", params={"rank": rank, "container": container}
+        )
         if response.status_code >= 400:
             _decode(response)
         return response.text
 
     def follow_logs(self, run_id: str, rank: int = 0) -> Iterator[str]:
         params: dict[str, Any] = {"rank": rank, "follow": "true"}
-        with self.http.stream("GET", f"/api/runs/{run_id}/logs", params=params, timeout=None) as response:
+        with self.http.stream(
+            "GET", f"/api/runs/{run_id}/logs", params=params, timeout=None
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 _decode(response)
@@ -107,7 +131,13 @@ class FlotillaClient:
 
     # secrets
     def put_secret(self, name: str, value: str, description: str = "") -> dict[str, Any]:
-        return dict(self._request("POST", "/api/secrets", json={"name": name, "value": value, "description": description}))
+        return dict(
+            self._request(
+                "POST",
+                "/api/secrets",
+                json={"name": name, "value": value, "description": description},
+            )
+        )
 
     def list_secrets(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/api/secrets")["secrets"])
@@ -129,7 +159,9 @@ def _decode(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         body = body if isinstance(body, dict) else {}
         raise ApiError(
-            response.status_code, str(body.get("error_code", "http_error")),
-            str(body.get("message", response.reason_phrase)), body.get("errors"),
+            response.status_code,
+            str(body.get("error_code", "http_error")),
+            str(body.get("message", response.reason_phrase)),
+            body.get("errors"),
         )
     return body

@@ -42,14 +42,16 @@ def resolve_connection() -> Connection:
     try:
         profile = json.loads(profile_path().read_text())
         if not url or url.rstrip("/") == profile["url"]:
-            return Connection(profile["url"].rstrip("/"), token or profile["token"], "profile")
+            return Connection(str(profile["url"]).rstrip("/"), token or profile["token"], "profile")
     except (OSError, ValueError, KeyError):
         pass
     port = env.get("FLOTILLA_PORT") or str(DEFAULT_PORT)
     local_url = url or f"http://127.0.0.1:{port}"
     token_file = default_data_dir() / "admin-token"
-    try:
-        local_token = token or token_file.read_text().strip()
-    except OSError:
-        local_token = token
+    local_token: str | None = token
+    if not local_token:
+        try:
+            local_token = token_file.read_text().strip()
+        except OSError:
+            local_token = None
     return Connection(local_url.rstrip("/"), local_token, "local server")

@@ -27,8 +27,7 @@ def validate_schedule(schedule: str) -> None:
         return
     if not croniter.is_valid(text):
         raise ValueError(
-            f"{schedule!r} is not a cron schedule "
-            "(examples: '0 * * * *', '@daily', '@every 4h')"
+            f"{schedule!r} is not a cron schedule (examples: '0 * * * *', '@daily', '@every 4h')"
         )
 
 

@@ -94,7 +94,7 @@ def _capacity_reason(request: TaskRequest, usable: list[NodeCapacity]) -> str:
     free = sum(len(n.free_gpus) for n in usable)
     total = sum(n.total_gpus for n in usable)
     kind = f"{request.gpu.type} " if request.gpu.type else ""
-    tasks = f" ({request.tasks} tasks × {request.gpu.count})" if request.tasks > 1 else ""
+    tasks = f" ({request.tasks} tasks x {request.gpu.count})" if request.tasks > 1 else ""
     if wanted > total:
         return f"needs {wanted} {kind}GPUs{tasks}; only {total} exist on schedulable nodes"
     return f"waiting for {wanted} {kind}GPUs{tasks}: {free} of {total} free"

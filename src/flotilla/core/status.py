@@ -63,7 +63,10 @@ class TaskStatus(StrEnum):
 
     def is_finished(self) -> bool:
         return self in (
-            TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.STOPPED, TaskStatus.LOST,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.STOPPED,
+            TaskStatus.LOST,
         )
 
 

@@ -47,7 +47,9 @@ def _finished(
         return RunVerdict(RunStatus.ERROR, f"rank {first.rank} {_describe(first)}")
     if failed:
         first = failed[0]
-        return RunVerdict(RunStatus.FAILED, f"rank {first.rank} {_describe(first)}", first.exit_code)
+        return RunVerdict(
+            RunStatus.FAILED, f"rank {first.rank} {_describe(first)}", first.exit_code
+        )
     leader = min(tasks, key=lambda t: t.rank)
     if stop_requested or any(t.status == TaskStatus.STOPPED for t in tasks):
         return RunVerdict(RunStatus.STOPPED, "stopped", leader.exit_code)

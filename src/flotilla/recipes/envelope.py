@@ -116,7 +116,9 @@ def _drop(data: Any, path: str) -> None:
     target.pop(parts[-1], None)
 
 
-def _problems_from(error: ValidationError, model: type[BaseModel], prefix: str) -> list[FieldProblem]:
+def _problems_from(
+    error: ValidationError, model: type[BaseModel], prefix: str
+) -> list[FieldProblem]:
     problems = []
     for item in error.errors():
         loc = item["loc"]
@@ -148,11 +150,15 @@ def _field_names_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        field = current.model_fields.get(part) if isinstance(current, type) else None
+        field = current.model_fields.get(part) if _is_model(current) else None
         if field is None:
             return []
         current = _model_in(field.annotation)
-    return list(current.model_fields) if isinstance(current, type) else []
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
 
 
 def _model_in(annotation: Any) -> Any:
@@ -173,8 +179,12 @@ def _unknown_message(name: str, known: Any, what: str = "field") -> str:
     return f"unknown {what} '{name}'{hint}"
 
 
-def dump_recipe(recipe_type: str, spec: dict[str, Any], state: dict[str, Any] | None = None,
-                schema_version: str = SCHEMA_VERSION) -> dict[str, Any]:
+def dump_recipe(
+    recipe_type: str,
+    spec: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    schema_version: str = SCHEMA_VERSION,
+) -> dict[str, Any]:
     """The envelope as the API returns it and `flo export` writes it."""
     out: dict[str, Any] = {"schema_version": schema_version, "type": recipe_type, "spec": spec}
     if state is not None:

@@ -152,12 +152,21 @@ class AgentClient:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "flotilla.runtime.agent", "--daemonize",
-                "--socket", str(self.socket),
-                "--lock", str(self.data_dir / "agent.lock"),
-                "--idle-exit", str(self.idle_exit),
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                start_new_session=True, env=env,
+                sys.executable,
+                "-m",
+                "flotilla.runtime.agent",
+                "--daemonize",
+                "--socket",
+                str(self.socket),
+                "--lock",
+                str(self.data_dir / "agent.lock"),
+                "--idle-exit",
+                str(self.idle_exit),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,
+                env=env,
             )
         finally:
             os.close(log_fd)

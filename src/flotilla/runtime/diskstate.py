@@ -29,9 +29,14 @@ def inspect_task(task_id: str, task_dir: str) -> TaskState:
         return TaskState(task_id, SETUP if files.dir.exists() else UNKNOWN)
     if not is_same_process(int(supervisor["pid"]), supervisor.get("start_ticks")):
         return TaskState(
-            task_id, LOST, pid=started.get("pid"), started_at=started.get("started_at"),
+            task_id,
+            LOST,
+            pid=started.get("pid"),
+            started_at=started.get("started_at"),
             message="the task's supervisor ended without recording a result",
         )
     if started:
-        return TaskState(task_id, RUNNING, pid=started.get("pid"), started_at=started.get("started_at"))
+        return TaskState(
+            task_id, RUNNING, pid=started.get("pid"), started_at=started.get("started_at")
+        )
     return TaskState(task_id, SETUP)

@@ -10,6 +10,7 @@ is still there to read it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from flotilla.runtime.procs import process_start_ticks, write_json_atomic
 from flotilla.runtime.taskspec import EXITED, RUNNING, TaskFiles, TaskSpec
@@ -110,7 +111,7 @@ class Supervisor:
                 if code != 0:
                     raise SetupFailed(f"start_script exited with code {code}")
 
-    def _clone(self, url: str, dest: str, ref: str | None, ref_type: str, log: object) -> None:
+    def _clone(self, url: str, dest: str, ref: str | None, ref_type: str, log: BinaryIO) -> None:
         if self.stopping:
             return
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -119,29 +120,38 @@ class Supervisor:
         if ref and ref_type in ("branch", "tag"):
             argv += ["--branch", ref]
         argv += ["--", url, dest]
-        self._log_line(log, f"$ git clone {url} -> {dest}" + (f" at {ref_type} {ref}" if ref else ""))
+        self._log_line(
+            log, f"$ git clone {url} -> {dest}" + (f" at {ref_type} {ref}" if ref else "")
+        )
         if self._setup_step(argv, log) != 0:
             raise SetupFailed(f"git clone of {url} failed (see setup log)")
         if ref and ref_type == "commit":
-            code = self._setup_step(["git", "-C", dest, "checkout", "--quiet", "--detach", ref, "--"], log)
+            code = self._setup_step(
+                ["git", "-C", dest, "checkout", "--quiet", "--detach", ref, "--"], log
+            )
             if code != 0:
                 raise SetupFailed(f"git checkout of commit {ref} in {url} failed")
 
-    def _setup_step(self, argv: list[str], log: object) -> int:
+    def _setup_step(self, argv: list[str], log: BinaryIO) -> int:
         env = {**self.spec.env, **_GIT_ENV}
         proc = subprocess.Popen(
-            argv, cwd=self.spec.workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, process_group=0,  # type: ignore[arg-type]
+            argv,
+            cwd=self.spec.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
         self.child_pgid = proc.pid
         try:
-            return proc.wait()
+            return int(proc.wait())
         finally:
             self.child_pgid = None
 
     @staticmethod
-    def _log_line(log: object, text: str) -> None:
-        log.write((text + "\n").encode())  # type: ignore[attr-defined]
+    def _log_line(log: BinaryIO, text: str) -> None:
+        log.write((text + "\n").encode())
 
     # -- the command -------------------------------------------------------------
 
@@ -152,10 +162,8 @@ class Supervisor:
         if pid == 0:
             self._exec_command(log_fd)
         os.close(log_fd)
-        try:
-            os.setpgid(pid, pid)  # also done in the child; whoever runs first wins
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # also done in the child; whoever runs first wins
+            os.setpgid(pid, pid)
         self.child_pgid = pid
         write_json_atomic(self.files.started, {"pid": pid, "started_at": started_at})
         self._report(f"{RUNNING} {pid} {started_at}")
@@ -199,10 +207,8 @@ class Supervisor:
     def _signal_group(self, sig: int) -> None:
         if self.child_pgid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.child_pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     # -- reporting ---------------------------------------------------------------
 
@@ -220,7 +226,6 @@ class Supervisor:
         self._report(f"{EXITED}")
 
     def _report(self, line: str) -> None:
-        try:
+        # Nobody may be listening: the result files on disk are the source of truth.
+        with contextlib.suppress(OSError):
             os.write(self.report_fd, (line + "\n").encode())
-        except OSError:
-            pass  # nobody is listening: result files on disk are the source of truth

@@ -42,14 +42,17 @@ def create_app(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            backend=backend or LocalBackend(
+            backend=backend
+            or LocalBackend(
                 settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
             ),
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
             clock=clock or Clock(),
         )
         async with ctx.transaction() as session:
-            await bootstrap_admin(session, settings.admin_token, settings.admin_token_file, ctx.clock.now())
+            await bootstrap_admin(
+                session, settings.admin_token, settings.admin_token_file, ctx.clock.now()
+            )
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
         loops = [scheduler, supervision, Cron(ctx)]
@@ -60,8 +63,12 @@ def create_app(
         await supervision.step()
         for loop in loops:
             loop.start()
-        log.info("flotilla %s serving on %s (data in %s)", __version__, settings.db_url.split("://")[0],
-                 settings.data_dir)
+        log.info(
+            "flotilla %s serving on %s (data in %s)",
+            __version__,
+            settings.db_url.split("://")[0],
+            settings.data_dir,
+        )
         try:
             yield
         finally:

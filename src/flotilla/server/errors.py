@@ -33,19 +33,24 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = [FieldProblem(_format_loc(tuple(e["loc"])), str(e["msg"])) for e in exc.errors()]
         error = ClientError(
             "invalid request: " + "; ".join(f"{p.path}: {p.message}" for p in problems),
-            "invalid_request", 422, problems,
+            "invalid_request",
+            422,
+            problems,
         )
         return JSONResponse(error.as_dict(), status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error_code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error_code": code, "message": str(exc.detail)}, status_code=exc.status_code
+        )
 
     @app.exception_handler(TemporaryError)
     async def temporary_error(_: Request, exc: TemporaryError) -> JSONResponse:
         return JSONResponse(
-            {"error_code": "unavailable", "message": str(exc)}, status_code=503,
+            {"error_code": "unavailable", "message": str(exc)},
+            status_code=503,
             headers={"Retry-After": str(max(1, round(exc.retry_after)))},
         )
 
@@ -53,6 +58,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
-            {"error_code": "internal", "message": "internal server error (details in the server log)"},
+            {
+                "error_code": "internal",
+                "message": "internal server error (details in the server log)",
+            },
             status_code=500,
         )

@@ -19,7 +19,7 @@ from flotilla.errors import Unauthorized
 from flotilla.server.db.models import ApiTokenModel, UserModel
 
 ADMIN_USER = "admin"
-TOKEN_PREFIX = "flo_"
+TOKEN_PREFIX = "flo_"  # noqa: S105 - a prefix, not a secret
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ async def identity_for_token(session: AsyncSession, token: str, now_utc: object)
     return Identity(user.id, user.name, user.is_admin)
 
 
-async def bootstrap_admin(session: AsyncSession, requested: str | None, token_file: Path, now: object) -> None:
+async def bootstrap_admin(
+    session: AsyncSession, requested: str | None, token_file: Path, now: object
+) -> None:
     """Make sure an admin user exists with a usable token.
 
     On first start, creates the admin and a token (FLOTILLA_ADMIN_TOKEN if given,
@@ -80,7 +82,7 @@ async def bootstrap_admin(session: AsyncSession, requested: str | None, token_fi
         has_token = (
             await session.execute(select(ApiTokenModel.id).where(ApiTokenModel.user_id == admin.id))
         ).first()
-        if has_token and token_file.exists():
+        if has_token and token_file.exists():  # noqa: ASYNC240 - once, at start-up
             return
     token = requested or new_token()
     known = (
@@ -91,8 +93,13 @@ async def bootstrap_admin(session: AsyncSession, requested: str | None, token_fi
     if not known:
         session.add(
             ApiTokenModel(
-                id=uuid.uuid4().hex, user_id=admin.id, name="bootstrap admin",
-                token_hash=hash_token(token), created_at=now, expires_at=None, revoked_at=None,
+                id=uuid.uuid4().hex,
+                user_id=admin.id,
+                name="bootstrap admin",
+                token_hash=hash_token(token),
+                created_at=now,
+                expires_at=None,
+                revoked_at=None,
             )
         )
     write_secret_file(token_file, token)

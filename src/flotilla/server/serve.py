@@ -12,14 +12,22 @@ from flotilla.server.app import create_app
 
 
 def serve(
-    host: str | None = None, port: int | None = None, data_dir: Path | None = None,
-    database_url: str | None = None, local_gpus: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    database_url: str | None = None,
+    local_gpus: str | None = None,
 ) -> None:
     settings = Settings.from_env(
         host=host, port=port, data_dir=data_dir, database_url=database_url, local_gpus=local_gpus
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"flotilla: data in {settings.data_dir}; admin token in {settings.admin_token_file}", flush=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(
+        f"flotilla: data in {settings.data_dir}; admin token in {settings.admin_token_file}",
+        flush=True,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

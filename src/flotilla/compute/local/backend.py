@@ -126,7 +126,9 @@ class LocalBackend:
         if spec.instance_type:
             parts.append(f"instance_type {spec.instance_type} is recorded only")
         detail = f" ({'; '.join(parts)})" if parts else ""
-        return f"local backend: runs as host processes on {self.inventory.labels['hostname']}{detail}"
+        return (
+            f"local backend: runs as host processes on {self.inventory.labels['hostname']}{detail}"
+        )
 
 
 def _base_env() -> dict[str, str]:

@@ -7,7 +7,10 @@ import re
 
 from flotilla.compute.base import GpuDevice
 
-_FAMILY = re.compile(r"\b(B200|B100|GB200|H200|H100|H800|A100|A800|A10G|A10|A40|L40S|L40|L4|T4|V100|RTX\s?\w+)\b", re.I)
+_FAMILY = re.compile(
+    r"\b(B200|B100|GB200|H200|H100|H800|A100|A800|A10G|A10|A40|L40S|L40|L4|T4|V100|RTX\s?\w+)\b",
+    re.I,
+)
 
 
 def gpu_type_from_name(name: str) -> str:

@@ -38,17 +38,22 @@ class Cron(ReconcileLoop):
         started = False
         async with self.ctx.sessions() as session, session.begin():
             due = (
-                await session.execute(
-                    select(RecipeModel).where(
-                        RecipeModel.schedule_enabled.is_(True),
-                        RecipeModel.deleted_at.is_(None),
-                        RecipeModel.next_tick_at <= now,
+                (
+                    await session.execute(
+                        select(RecipeModel)
+                        .where(
+                            RecipeModel.schedule_enabled.is_(True),
+                            RecipeModel.deleted_at.is_(None),
+                            RecipeModel.next_tick_at <= now,
+                        )
+                        # Another worker firing the same tick holds the row: skip it
+                        # rather than fire twice (PostgreSQL; SQLite serialises anyway).
+                        .with_for_update(skip_locked=True)
                     )
-                    # Another worker firing the same tick holds the row: skip it
-                    # rather than fire twice (PostgreSQL; SQLite serialises anyway).
-                    .with_for_update(skip_locked=True)
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             for recipe in due:
                 schedule = recipe.spec.get("schedule")
                 if not schedule or recipe.next_tick_at is None:
@@ -58,7 +63,11 @@ class Cron(ReconcileLoop):
                 recipe.next_tick_at = decision.next_at
                 if decision.missed:
                     record_event(
-                        session, kind="cron", actor=ACTOR, now=now, recipe_id=recipe.id,
+                        session,
+                        kind="cron",
+                        actor=ACTOR,
+                        now=now,
+                        recipe_id=recipe.id,
                         message=f"{decision.missed} missed ticks skipped (not replayed)",
                     )
                 started |= await self._fire(session, recipe, now)
@@ -71,8 +80,12 @@ class Cron(ReconcileLoop):
         running = await active_runs(session, recipe.id)
         if running and policy == ConcurrencyPolicy.FORBID:
             record_event(
-                session, kind="cron", actor=ACTOR, now=now, recipe_id=recipe.id,
-                message=f"tick skipped: {len(running)} run(s) still active (concurrency_policy Forbid)",
+                session,
+                kind="cron",
+                actor=ACTOR,
+                now=now,
+                recipe_id=recipe.id,
+                message=f"tick skipped: {len(running)} run(s) active (concurrency_policy Forbid)",
             )
             return False
         if running and policy == ConcurrencyPolicy.REPLACE:

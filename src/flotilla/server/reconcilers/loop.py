@@ -19,6 +19,7 @@ class ReconcileLoop:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._stopping = False
 
     async def step(self) -> None:
         raise NotImplementedError
@@ -26,12 +27,21 @@ class ReconcileLoop:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"reconciler-{self.name}")
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let the current step finish, then end the loop. Cancelling mid-step is
+        the last resort: a database driver cancelled inside a query may leave its
+        connection unusable."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self.wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        self._task = None
 
     async def drain(self) -> None:
         """Run one last step now (used at shutdown and by tests)."""
@@ -42,6 +52,8 @@ class ReconcileLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self._delay())
             self.wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.step()
                 self._failures = 0
@@ -55,4 +67,5 @@ class ReconcileLoop:
         if not self._failures:
             return self.interval
         # Exponential back-off with jitter, so a broken database is not hammered.
-        return min(30.0, self.interval * 2 ** min(self._failures, 5)) * random.uniform(0.5, 1.0)
+        backoff: float = min(30.0, self.interval * 2 ** min(self._failures, 5))
+        return backoff * random.uniform(0.5, 1.0)

@@ -84,8 +84,12 @@ class Scheduler(ReconcileLoop):
                 )
             except ClientError as e:
                 switch_run_status(
-                    session, run, RunStatus.ERROR, reason=f"cannot launch: {e.message}",
-                    actor=ACTOR, now=now,
+                    session,
+                    run,
+                    RunStatus.ERROR,
+                    reason=f"cannot launch: {e.message}",
+                    actor=ACTOR,
+                    now=now,
                 )
                 continue
             for assignment in decision.assignments:
@@ -95,15 +99,27 @@ class Scheduler(ReconcileLoop):
                 task.status = TaskStatus.STARTING.value
                 _take(capacity, assignment.node, assignment.gpus)
             run.leader_port = free_port()
-            switch_run_status(session, run, RunStatus.STARTING, reason="launching", actor=ACTOR, now=now)
+            switch_run_status(
+                session, run, RunStatus.STARTING, reason="launching", actor=ACTOR, now=now
+            )
             note = self.ctx.backend.host_note(spec)
             if note:
                 record_event(
-                    session, kind="backend", message=note, actor=ACTOR, now=now,
-                    recipe_id=run.recipe_id, run_id=run.id,
+                    session,
+                    kind="backend",
+                    message=note,
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=run.recipe_id,
+                    run_id=run.id,
                 )
             requests += launch_requests(
-                run, tasks, recipe.name, secret_env, secret_files, run.leader_port,
+                run,
+                tasks,
+                recipe.name,
+                secret_env,
+                secret_files,
+                run.leader_port,
                 self.ctx.settings.stop_grace_seconds,
             )
         return requests
@@ -120,24 +136,37 @@ class Scheduler(ReconcileLoop):
                 held.setdefault(node, set()).update(gpus or [])
         return [
             NodeCapacity(
-                name=n.name, address=n.address, gpu_type=n.gpu_type,
+                name=n.name,
+                address=n.address,
+                gpu_type=n.gpu_type,
                 free_gpus=[g.index for g in n.gpus if g.index not in held.get(n.name, set())],
-                total_gpus=len(n.gpus), labels=n.labels,
+                total_gpus=len(n.gpus),
+                labels=n.labels,
             )
             for n in self.ctx.backend.nodes()
         ]
 
-    async def relaunch(self, session: AsyncSession, run: RunModel, tasks: list[TaskModel]) -> list[LaunchRequest]:
+    async def relaunch(
+        self, session: AsyncSession, run: RunModel, tasks: list[TaskModel]
+    ) -> list[LaunchRequest]:
         """Launch requests for tasks of a placed run that the backend does not know."""
         recipe = await session.get(RecipeModel, run.recipe_id)
         assert recipe is not None
         spec = JobSpec.model_validate(run.spec)
-        secret_env, secret_files = await resolve_secrets(session, self.ctx.secret_box, spec, recipe.owner)
+        secret_env, secret_files = await resolve_secrets(
+            session, self.ctx.secret_box, spec, recipe.owner
+        )
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
         return [
-            r for r in launch_requests(
-                run, all_tasks, recipe.name, secret_env, secret_files, run.leader_port or 29500,
+            r
+            for r in launch_requests(
+                run,
+                all_tasks,
+                recipe.name,
+                secret_env,
+                secret_files,
+                run.leader_port or 29500,
                 self.ctx.settings.stop_grace_seconds,
             )
             if r.task.task_id in wanted

@@ -86,7 +86,9 @@ class Supervision(ReconcileLoop):
                 requeued |= status == RunStatus.PENDING
                 finished |= status.is_finished()
                 if (run.stop_requested_at is not None or gang_stop) and status.is_active():
-                    stops += [task_ref(t) for t in run_tasks_now if not TaskStatus(t.status).is_finished()]
+                    stops += [
+                        task_ref(t) for t in run_tasks_now if not TaskStatus(t.status).is_finished()
+                    ]
                 elif unknown and full:
                     relaunch += await self.scheduler.relaunch(session, run, unknown)
         await self._signal(self._due_for_signal(stops))
@@ -97,7 +99,11 @@ class Supervision(ReconcileLoop):
             self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
 
     async def _load(self, session: AsyncSession) -> tuple[Sequence[RunModel], list[TaskModel]]:
-        runs = (await session.execute(select(RunModel).where(RunModel.status.in_(PLACED)))).scalars().all()
+        runs = (
+            (await session.execute(select(RunModel).where(RunModel.status.in_(PLACED))))
+            .scalars()
+            .all()
+        )
         by_run = await run_tasks(session, [r.id for r in runs])
         tasks = [t for r in runs for t in current_tasks(r, by_run[r.id])]
         return runs, tasks
@@ -133,7 +139,9 @@ class Supervision(ReconcileLoop):
         if verdict.status is None:
             return verdict.stop_others is not None
         if verdict.status == RunStatus.RUNNING:
-            switch_run_status(session, run, RunStatus.RUNNING, reason="running", actor=ACTOR, now=now)
+            switch_run_status(
+                session, run, RunStatus.RUNNING, reason="running", actor=ACTOR, now=now
+            )
             started = [t.started_at for t in tasks if t.started_at]
             run.started_at = min(started) if started else now
             return False
@@ -150,8 +158,12 @@ class Supervision(ReconcileLoop):
         assert recipe is not None
         attempt = run.attempt + 1
         switch_run_status(
-            session, run, RunStatus.PENDING, reason=f"retry {attempt} of {retries} after: {why}",
-            actor=ACTOR, now=self.ctx.clock.now(),
+            session,
+            run,
+            RunStatus.PENDING,
+            reason=f"retry {attempt} of {retries} after: {why}",
+            actor=ACTOR,
+            now=self.ctx.clock.now(),
         )
         run.attempt = attempt
         session.add_all(new_tasks(run, recipe.name))

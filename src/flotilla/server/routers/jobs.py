@@ -3,7 +3,7 @@ run history, pods and logs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
@@ -11,8 +11,8 @@ from flotilla.errors import ClientError, NotFound
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import jobs as job_service
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.logs import read_log
 from flotilla.server.services.launch import task_ref
+from flotilla.server.services.logs import read_log
 from flotilla.server.services.runs import recipe_runs, request_stop, run_tasks
 from flotilla.server.services.views import (
     pod_history_item,
@@ -52,7 +52,9 @@ async def get_job_recipe(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any
 
 
 @router.patch("/{job_id}")
-async def update_job(ctx: Ctx, caller: Caller, job_id: str, payload: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+async def update_job(
+    ctx: Ctx, caller: Caller, job_id: str, payload: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
     """Saturn's PATCH: `cron_schedule_options` {schedule, concurrency_policy,
     backoff_limit} map to the recipe's schedule, concurrency_policy and retries."""
     changes: dict[str, Any] = {}
@@ -60,8 +62,11 @@ async def update_job(ctx: Ctx, caller: Caller, job_id: str, payload: dict[str, A
     if options is not None:
         if not isinstance(options, dict):
             raise ClientError("cron_schedule_options must be an object", "invalid_request", 422)
-        for source, target in (("schedule", "schedule"), ("concurrency_policy", "concurrency_policy"),
-                               ("backoff_limit", "retries")):
+        for source, target in (
+            ("schedule", "schedule"),
+            ("concurrency_policy", "concurrency_policy"),
+            ("backoff_limit", "retries"),
+        ):
             if source in options:
                 changes[target] = options[source]
     changes.update(payload)  # other spec fields, validated like an apply
@@ -108,12 +113,20 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
         runs = await recipe_runs(session, job.id, limit=10_000)
         tasks = await run_tasks(session, [r.id for r in runs])
-        match = [r for r in runs if run_name in (r.id, str(r.number)) or
-                 any(t.name == run_name for t in tasks[r.id])]
+        match = [
+            r
+            for r in runs
+            if run_name in (r.id, str(r.number)) or any(t.name == run_name for t in tasks[r.id])
+        ]
         if not match:
             raise NotFound(f"run {run_name!r} of job {job.name}")
-        request_stop(session, match[0], reason=f"stopped by {caller.name}", actor=caller.name,
-                     now=ctx.clock.now())
+        request_stop(
+            session,
+            match[0],
+            reason=f"stopped by {caller.name}",
+            actor=caller.name,
+            now=ctx.clock.now(),
+        )
     ctx.wakers.supervision.set()
     return await _view(ctx, job_id)
 
@@ -133,12 +146,17 @@ async def restart_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
 
 @router.post("/{job_id}/schedule")
 async def schedule_job(
-    ctx: Ctx, caller: Caller, job_id: str, payload: dict[str, Any] | None = Body(None)  # noqa: B008
+    ctx: Ctx,
+    caller: Caller,
+    job_id: str,
+    payload: dict[str, Any] | None = Body(None),  # noqa: B008
 ) -> dict[str, Any]:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
         if payload:
-            changes = {k: payload[k] for k in ("schedule", "concurrency_policy") if k in payload}
+            changes: dict[str, Any] = {
+                k: payload[k] for k in ("schedule", "concurrency_policy") if k in payload
+            }
             if "backoff_limit" in payload:
                 changes["retries"] = payload["backoff_limit"]
             job_service.update_job_spec(ctx, session, job, changes, caller)
@@ -177,7 +195,9 @@ async def history(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/logs")
-async def job_logs(ctx: Ctx, caller: Caller, job_id: str, pod_name: str | None = None) -> dict[str, Any]:
+async def job_logs(
+    ctx: Ctx, caller: Caller, job_id: str, pod_name: str | None = None
+) -> dict[str, Any]:
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
         runs = await recipe_runs(session, job.id, limit=1000)

@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from flotilla.errors import NotFound
+from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.logs import read_log
 from flotilla.server.services.runs import active_runs, find_task_by_name, get_run, run_tasks
 from flotilla.server.services.views import pod_summary
-from flotilla.server.db.models import RecipeModel
 
 router = APIRouter(prefix="/api/active/pods", tags=["pods"])
 
@@ -27,7 +27,9 @@ async def active_pods(
         job = await recipe_service.get_recipe_by_id(session, workload_type, workload_id)
         runs = await active_runs(session, job.id)
         tasks = await run_tasks(session, [r.id for r in runs])
-    pods = [pod_summary(t, r, job.name) for r in runs for t in tasks[r.id] if t.attempt == r.attempt]
+    pods = [
+        pod_summary(t, r, job.name) for r in runs for t in tasks[r.id] if t.attempt == r.attempt
+    ]
     return {"pod_summaries": pods, "next_key": None}
 
 
@@ -52,7 +54,11 @@ async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> dic
 
 @router.get("/{name}/logs")
 async def pod_logs(
-    ctx: Ctx, caller: Caller, name: str, container_name: str = "main", page_size: int = 1000,
+    ctx: Ctx,
+    caller: Caller,
+    name: str,
+    container_name: str = "main",
+    page_size: int = 1000,
     previous: bool = False,
 ) -> dict[str, Any]:
     task, _, _ = await _find(ctx, name)

@@ -16,7 +16,11 @@ router = APIRouter(prefix="/api/recipes", tags=["recipes"])
 
 def singular(recipe_type: str) -> str:
     """Saturn's clients say `job` or `jobs`."""
-    return recipe_type[:-1] if recipe_type.endswith("s") and recipe_type[:-1] in recipe_types() else recipe_type
+    return (
+        recipe_type[:-1]
+        if recipe_type.endswith("s") and recipe_type[:-1] in recipe_types()
+        else recipe_type
+    )
 
 
 async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> dict[str, Any]:
@@ -31,7 +35,9 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
 
 @router.put("", status_code=201)
 async def apply_recipe(
-    ctx: Ctx, caller: Caller, payload: Any = Body(...),  # noqa: B008
+    ctx: Ctx,
+    caller: Caller,
+    payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
 ) -> dict[str, Any]:
     """Create or update a recipe from its envelope. The same recipe twice is a no-op."""
@@ -40,7 +46,9 @@ async def apply_recipe(
 
 @router.post("", status_code=201)
 async def create_recipe(
-    ctx: Ctx, caller: Caller, payload: Any = Body(...),  # noqa: B008
+    ctx: Ctx,
+    caller: Caller,
+    payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
 ) -> dict[str, Any]:
     return await _apply(ctx, caller, payload, enforce_unknown)
@@ -48,8 +56,12 @@ async def create_recipe(
 
 @router.get("")
 async def list_recipes(
-    ctx: Ctx, caller: Caller, type: str | None = None, owner_name: str | None = None,
-    name: str | None = None, as_template: bool = False,
+    ctx: Ctx,
+    caller: Caller,
+    type: str | None = None,
+    owner_name: str | None = None,
+    name: str | None = None,
+    as_template: bool = False,
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(
@@ -62,7 +74,11 @@ async def list_recipes(
 
 @router.get("/{recipe_type}/{name}")
 async def get_recipe(
-    ctx: Ctx, caller: Caller, recipe_type: str, name: str, owner_name: str | None = None,
+    ctx: Ctx,
+    caller: Caller,
+    recipe_type: str,
+    name: str,
+    owner_name: str | None = None,
     as_template: bool = False,
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
@@ -80,10 +96,12 @@ async def recipe_versions(
         versions = await recipe_service.recipe_versions(session, recipe.id)
     return {
         "versions": [
-            {"version": v.version, "created_at": iso(v.created_at), "created_by": v.created_by,
-             "spec": v.spec}
+            {
+                "version": v.version,
+                "created_at": iso(v.created_at),
+                "created_by": v.created_by,
+                "spec": v.spec,
+            }
             for v in versions
         ]
     }
-
-

@@ -40,8 +40,13 @@ async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any
 
 @router.get("/{run_id}/logs", response_model=None)
 async def get_run_logs(
-    ctx: Ctx, caller: Caller, run_id: str, rank: int = 0, container: str = "main",
-    follow: bool = False, attempt: int | None = None,
+    ctx: Ctx,
+    caller: Caller,
+    run_id: str,
+    rank: int = 0,
+    container: str = "main",
+    follow: bool = False,
+    attempt: int | None = None,
 ) -> PlainTextResponse | StreamingResponse:
     """The logs of one task (`rank`) of the run's current (or given) attempt.
     `container=setup` gives the clone/start-script output. With `follow`, the
@@ -63,7 +68,9 @@ async def get_run_logs(
     async def finished() -> bool:
         async with ctx.sessions() as session:
             current = await session.get(RunModel, run_id)
-        return current is None or current.attempt != wanted or RunStatus(current.status).is_finished()
+        return (
+            current is None or current.attempt != wanted or RunStatus(current.status).is_finished()
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         async for chunk in follow_log(path, finished):

@@ -26,8 +26,14 @@ class PutSecretRequest(BaseModel):
 async def put_secret(ctx: Ctx, caller: Caller, body: PutSecretRequest) -> dict[str, Any]:
     async with ctx.transaction() as session:
         secret = await secret_service.put_secret(
-            session, ctx.secret_box, owner=body.owner or caller.name, name=body.name,
-            value=body.value, description=body.description, actor=caller.name, now=ctx.clock.now(),
+            session,
+            ctx.secret_box,
+            owner=body.owner or caller.name,
+            name=body.name,
+            value=body.value,
+            description=body.description,
+            actor=caller.name,
+            now=ctx.clock.now(),
         )
         return secret_service.secret_view(secret)
 
@@ -42,5 +48,7 @@ async def list_secrets(ctx: Ctx, caller: Caller, owner: str | None = None) -> di
 @router.delete("/{name}", status_code=204)
 async def delete_secret(ctx: Ctx, caller: Caller, name: str, owner: str | None = None) -> Response:
     async with ctx.transaction() as session:
-        await secret_service.delete_secret(session, owner or caller.name, name, caller.name, ctx.clock.now())
+        await secret_service.delete_secret(
+            session, owner or caller.name, name, caller.name, ctx.clock.now()
+        )
     return Response(status_code=204)

@@ -16,14 +16,25 @@ router = APIRouter(prefix="/api", tags=["status"])
 
 @router.get("/status")
 async def status(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return {"status": "ok", "version": API_VERSION, "flotilla_version": __version__,
-            "backend": ctx.backend.name}
+    return {
+        "status": "ok",
+        "version": API_VERSION,
+        "flotilla_version": __version__,
+        "backend": ctx.backend.name,
+    }
 
 
 @router.get("/user")
 async def user(caller: Caller) -> dict[str, Any]:
-    return {"id": caller.user_id, "username": caller.name, "admin": caller.is_admin,
-            "full_name": caller.name, "email": None, "locked": False, "active": True}
+    return {
+        "id": caller.user_id,
+        "username": caller.name,
+        "admin": caller.is_admin,
+        "full_name": caller.name,
+        "email": None,
+        "locked": False,
+        "active": True,
+    }
 
 
 @router.get("/info/servers")

@@ -23,7 +23,11 @@ def record_event(
 ) -> None:
     session.add(
         EventModel(
-            recipe_id=recipe_id, run_id=run_id, kind=kind, message=message, actor=actor,
+            recipe_id=recipe_id,
+            run_id=run_id,
+            kind=kind,
+            message=message,
+            actor=actor,
             created_at=now,
         )
     )

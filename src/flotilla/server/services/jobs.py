@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.core.cron import validate_schedule
 from flotilla.errors import ClientError
 from flotilla.server.context import ServerContext
-from flotilla.server.db.models import RecipeModel, RunModel, RecipeVersionModel
+from flotilla.server.db.models import RecipeModel, RecipeVersionModel, RunModel
 from flotilla.server.security import Identity
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.events import record_event
@@ -18,26 +18,40 @@ from flotilla.server.services.runs import create_run, stop_active_runs
 
 
 async def start_job(
-    ctx: ServerContext, session: AsyncSession, job: RecipeModel, caller: Identity, trigger: str = "manual"
+    ctx: ServerContext,
+    session: AsyncSession,
+    job: RecipeModel,
+    caller: Identity,
+    trigger: str = "manual",
 ) -> RunModel:
     run = create_run(session, job, trigger=trigger, actor=caller.name, now=ctx.clock.now())
     return run
 
 
-async def stop_job(ctx: ServerContext, session: AsyncSession, job: RecipeModel, caller: Identity) -> int:
+async def stop_job(
+    ctx: ServerContext, session: AsyncSession, job: RecipeModel, caller: Identity
+) -> int:
     return await stop_active_runs(
         session, job.id, reason=f"stopped by {caller.name}", actor=caller.name, now=ctx.clock.now()
     )
 
 
-async def delete_job(ctx: ServerContext, session: AsyncSession, job: RecipeModel, caller: Identity) -> None:
+async def delete_job(
+    ctx: ServerContext, session: AsyncSession, job: RecipeModel, caller: Identity
+) -> None:
     now = ctx.clock.now()
-    await stop_active_runs(session, job.id, reason=f"{job.name} deleted", actor=caller.name, now=now)
+    await stop_active_runs(
+        session, job.id, reason=f"{job.name} deleted", actor=caller.name, now=now
+    )
     recipe_service.mark_deleted(session, job, caller.name, now)
 
 
 def update_job_spec(
-    ctx: ServerContext, session: AsyncSession, job: RecipeModel, changes: dict[str, Any], caller: Identity
+    ctx: ServerContext,
+    session: AsyncSession,
+    job: RecipeModel,
+    changes: dict[str, Any],
+    caller: Identity,
 ) -> None:
     """Change spec fields outside of a full apply (PATCH, `sc schedule CRON`): a new
     version like any apply, validated the same way."""
@@ -56,26 +70,46 @@ def update_job_spec(
     job.version += 1
     job.updated_at = now
     session.add(
-        RecipeVersionModel(recipe_id=job.id, version=job.version, spec=new_spec, created_at=now,
-                           created_by=caller.name)
+        RecipeVersionModel(
+            recipe_id=job.id,
+            version=job.version,
+            spec=new_spec,
+            created_at=now,
+            created_by=caller.name,
+        )
     )
-    record_event(session, kind="applied", message=f"version {job.version} applied (update)",
-                 actor=caller.name, now=now, recipe_id=job.id)
+    record_event(
+        session,
+        kind="applied",
+        message=f"version {job.version} applied (update)",
+        actor=caller.name,
+        now=now,
+        recipe_id=job.id,
+    )
 
 
-def set_scheduled(ctx: ServerContext, session: AsyncSession, job: RecipeModel, enabled: bool, caller: Identity) -> None:
+def set_scheduled(
+    ctx: ServerContext, session: AsyncSession, job: RecipeModel, enabled: bool, caller: Identity
+) -> None:
     schedule = job.spec.get("schedule")
     if enabled and not schedule:
         raise ClientError(
             f"job {job.name} has no schedule; give one (sc schedule {job.name} '0 * * * *')",
-            "no_schedule", 400,
+            "no_schedule",
+            400,
         )
     now = ctx.clock.now()
     if enabled:
-        validate_schedule(schedule)
-        recipe_service.set_schedule(job, schedule, now)
+        validate_schedule(str(schedule))
+        recipe_service.set_schedule(job, str(schedule), now)
     else:
         job.schedule_enabled = False
         job.next_tick_at = None
-    record_event(session, kind="schedule", message="scheduled" if enabled else "unscheduled",
-                 actor=caller.name, now=now, recipe_id=job.id)
+    record_event(
+        session,
+        kind="schedule",
+        message="scheduled" if enabled else "unscheduled",
+        actor=caller.name,
+        now=now,
+        recipe_id=job.id,
+    )

@@ -38,7 +38,8 @@ async def resolve_secrets(
         if secret is None:
             raise ClientError(
                 f"secret {ref.name!r} (attached as {ref.location}) does not exist",
-                "missing_secret", 422,
+                "missing_secret",
+                422,
             )
         value = box.decrypt(secret.ciphertext)
         if ref.attachment_type == SecretAttachment.ENV:
@@ -49,22 +50,36 @@ async def resolve_secrets(
 
 
 def launch_requests(
-    run: RunModel, tasks: list[TaskModel], job_name: str, secret_env: dict[str, str],
-    secret_files: list[tuple[str, str]], leader_port: int, grace_seconds: float,
+    run: RunModel,
+    tasks: list[TaskModel],
+    job_name: str,
+    secret_env: dict[str, str],
+    secret_files: list[tuple[str, str]],
+    leader_port: int,
+    grace_seconds: float,
 ) -> list[LaunchRequest]:
     spec = JobSpec.model_validate(run.spec)
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
     requests = []
     for task in tasks:
         identity = TaskIdentity(
-            run_id=run.id, job_name=job_name, rank=task.rank, scale=len(tasks),
-            nprocs=spec.nprocs, leader_address=peers[0], leader_port=leader_port, peers=peers,
+            run_id=run.id,
+            job_name=job_name,
+            rank=task.rank,
+            scale=len(tasks),
+            nprocs=spec.nprocs,
+            leader_address=peers[0],
+            leader_port=leader_port,
+            peers=peers,
             gpus=tuple(task.gpus),
         )
         env = {**spec.environment_variables, **task_environment(identity), **secret_env}
         requests.append(
             LaunchRequest(
-                task=task_ref(task), spec=spec, env=env, secret_files=secret_files,
+                task=task_ref(task),
+                spec=spec,
+                env=env,
+                secret_files=secret_files,
                 grace_seconds=grace_seconds,
             )
         )

@@ -42,12 +42,11 @@ async def follow_log(
             yield chunk
             continue
         polls += 1
-        if polls % check_every == 0 or polls == 1:
-            if await is_finished():
-                while tail := _read_from(path, offset):  # what was written meanwhile
-                    offset += len(tail)
-                    yield tail
-                return
+        if (polls % check_every == 0 or polls == 1) and await is_finished():
+            while tail := _read_from(path, offset):  # what was written meanwhile
+                offset += len(tail)
+                yield tail
+            return
         await asyncio.sleep(poll_seconds)
 
 

@@ -21,7 +21,10 @@ from flotilla.server.services.events import record_event
 
 
 async def apply_recipe(
-    session: AsyncSession, identity: Identity, data: Any, now: datetime,
+    session: AsyncSession,
+    identity: Identity,
+    data: Any,
+    now: datetime,
     enforce_unknown: bool = True,
 ) -> tuple[RecipeModel, bool]:
     """Create or update a recipe. Returns (recipe, changed)."""
@@ -41,25 +44,45 @@ async def apply_recipe(
     existing.updated_at = now
     session.add(
         RecipeVersionModel(
-            recipe_id=existing.id, version=existing.version, spec=spec, created_at=now,
+            recipe_id=existing.id,
+            version=existing.version,
+            spec=spec,
+            created_at=now,
             created_by=identity.name,
         )
     )
     record_event(
-        session, kind="applied", message=f"version {existing.version} applied",
-        actor=identity.name, now=now, recipe_id=existing.id,
+        session,
+        kind="applied",
+        message=f"version {existing.version} applied",
+        actor=identity.name,
+        now=now,
+        recipe_id=existing.id,
     )
     return existing, True
 
 
 def _create(
-    session: AsyncSession, recipe: Recipe, spec: dict[str, Any], owner: str,
-    identity: Identity, now: datetime,
+    session: AsyncSession,
+    recipe: Recipe,
+    spec: dict[str, Any],
+    owner: str,
+    identity: Identity,
+    now: datetime,
 ) -> RecipeModel:
     model = RecipeModel(
-        id=uuid.uuid4().hex, type=recipe.type, name=recipe.name, owner=owner,
-        schema_version=recipe.schema_version, spec=spec, version=1, run_counter=0,
-        schedule_enabled=False, next_tick_at=None, created_at=now, updated_at=now,
+        id=uuid.uuid4().hex,
+        type=recipe.type,
+        name=recipe.name,
+        owner=owner,
+        schema_version=recipe.schema_version,
+        spec=spec,
+        version=1,
+        run_counter=0,
+        schedule_enabled=False,
+        next_tick_at=None,
+        created_at=now,
+        updated_at=now,
         deleted_at=None,
     )
     _update_schedule(model, None, spec.get("schedule"), now)
@@ -70,7 +93,11 @@ def _create(
         )
     )
     record_event(
-        session, kind="applied", message="version 1 applied", actor=identity.name, now=now,
+        session,
+        kind="applied",
+        message="version 1 applied",
+        actor=identity.name,
+        now=now,
         recipe_id=model.id,
     )
     return model
@@ -146,6 +173,10 @@ def mark_deleted(session: AsyncSession, recipe: RecipeModel, actor: str, now: da
     recipe.deleted_at = now
     recipe.schedule_enabled = False
     record_event(
-        session, kind="deleted", message=f"{recipe.type} {recipe.name} deleted", actor=actor,
-        now=now, recipe_id=recipe.id,
+        session,
+        kind="deleted",
+        message=f"{recipe.type} {recipe.name} deleted",
+        actor=actor,
+        now=now,
+        recipe_id=recipe.id,
     )

@@ -33,10 +33,20 @@ def new_tasks(run: RunModel, job_name: str) -> list[TaskModel]:
     scale = int(run.spec.get("scale", 1))
     return [
         TaskModel(
-            id=f"{run.id}-{run.attempt}-{rank}", run_id=run.id, attempt=run.attempt, rank=rank,
+            id=f"{run.id}-{run.attempt}-{rank}",
+            run_id=run.id,
+            attempt=run.attempt,
+            rank=rank,
             name=task_name(job_name, run.number, rank, run.attempt),
-            status=TaskStatus.PENDING.value, node=None, address=None, gpus=[], pid=None,
-            exit_code=None, message="", started_at=None, finished_at=None,
+            status=TaskStatus.PENDING.value,
+            node=None,
+            address=None,
+            gpus=[],
+            pid=None,
+            exit_code=None,
+            message="",
+            started_at=None,
+            finished_at=None,
         )
         for rank in range(scale)
     ]
@@ -49,16 +59,33 @@ def create_run(
         raise Conflict(f"{recipe.type} {recipe.name} is deleted")
     recipe.run_counter += 1
     run = RunModel(
-        id=uuid.uuid4().hex, recipe_id=recipe.id, number=recipe.run_counter, attempt=0,
-        status=RunStatus.PENDING.value, reason="queued", trigger=trigger, created_by=actor,
-        spec=dict(recipe.spec), exit_code=None, leader_port=None, queued_at=now, started_at=None,
-        finished_at=None, stop_requested_at=None, stop_reason=None,
+        id=uuid.uuid4().hex,
+        recipe_id=recipe.id,
+        number=recipe.run_counter,
+        attempt=0,
+        status=RunStatus.PENDING.value,
+        reason="queued",
+        trigger=trigger,
+        created_by=actor,
+        spec=dict(recipe.spec),
+        exit_code=None,
+        leader_port=None,
+        queued_at=now,
+        started_at=None,
+        finished_at=None,
+        stop_requested_at=None,
+        stop_reason=None,
     )
     session.add(run)
     session.add_all(new_tasks(run, recipe.name))
     record_event(
-        session, kind="created", message=f"run {run.number} created by {trigger} trigger",
-        actor=actor, now=now, recipe_id=recipe.id, run_id=run.id,
+        session,
+        kind="created",
+        message=f"run {run.number} created by {trigger} trigger",
+        actor=actor,
+        now=now,
+        recipe_id=recipe.id,
+        run_id=run.id,
     )
     return run
 
@@ -92,8 +119,13 @@ def switch_run_status(
         run.stop_reason = None
     message = f"{current} -> {new}" + (f": {reason}" if reason else "")
     record_event(
-        session, kind="status", message=message, actor=actor, now=now,
-        recipe_id=run.recipe_id, run_id=run.id,
+        session,
+        kind="status",
+        message=message,
+        actor=actor,
+        now=now,
+        recipe_id=run.recipe_id,
+        run_id=run.id,
     )
 
 
@@ -111,8 +143,13 @@ def request_stop(
     run.stop_requested_at = now
     run.stop_reason = reason
     record_event(
-        session, kind="stop", message=f"stop requested: {reason}", actor=actor, now=now,
-        recipe_id=run.recipe_id, run_id=run.id,
+        session,
+        kind="stop",
+        message=f"stop requested: {reason}",
+        actor=actor,
+        now=now,
+        recipe_id=run.recipe_id,
+        run_id=run.id,
     )
     return True
 
@@ -131,7 +168,9 @@ async def stop_active_runs(
     return sum(request_stop(session, r, reason=reason, actor=actor, now=now) for r in runs)
 
 
-async def recipe_runs(session: AsyncSession, recipe_id: str, limit: int = 100) -> Sequence[RunModel]:
+async def recipe_runs(
+    session: AsyncSession, recipe_id: str, limit: int = 100
+) -> Sequence[RunModel]:
     query = (
         select(RunModel)
         .where(RunModel.recipe_id == recipe_id)
@@ -144,8 +183,10 @@ async def recipe_runs(session: AsyncSession, recipe_id: str, limit: int = 100) -
 async def run_tasks(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, list[TaskModel]]:
     if not run_ids:
         return {}
-    query = select(TaskModel).where(TaskModel.run_id.in_(run_ids)).order_by(
-        TaskModel.attempt, TaskModel.rank
+    query = (
+        select(TaskModel)
+        .where(TaskModel.run_id.in_(run_ids))
+        .order_by(TaskModel.attempt, TaskModel.rank)
     )
     out: dict[str, list[TaskModel]] = {rid: [] for rid in run_ids}
     for task in (await session.execute(query)).scalars():
@@ -165,7 +206,9 @@ async def get_run(session: AsyncSession, run_id: str) -> RunModel:
 
 
 async def find_task_by_name(session: AsyncSession, name: str) -> TaskModel:
-    task = (await session.execute(select(TaskModel).where(TaskModel.name == name))).scalars().first()
+    task = (
+        (await session.execute(select(TaskModel).where(TaskModel.name == name))).scalars().first()
+    )
     if task is None:
         raise NotFound(f"pod {name!r}")
     return task

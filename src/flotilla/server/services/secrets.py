@@ -18,8 +18,15 @@ from flotilla.server.services.events import record_event
 
 
 async def put_secret(
-    session: AsyncSession, box: SecretBox, *, owner: str, name: str, value: str,
-    description: str, actor: str, now: datetime,
+    session: AsyncSession,
+    box: SecretBox,
+    *,
+    owner: str,
+    name: str,
+    value: str,
+    description: str,
+    actor: str,
+    now: datetime,
 ) -> SecretModel:
     if not name or len(name) > 128:
         raise ClientError("secret name must be 1-128 characters", "invalid_secret", 422)
@@ -31,8 +38,13 @@ async def put_secret(
         record_event(session, kind="secret", message=f"secret {name} updated", actor=actor, now=now)
         return existing
     model = SecretModel(
-        id=uuid.uuid4().hex, owner=owner, name=name, description=description,
-        ciphertext=box.encrypt(value), created_at=now, updated_at=now,
+        id=uuid.uuid4().hex,
+        owner=owner,
+        name=name,
+        description=description,
+        ciphertext=box.encrypt(value),
+        created_at=now,
+        updated_at=now,
     )
     session.add(model)
     record_event(session, kind="secret", message=f"secret {name} created", actor=actor, now=now)
@@ -51,7 +63,9 @@ async def list_secrets(session: AsyncSession, owner: str | None) -> Sequence[Sec
     return (await session.execute(query)).scalars().all()
 
 
-async def delete_secret(session: AsyncSession, owner: str, name: str, actor: str, now: datetime) -> None:
+async def delete_secret(
+    session: AsyncSession, owner: str, name: str, actor: str, now: datetime
+) -> None:
     secret = await find_secret(session, owner, name)
     if secret is None:
         raise NotFound(f"secret {name!r}")

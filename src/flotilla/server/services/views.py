@@ -21,7 +21,9 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-async def recipe_states(session: AsyncSession, recipes: Sequence[RecipeModel]) -> dict[str, dict[str, Any]]:
+async def recipe_states(
+    session: AsyncSession, recipes: Sequence[RecipeModel]
+) -> dict[str, dict[str, Any]]:
     """Saturn's resource `state` for each recipe, with two queries for any number."""
     ids = [r.id for r in recipes]
     if not ids:
@@ -46,7 +48,8 @@ async def recipe_states(session: AsyncSession, recipes: Sequence[RecipeModel]) -
     }
     active_rows = await session.execute(
         select(RunModel.recipe_id, RunModel.status, RunModel.stop_requested_at).where(
-            RunModel.recipe_id.in_(ids), RunModel.status.in_([s.value for s in RunStatus if s.is_active()])
+            RunModel.recipe_id.in_(ids),
+            RunModel.status.in_([s.value for s in RunStatus if s.is_active()]),
         )
     )
     active: dict[str, list[tuple[str, bool]]] = {}
@@ -55,7 +58,9 @@ async def recipe_states(session: AsyncSession, recipes: Sequence[RecipeModel]) -
     return {r.id: _state(r, active.get(r.id, []), latest.get(r.id)) for r in recipes}
 
 
-def _state(recipe: RecipeModel, active: list[tuple[str, bool]], last: RunModel | None) -> dict[str, Any]:
+def _state(
+    recipe: RecipeModel, active: list[tuple[str, bool]], last: RunModel | None
+) -> dict[str, Any]:
     return {
         "id": recipe.id,
         "status": _resource_status(active, last),
@@ -131,7 +136,9 @@ def task_view(task: TaskModel) -> dict[str, Any]:
     }
 
 
-def pod_history_item(task: TaskModel, run: RunModel, job_name: str, now: datetime) -> dict[str, Any]:
+def pod_history_item(
+    task: TaskModel, run: RunModel, job_name: str, now: datetime
+) -> dict[str, Any]:
     status = saturn_pod_status(TaskStatus(task.status), run.stop_requested_at is not None)
     return {
         "pod_name": task.name,
@@ -153,14 +160,28 @@ def pod_summary(
     task_status = TaskStatus(task.status)
     status = saturn_pod_status(task_status, run.stop_requested_at is not None)
     main_status = {
-        TaskStatus.PENDING: "waiting", TaskStatus.STARTING: "waiting",
-        TaskStatus.RUNNING: "running", TaskStatus.SUCCEEDED: "completed",
+        TaskStatus.PENDING: "waiting",
+        TaskStatus.STARTING: "waiting",
+        TaskStatus.RUNNING: "running",
+        TaskStatus.SUCCEEDED: "completed",
     }.get(task_status, "error" if task_status != TaskStatus.STOPPED else "completed")
-    setup_status = "running" if task_status == TaskStatus.STARTING else (
-        "waiting" if task_status == TaskStatus.PENDING else "completed"
+    setup_status = (
+        "running"
+        if task_status == TaskStatus.STARTING
+        else ("waiting" if task_status == TaskStatus.PENDING else "completed")
     )
-    labels = {"saturncloud.io/resource-id": run.recipe_id, "job-name": job_name, "flotilla/run-id": run.id}
-    common = {"namespace": "flotilla", "uid": task.id, "labels": labels, "annotations": {}, "conditions": []}
+    labels = {
+        "saturncloud.io/resource-id": run.recipe_id,
+        "job-name": job_name,
+        "flotilla/run-id": run.id,
+    }
+    common = {
+        "namespace": "flotilla",
+        "uid": task.id,
+        "labels": labels,
+        "annotations": {},
+        "conditions": [],
+    }
     return {
         "name": task.name,
         **common,
@@ -177,7 +198,11 @@ def pod_summary(
         ],
         "container_summaries": [
             _container(
-                "main", main_status, task.exit_code, iso(task.finished_at), common,
+                "main",
+                main_status,
+                task.exit_code,
+                iso(task.finished_at),
+                common,
                 (logs or {}).get("main"),
             )
         ],
@@ -185,8 +210,12 @@ def pod_summary(
 
 
 def _container(
-    name: str, status: str, exit_code: int | None, finished_at: str | None,
-    common: dict[str, Any], logs: str | None,
+    name: str,
+    status: str,
+    exit_code: int | None,
+    finished_at: str | None,
+    common: dict[str, Any],
+    logs: str | None,
 ) -> dict[str, Any]:
     out = {
         **common,

@@ -1,0 +1,222 @@
+"""Trigger benchmark: Flotilla's local backend against Slurm's `sbatch`, same machine,
+same run.
+
+(a) start latency: from just before `POST /api/jobs/{id}/start` (resp. `sbatch`) to
+    the first instruction of the run's command, p50/p95/p99 over N sequential triggers;
+(b) burst: N trivial runs submitted from 8 threads: submit rate and makespan (first
+    submit to the last run's end).
+
+Both sides run the same command: `date +%s.%N` written to a file and renamed. Slurm is
+a real single-host cluster (one slurmctld, four slurmd on loopback ports, Debian's
+slurm-wlm) with `SchedulerParameters=batch_sched_delay=0`.
+
+    python -m bench.trigger [--latency-samples 200] [--burst 1000] [--skip-slurm]
+
+Ends with one JSON line holding every figure and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.slurm_peer import (
+    SlurmCluster,
+    ensure_slurm_installed,
+    measure_burst,
+    measure_start_latency,
+)
+
+TOKEN = "flo_bench-token"
+
+
+def stamp_command(directory: Path) -> str:
+    target = f"{directory}/$FLOTILLA_RUN_ID.ts"
+    return f"date +%s.%N > {target}.tmp && mv {target}.tmp {target}"
+
+
+class FlotillaServer:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        with __import__("socket").socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FlotillaServer:
+        env = {**os.environ, "FLOTILLA_DATA_DIR": str(self.data_dir), "FLOTILLA_ADMIN_TOKEN": TOKEN}
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            ["flo", "server", "--port", str(self.port)], env=env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(
+            "flotilla server did not start: " + (self.root / "server.log").read_text()
+        )
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        lock = self.data_dir / "agent.lock"
+        if lock.exists():
+            subprocess.run(["kill", lock.read_text().strip()], check=False)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"token {TOKEN}"}, timeout=60
+        )
+
+    def create_job(self, name: str, stamps: Path) -> str:
+        recipe = {"type": "job", "spec": {"name": name, "command": stamp_command(stamps)}}
+        with self.client() as c:
+            response = c.put("/api/recipes", json=recipe)
+            response.raise_for_status()
+            return str(response.json()["state"]["id"])
+
+
+def wait_stamps(paths: list[Path], timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    pending = set(paths)
+    while pending:
+        pending = {p for p in pending if not p.exists()}
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(paths)} runs did not finish in {timeout}s")
+        if pending:
+            time.sleep(0.001)
+    return [float(p.read_text()) for p in paths]
+
+
+def flotilla_latency(server: FlotillaServer, n: int, stamps: Path) -> list[float]:
+    job_id = server.create_job("latency", stamps)
+    samples = []
+    with server.client() as c:
+        for i in range(-2, n):  # two warm-up triggers, not reported
+            t0 = time.time()
+            response = c.post(f"/api/jobs/{job_id}/start")
+            response.raise_for_status()
+            run_id = response.json()["run"]["id"]
+            stamp = wait_stamps([stamps / f"{run_id}.ts"], 30)[0]
+            if i >= 0:
+                samples.append(stamp - t0)
+            time.sleep(0.02)  # let the run finish so triggers don't overlap
+    return samples
+
+
+def flotilla_burst(
+    server: FlotillaServer, n: int, stamps: Path, concurrency: int = 8
+) -> dict[str, float]:
+    job_id = server.create_job("burst", stamps)
+    local = threading.local()
+    run_ids: list[str] = []
+
+    def trigger(_: int) -> str:
+        if not hasattr(local, "client"):
+            local.client = server.client()
+        response = local.client.post(f"/api/jobs/{job_id}/start")
+        response.raise_for_status()
+        return str(response.json()["run"]["id"])
+
+    t_first = time.time()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        run_ids = list(pool.map(trigger, range(n)))
+    submit_seconds = time.time() - t_first
+    ends = wait_stamps([stamps / f"{r}.ts" for r in run_ids], max(120.0, n * 0.5))
+    return {
+        "submitted": n,
+        "submit_seconds": submit_seconds,
+        "submit_rate": n / submit_seconds,
+        "makespan": max(ends) - t_first,
+    }
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    q = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {
+        "p50": statistics.median(ordered),
+        "p95": q[94],
+        "p99": q[98],
+        "mean": statistics.fmean(ordered),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--skip-slurm", action="store_true", help="measure Flotilla only")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
+    result: dict[str, Any] = {"latency_samples": args.latency_samples, "burst_runs": args.burst}
+    try:
+        with FlotillaServer(root) as server:
+            (root / "lat").mkdir()
+            (root / "burst").mkdir()
+            lat = percentiles(flotilla_latency(server, args.latency_samples, root / "lat"))
+            burst = flotilla_burst(server, args.burst, root / "burst")
+        result["flotilla"] = {"start_latency_s": lat, **burst}
+        print(
+            f"flotilla: start latency p50 {lat['p50'] * 1000:.1f} ms p95 {lat['p95'] * 1000:.1f} ms "
+            f"p99 {lat['p99'] * 1000:.1f} ms; burst of {args.burst}: {burst['submit_rate']:.0f} submits/s, "
+            f"makespan {burst['makespan']:.2f} s",
+            file=sys.stderr,
+        )
+        if not args.skip_slurm:
+            ensure_slurm_installed()
+            with SlurmCluster() as cluster:
+                slurm_lat = percentiles(
+                    measure_start_latency(cluster, args.latency_samples, root / "slurm-lat")
+                )
+                slurm_burst = measure_burst(cluster, args.burst, root / "slurm-burst")
+            result["slurm"] = {"start_latency_s": slurm_lat, **slurm_burst}
+            result["ratios"] = {
+                "start_latency_p50_slurm_over_flotilla": slurm_lat["p50"] / lat["p50"],
+                "start_latency_p99_slurm_over_flotilla": slurm_lat["p99"] / lat["p99"],
+                "makespan_slurm_over_flotilla": slurm_burst["makespan"] / burst["makespan"],
+                "submit_rate_flotilla_over_slurm": burst["submit_rate"]
+                / slurm_burst["submit_rate"],
+            }
+            result["targets_met"] = {
+                "start_latency_p50_at_least_20x": result["ratios"][
+                    "start_latency_p50_slurm_over_flotilla"
+                ]
+                >= 20,
+                "makespan_at_least_4x": result["ratios"]["makespan_slurm_over_flotilla"] >= 4,
+                "submit_rate_at_least_5x": result["ratios"]["submit_rate_flotilla_over_slurm"] >= 5,
+            }
+            print(
+                f"slurm: start latency p50 {slurm_lat['p50'] * 1000:.0f} ms; burst "
+                f"{slurm_burst['submit_rate']:.0f} submits/s, makespan {slurm_burst['makespan']:.2f} s",
+                file=sys.stderr,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The pure core: placement, run verdicts, the environment contract, units."""
+
+from __future__ import annotations
+
+import pytest
+
+from flotilla.core.envcontract import TaskIdentity, task_environment
+from flotilla.core.placement import NodeCapacity, Placement, TaskRequest, Unplaceable, place_gang
+from flotilla.core.status import RunStatus, TaskStatus, can_switch
+from flotilla.core.units import GpuRequest, parse_duration, parse_gpu, parse_memory
+from flotilla.core.verdict import TaskView, judge_run
+
+
+def node(name: str, free: list[int], total: int = 8, gpu: str | None = "H100") -> NodeCapacity:
+    return NodeCapacity(name, f"10.0.0.{name[-1]}", gpu, free, total)
+
+
+def test_gang_is_placed_whole_or_not_at_all() -> None:
+    nodes = [node("n1", [0, 1, 2, 3]), node("n2", [0, 1])]
+    placed = place_gang(TaskRequest(2, GpuRequest("H100", 2)), nodes)
+    assert isinstance(placed, Placement)
+    assert [(a.node, a.gpus) for a in placed.assignments] == [("n2", (0, 1)), ("n1", (0, 1))]
+    refused = place_gang(TaskRequest(3, GpuRequest("H100", 3)), nodes)
+    assert isinstance(refused, Unplaceable)
+    assert refused.reason == "waiting for 9 H100 GPUs (3 tasks x 3): 6 of 16 free"
+    assert nodes[0].free_gpus == [0, 1, 2, 3]  # the snapshot is not modified
+
+
+def test_placement_reasons() -> None:
+    nodes = [node("n1", [0], total=2)]
+    too_big = place_gang(TaskRequest(1, GpuRequest("H100", 4)), nodes)
+    assert isinstance(too_big, Unplaceable) and "only 2 exist" in too_big.reason
+    wrong = place_gang(TaskRequest(1, GpuRequest("A100", 1)), nodes)
+    assert isinstance(wrong, Unplaceable) and "available types: H100" in wrong.reason
+    cordoned = NodeCapacity("n1", "x", "H100", [0], 1, schedulable=False)
+    assert isinstance(place_gang(TaskRequest(1, None), [cordoned]), Unplaceable)
+    assert isinstance(place_gang(TaskRequest(4, None), nodes), Placement)  # CPU-only fits anywhere
+
+
+def test_verdicts() -> None:
+    running = TaskView(0, TaskStatus.RUNNING)
+    assert (
+        judge_run(RunStatus.STARTING, [running, TaskView(1, TaskStatus.RUNNING)], False).status
+        == RunStatus.RUNNING
+    )
+    assert (
+        judge_run(RunStatus.STARTING, [running, TaskView(1, TaskStatus.STARTING)], False).status
+        is None
+    )
+    gang = judge_run(RunStatus.RUNNING, [running, TaskView(1, TaskStatus.FAILED, 3)], False)
+    assert gang.status is None and gang.stop_others == "rank 1 exited with code 3"
+    failed = judge_run(
+        RunStatus.RUNNING,
+        [TaskView(0, TaskStatus.STOPPED, 143), TaskView(1, TaskStatus.FAILED, 3)],
+        False,
+    )
+    assert failed.status == RunStatus.FAILED and failed.exit_code == 3
+    stopped = judge_run(RunStatus.RUNNING, [TaskView(0, TaskStatus.STOPPED, 143)], True)
+    assert stopped.status == RunStatus.STOPPED and stopped.exit_code == 143
+    lost = judge_run(RunStatus.RUNNING, [TaskView(0, TaskStatus.LOST, message="node gone")], False)
+    assert lost.status == RunStatus.ERROR and "node gone" in lost.reason
+    ok = judge_run(RunStatus.RUNNING, [TaskView(0, TaskStatus.SUCCEEDED, 0)], False)
+    assert ok.status == RunStatus.SUCCEEDED and ok.exit_code == 0
+
+
+def test_status_transitions() -> None:
+    assert can_switch(RunStatus.PENDING, RunStatus.STARTING)
+    assert can_switch(RunStatus.FAILED, RunStatus.PENDING)  # retries
+    assert not can_switch(RunStatus.SUCCEEDED, RunStatus.RUNNING)
+    assert not can_switch(RunStatus.STOPPED, RunStatus.PENDING)
+    assert RunStatus.RUNNING.holds_resources() and not RunStatus.PENDING.holds_resources()
+
+
+def test_environment_contract_names() -> None:
+    identity = TaskIdentity(
+        "r1", "train", 1, 2, 1, "10.0.0.1", 29500, ("10.0.0.1", "10.0.0.2"), (2, 3)
+    )
+    env = task_environment(identity)
+    assert env["SATURN_JOB_LEADER"] == env["MASTER_ADDR"] == env["FLOTILLA_LEADER"] == "10.0.0.1"
+    assert env["NODE_RANK"] == env["SATURN_JOB_RANK"] == env["RANK"] == "1"
+    assert env["WORLD_SIZE"] == env["NNODES"] == "2" and env["MASTER_PORT"] == "29500"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["SATURN_JOB_PEERS"] == "10.0.0.1,10.0.0.2"
+    multi = task_environment(TaskIdentity("r", "j", 0, 2, 4, "a", 1, ("a", "b"), ()))
+    assert multi["WORLD_SIZE"] == "8" and "RANK" not in multi  # torchrun sets per-process ranks
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("30s", 30.0), ("15m", 900.0), ("2h", 7200.0), ("1d", 86400.0), (5, 5.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_units_reject_garbage() -> None:
+    assert parse_memory("64Gi") == 64 * 2**30 and parse_memory("512M") == 512 * 2**20
+    assert parse_gpu("h100:8") == GpuRequest("H100", 8) and parse_gpu(2) == GpuRequest(None, 2)
+    for bad, parse in (("soon", parse_duration), ("lots", parse_memory), ("H100:x", parse_gpu)):
+        with pytest.raises(ValueError, match="is not"):
+            parse(bad)  # type: ignore[operator]
