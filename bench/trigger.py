@@ -162,6 +162,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def report(who: str, lat: dict[str, float], burst: dict[str, float]) -> None:
+    ms = {k: round(v * 1000, 1) for k, v in lat.items()}
+    print(
+        f"{who}: start latency p50 {ms['p50']} ms, p95 {ms['p95']} ms, p99 {ms['p99']} ms; "
+        f"burst: {burst['submit_rate']:.0f} submits/s, makespan {burst['makespan']:.2f} s",
+        file=sys.stderr,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,12 +188,7 @@ def main() -> None:
             lat = percentiles(flotilla_latency(server, args.latency_samples, root / "lat"))
             burst = flotilla_burst(server, args.burst, root / "burst")
         result["flotilla"] = {"start_latency_s": lat, **burst}
-        print(
-            f"flotilla: start latency p50 {lat['p50'] * 1000:.1f} ms p95 {lat['p95'] * 1000:.1f} ms "
-            f"p99 {lat['p99'] * 1000:.1f} ms; burst of {args.burst}: {burst['submit_rate']:.0f} submits/s, "
-            f"makespan {burst['makespan']:.2f} s",
-            file=sys.stderr,
-        )
+        report("flotilla", lat, burst)
         if not args.skip_slurm:
             ensure_slurm_installed()
             with SlurmCluster() as cluster:
@@ -208,11 +212,7 @@ def main() -> None:
                 "makespan_at_least_4x": result["ratios"]["makespan_slurm_over_flotilla"] >= 4,
                 "submit_rate_at_least_5x": result["ratios"]["submit_rate_flotilla_over_slurm"] >= 5,
             }
-            print(
-                f"slurm: start latency p50 {slurm_lat['p50'] * 1000:.0f} ms; burst "
-                f"{slurm_burst['submit_rate']:.0f} submits/s, makespan {slurm_burst['makespan']:.2f} s",
-                file=sys.stderr,
-            )
+            report("slurm", slurm_lat, slurm_burst)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result))

@@ -30,7 +30,7 @@ from flotilla import __version__
 from flotilla.runtime.diskstate import inspect_task
 from flotilla.runtime.procs import read_json
 from flotilla.runtime.supervisor import Supervisor
-from flotilla.runtime.taskspec import EXITED, RUNNING, TaskFiles, TaskSpec
+from flotilla.runtime.taskspec import EXITED, TaskFiles, TaskSpec
 
 _LIMIT = 64 * 1024 * 1024  # a launch request carries the whole environment
 
@@ -106,10 +106,9 @@ class Agent:
         raise ValueError(f"unknown op {op!r}")
 
     def _launch(self, spec: TaskSpec) -> dict[str, Any]:
-        files = TaskFiles(spec.task_dir)
-        if files.dir.exists():  # launched before: launching is idempotent
+        # Launching is idempotent: by this agent (memory) or an earlier one (disk).
+        if spec.task_id in self.task_dirs or os.path.exists(spec.task_dir):
             return {"already": True}
-        files.dir.mkdir(parents=True, mode=0o700)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -118,7 +117,7 @@ class Agent:
         os.close(write_fd)
         self.children[pid] = spec.task_id
         self.task_dirs[spec.task_id] = spec.task_dir
-        self._watch_reports(read_fd, spec.task_id, spec.task_dir)
+        self._watch_reports(read_fd)
         return {"pid": pid}
 
     def _stop(self, task_id: str, task_dir: str) -> dict[str, Any]:
@@ -139,7 +138,8 @@ class Agent:
 
     # -- reports from supervisors --------------------------------------------------
 
-    def _watch_reports(self, fd: int, task_id: str, task_dir: str) -> None:
+    def _watch_reports(self, fd: int) -> None:
+        """Forward each state line a supervisor writes (JSON `TaskState`) to clients."""
         loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         buffer = bytearray()
@@ -157,17 +157,11 @@ class Agent:
             while b"\n" in buffer:
                 line, _, rest = bytes(buffer).partition(b"\n")
                 buffer[:] = rest
-                self._on_report(line.decode(), task_id, task_dir)
+                self._broadcast(b'{"event": "task", "task": ' + line + b"}\n")
 
         loop.add_reader(fd, readable)
 
-    def _on_report(self, line: str, task_id: str, task_dir: str) -> None:
-        phase = line.split(" ", 1)[0]
-        if phase in (RUNNING, EXITED):
-            self._broadcast({"event": "task", "task": inspect_task(task_id, task_dir).to_dict()})
-
-    def _broadcast(self, event: dict[str, Any]) -> None:
-        data = json.dumps(event).encode() + b"\n"
+    def _broadcast(self, data: bytes) -> None:
         for writer in list(self.clients):
             if writer.is_closing():
                 self.clients.discard(writer)

@@ -28,12 +28,14 @@ def is_same_process(pid: int, start_ticks: int | None) -> bool:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write so that readers see the old file or the whole new one, never half."""
+    """Write so that readers see the old file or the whole new one, never half.
+
+    No fsync: the rename is atomic against process crashes, which is what these
+    files must survive; after a power loss the tasks are gone anyway, and an fsync
+    per task would cost more than the rest of launching it."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

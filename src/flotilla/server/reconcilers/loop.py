@@ -14,9 +14,12 @@ log = logging.getLogger("flotilla.reconcilers")
 class ReconcileLoop:
     name = "loop"
 
-    def __init__(self, wake: asyncio.Event, interval: float) -> None:
+    def __init__(self, wake: asyncio.Event, interval: float, min_gap: float = 0.0) -> None:
         self.wake = wake
         self.interval = interval
+        # Under a burst of wake-ups, steps are at least `min_gap` apart so that one
+        # step handles many changes at once; an idle loop still reacts at once.
+        self.min_gap = min_gap
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
         self._stopping = False
@@ -27,7 +30,7 @@ class ReconcileLoop:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"reconciler-{self.name}")
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
         """Let the current step finish, then end the loop. Cancelling mid-step is
         the last resort: a database driver cancelled inside a query may leave its
         connection unusable."""
@@ -36,7 +39,7 @@ class ReconcileLoop:
         self._stopping = True
         self.wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -48,12 +51,18 @@ class ReconcileLoop:
         await self.step()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_step = -1e9
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self._delay())
+            gap = last_step + self.min_gap - loop.time()
+            if gap > 0 and not self._stopping:
+                await asyncio.sleep(gap)
             self.wake.clear()
             if self._stopping:
                 return
+            last_step = loop.time()
             try:
                 await self.step()
                 self._failures = 0

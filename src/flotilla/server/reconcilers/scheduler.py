@@ -35,8 +35,12 @@ class Scheduler(ReconcileLoop):
     name = "scheduler"
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(ctx.wakers.scheduler, ctx.settings.resync_seconds)
+        super().__init__(ctx.wakers.scheduler, ctx.settings.resync_seconds, min_gap=0.01)
         self.ctx = ctx
+        # Pending run id -> the free capacity it could not fit into. While capacity
+        # stays the same the run is not looked at again, so a step costs O(new
+        # runs), not O(queue), when thousands wait.
+        self._unplaceable: dict[str, tuple[object, ...]] = {}
 
     async def step(self) -> None:
         async with self.ctx.sessions() as session, session.begin():
@@ -58,17 +62,35 @@ class Scheduler(ReconcileLoop):
 
     async def _place_pending(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
-        pending = (
+        pending_ids = (
+            (
+                await session.execute(
+                    select(RunModel.id)
+                    .where(RunModel.status == RunStatus.PENDING.value)
+                    .order_by(RunModel.queued_at, RunModel.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        still_pending = set(pending_ids)
+        self._unplaceable = {k: v for k, v in self._unplaceable.items() if k in still_pending}
+        if not pending_ids:
+            return []
+        capacity = await self._capacity(session)
+        fingerprint = _fingerprint(capacity)
+        wanted = [r for r in pending_ids if self._unplaceable.get(r) != fingerprint]
+        if not wanted:
+            return []
+        rows = (
             await session.execute(
                 select(RunModel, RecipeModel)
                 .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-                .where(RunModel.status == RunStatus.PENDING.value)
-                .order_by(RunModel.queued_at, RunModel.id)
+                .where(RunModel.id.in_(wanted))
             )
         ).all()
-        if not pending:
-            return []
-        capacity = await self._capacity(session)
+        order = {run_id: i for i, run_id in enumerate(wanted)}
+        pending = sorted(rows, key=lambda row: order[row[0].id])
         tasks_by_run = await run_tasks(session, [run.id for run, _ in pending])
         requests: list[LaunchRequest] = []
         for run, recipe in pending:
@@ -77,6 +99,7 @@ class Scheduler(ReconcileLoop):
             decision = place_gang(TaskRequest(len(tasks), spec.resources.gpu_request()), capacity)
             if not isinstance(decision, Placement):
                 run.reason = decision.reason
+                self._unplaceable[run.id] = _fingerprint(capacity)
                 continue
             try:
                 secret_env, secret_files = await resolve_secrets(
@@ -171,6 +194,10 @@ class Scheduler(ReconcileLoop):
             )
             if r.task.task_id in wanted
         ]
+
+
+def _fingerprint(capacity: list[NodeCapacity]) -> tuple[object, ...]:
+    return tuple((n.name, n.schedulable, tuple(n.free_gpus)) for n in capacity)
 
 
 def _take(capacity: list[NodeCapacity], node: str, gpus: tuple[int, ...]) -> None:

@@ -45,7 +45,7 @@ class Supervision(ReconcileLoop):
     name = "supervision"
 
     def __init__(self, ctx: ServerContext, scheduler: Scheduler) -> None:
-        super().__init__(ctx.wakers.supervision, ctx.settings.resync_seconds)
+        super().__init__(ctx.wakers.supervision, ctx.settings.resync_seconds, min_gap=0.01)
         self.ctx = ctx
         self.scheduler = scheduler
         self.events: dict[str, TaskState] = {}
@@ -72,8 +72,11 @@ class Supervision(ReconcileLoop):
         relaunch: list[LaunchRequest] = []
         requeued = False
         finished = False
+        # Between full resyncs, only the runs that events (or stop requests) touch
+        # are loaded: a step costs O(changes), not O(everything running).
+        scope = None if full else {task_id.split("-", 1)[0] for task_id in events}
         async with self.ctx.sessions() as session, session.begin():
-            runs, tasks = await self._load(session)
+            runs, tasks = await self._load(session, scope)
             by_run: dict[str, list[TaskModel]] = {}
             for task in tasks:
                 by_run.setdefault(task.run_id, []).append(task)
@@ -81,7 +84,8 @@ class Supervision(ReconcileLoop):
                 run_tasks_now = by_run.get(run.id, [])
                 unknown = [t for t in run_tasks_now if self._apply(t, events.get(t.id))]
                 gang_stop = await self._judge(session, run, run_tasks_now)
-                self._enforce_max_duration(session, run)
+                if full:
+                    self._enforce_max_duration(session, run)
                 status = RunStatus(run.status)
                 requeued |= status == RunStatus.PENDING
                 finished |= status.is_finished()
@@ -98,12 +102,15 @@ class Supervision(ReconcileLoop):
         if requeued or finished:
             self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
 
-    async def _load(self, session: AsyncSession) -> tuple[Sequence[RunModel], list[TaskModel]]:
-        runs = (
-            (await session.execute(select(RunModel).where(RunModel.status.in_(PLACED))))
-            .scalars()
-            .all()
-        )
+    async def _load(
+        self, session: AsyncSession, scope: set[str] | None = None
+    ) -> tuple[Sequence[RunModel], list[TaskModel]]:
+        """Placed runs and their current tasks: all of them, or those in `scope`
+        plus the ones with a stop request to deliver."""
+        query = select(RunModel).where(RunModel.status.in_(PLACED))
+        if scope is not None:
+            query = query.where(RunModel.id.in_(scope) | RunModel.stop_requested_at.is_not(None))
+        runs = (await session.execute(query)).scalars().all()
         by_run = await run_tasks(session, [r.id for r in runs])
         tasks = [t for r in runs for t in current_tasks(r, by_run[r.id])]
         return runs, tasks
