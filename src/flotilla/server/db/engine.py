@@ -1,20 +1,23 @@
 """Engine and session factory for SQLite (embedded default) and PostgreSQL.
 
 SQLite runs in WAL mode with one pooled connection: the server is the only writer,
-and serialising through the pool (an async wait) avoids SQLITE_BUSY entirely.
+and serialising through the pool (an async wait) avoids SQLITE_BUSY entirely. Its
+statements run inline on the event loop (`inline_sqlite.py`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from flotilla.server.db.inline_sqlite import inline_connector
 
 
 def normalize_url(url: str) -> str:
@@ -34,7 +37,10 @@ def create_engine(url: str) -> AsyncEngine:
     url = normalize_url(url)
     if not is_sqlite(url):
         return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+    path = make_url(url).database or ":memory:"
+    engine = create_async_engine(
+        url, pool_size=1, max_overflow=0, pool_timeout=60, async_creator=inline_connector(path)
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
