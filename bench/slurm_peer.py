@@ -257,7 +257,7 @@ def _stamp_script(name: str) -> str:
     return f"date +%s.%N > {name}.tmp && mv {name}.tmp {name}"
 
 
-def _wait_for_files(paths: list[Path], timeout: float) -> list[float]:
+def wait_for_files(paths: list[Path], timeout: float) -> list[float]:
     """Poll until every path exists and return the timestamps they hold."""
     deadline = time.monotonic() + timeout
     pending = set(paths)
@@ -289,7 +289,7 @@ def measure_start_latency(
         time.sleep(random.uniform(0.0, jitter))
         t0 = time.time()  # wall clock: compared with the job's `date` (same host clock)
         cluster.sbatch(_stamp_script(stamp.name), wd)
-        out.append(_wait_for_files([stamp], timeout=60)[0] - t0)
+        out.append(wait_for_files([stamp], timeout=60)[0] - t0)
     return out[warmup:]
 
 
@@ -305,7 +305,7 @@ def measure_burst(
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(lambda p: cluster.sbatch(_stamp_script(p.name), wd), stamps))
     submit_seconds = time.time() - t_first
-    ends = _wait_for_files(stamps, timeout=max(120.0, n * 0.5))
+    ends = wait_for_files(stamps, timeout=max(120.0, n * 0.5))
     return {
         "submitted": n,
         "submit_seconds": submit_seconds,

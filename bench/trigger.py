@@ -38,6 +38,7 @@ from bench.slurm_peer import (
     ensure_slurm_installed,
     measure_burst,
     measure_start_latency,
+    wait_for_files,
 )
 
 TOKEN = "flo_bench-token"
@@ -96,18 +97,6 @@ class FlotillaServer:
             return str(response.json()["state"]["id"])
 
 
-def wait_stamps(paths: list[Path], timeout: float) -> list[float]:
-    deadline = time.monotonic() + timeout
-    pending = set(paths)
-    while pending:
-        pending = {p for p in pending if not p.exists()}
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} of {len(paths)} runs did not finish in {timeout}s")
-        if pending:
-            time.sleep(0.001)
-    return [float(p.read_text()) for p in paths]
-
-
 def flotilla_latency(server: FlotillaServer, n: int, stamps: Path) -> list[float]:
     job_id = server.create_job("latency", stamps)
     samples = []
@@ -117,7 +106,7 @@ def flotilla_latency(server: FlotillaServer, n: int, stamps: Path) -> list[float
             response = c.post(f"/api/jobs/{job_id}/start")
             response.raise_for_status()
             run_id = response.json()["run"]["id"]
-            stamp = wait_stamps([stamps / f"{run_id}.ts"], 30)[0]
+            stamp = wait_for_files([stamps / f"{run_id}.ts"], 30)[0]
             if i >= 0:
                 samples.append(stamp - t0)
             time.sleep(0.02)  # let the run finish so triggers don't overlap
@@ -142,7 +131,7 @@ def flotilla_burst(
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         run_ids = list(pool.map(trigger, range(n)))
     submit_seconds = time.time() - t_first
-    ends = wait_stamps([stamps / f"{r}.ts" for r in run_ids], max(120.0, n * 0.5))
+    ends = wait_for_files([stamps / f"{r}.ts" for r in run_ids], max(120.0, n * 0.5))
     return {
         "submitted": n,
         "submit_seconds": submit_seconds,

@@ -11,7 +11,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
-from flotilla.cli.output import fail, fail_api, fail_problems, print_json, print_yaml, table
+from flotilla.cli.output import (
+    fail,
+    fail_api,
+    fail_problems,
+    print_json,
+    print_yaml,
+    table,
+)
 from flotilla.client import ApiError, Connection, FlotillaClient
 from flotilla.client.connection import save_profile
 from flotilla.errors import InvalidRecipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import typer
@@ -34,6 +35,28 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
     console.print(t)
+
+
+def when(iso: str | None) -> str:
+    """An API timestamp in local time, without the date when it is today."""
+    if not iso:
+        return ""
+    moment = datetime.fromisoformat(iso).astimezone()
+    today = datetime.now().astimezone().date()
+    return moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M")
+
+
+def duration(start: str | None, end: str | None) -> str:
+    """How long a run ran (so far): `42s`, `3m05s`, `2h10m`."""
+    if not start:
+        return ""
+    stop = datetime.fromisoformat(end) if end else datetime.now(UTC)
+    seconds = max(0, int((stop - datetime.fromisoformat(start)).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:

@@ -72,7 +72,7 @@ async def update_job(
     changes.update(payload)  # other spec fields, validated like an apply
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
-        job_service.update_job_spec(ctx, session, job, changes, caller)
+        await job_service.update_job_spec(ctx, session, job, changes, caller)
     ctx.wakers.cron.set()
     return await _view(ctx, job_id)
 
@@ -159,7 +159,7 @@ async def schedule_job(
             }
             if "backoff_limit" in payload:
                 changes["retries"] = payload["backoff_limit"]
-            job_service.update_job_spec(ctx, session, job, changes, caller)
+            await job_service.update_job_spec(ctx, session, job, changes, caller)
         job_service.set_scheduled(ctx, session, job, True, caller)
     ctx.wakers.cron.set()
     return await _view(ctx, job_id)

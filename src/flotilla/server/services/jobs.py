@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.core.cron import validate_schedule
 from flotilla.errors import ClientError
 from flotilla.server.context import ServerContext
-from flotilla.server.db.models import RecipeModel, RecipeVersionModel, RunModel
+from flotilla.server.db.models import RecipeModel, RunModel
 from flotilla.server.security import Identity
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.events import record_event
@@ -46,46 +46,26 @@ async def delete_job(
     recipe_service.mark_deleted(session, job, caller.name, now)
 
 
-def update_job_spec(
+async def update_job_spec(
     ctx: ServerContext,
     session: AsyncSession,
     job: RecipeModel,
     changes: dict[str, Any],
     caller: Identity,
 ) -> None:
-    """Change spec fields outside of a full apply (PATCH, `sc schedule CRON`): a new
-    version like any apply, validated the same way."""
-    from flotilla.recipes import parse_recipe
-
-    spec = {**job.spec, **changes}
-    parsed = parse_recipe({"type": job.type, "schema_version": job.schema_version, "spec": spec})
-    new_spec = parsed.spec_dict()
-    new_spec["owner"] = job.owner
-    if new_spec == job.spec:
-        return
-    now = ctx.clock.now()
-    if new_spec.get("schedule") != job.spec.get("schedule"):
-        recipe_service.set_schedule(job, new_spec.get("schedule"), now)
-    job.spec = new_spec
-    job.version += 1
-    job.updated_at = now
-    session.add(
-        RecipeVersionModel(
-            recipe_id=job.id,
-            version=job.version,
-            spec=new_spec,
-            created_at=now,
-            created_by=caller.name,
-        )
-    )
-    record_event(
-        session,
-        kind="applied",
-        message=f"version {job.version} applied (update)",
-        actor=caller.name,
-        now=now,
-        recipe_id=job.id,
-    )
+    """Change spec fields outside of a full apply (PATCH, `sc schedule CRON`): the
+    merged spec is applied like any recipe, so it is validated and versioned alike."""
+    for fixed in ("name", "owner"):
+        if fixed in changes and changes[fixed] != job.spec.get(fixed):
+            raise ClientError(
+                f"{fixed} cannot be changed; apply a new recipe instead", "invalid_update", 422
+            )
+    envelope = {
+        "type": job.type,
+        "schema_version": job.schema_version,
+        "spec": {**job.spec, **changes},
+    }
+    await recipe_service.apply_recipe(session, caller, envelope, ctx.clock.now())
 
 
 def set_scheduled(
