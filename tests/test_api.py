@@ -179,3 +179,13 @@ async def test_start_stop_restart(api: Api) -> None:
     runs = (await client.get(f"/api/jobs/{job_id}/runs")).json()["runs"]
     assert [r["number"] for r in runs] == [2, 1]
     assert (await client.get("/api/recipes/job/sleeper")).json()["state"]["status"] == "stopped"
+
+
+async def test_openapi_is_valid_and_documents_the_recipe(api: Api) -> None:
+    from openapi_spec_validator import validate
+
+    spec = (await api.client.get("/openapi.json")).json()
+    validate(spec)
+    body = spec["paths"]["/api/recipes"]["put"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["type"]["enum"] == ["job"]
+    assert "GitRepository" in spec["components"]["schemas"]

@@ -30,6 +30,40 @@ def recipe_types() -> list[str]:
     return sorted(_SPEC_MODELS)
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def recipe_schema_components() -> dict[str, Any]:
+    """The nested models the recipe schema refers to, for OpenAPI's components."""
+    components: dict[str, Any] = {}
+    for model in _SPEC_MODELS.values():
+        components.update(model.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {}))
+    return components
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of the envelope, one branch per recipe type (for OpenAPI)."""
+    branches = []
+    for name, model in sorted(_SPEC_MODELS.items()):
+        spec_schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        spec_schema.pop("$defs", None)
+        branches.append(
+            {
+                "type": "object",
+                "title": f"{name} recipe",
+                "required": ["type", "spec"],
+                "properties": {
+                    "schema_version": {"type": "string", "default": SCHEMA_VERSION},
+                    "type": {"type": "string", "enum": [name]},
+                    "spec": spec_schema,
+                    "state": {"type": "object", "readOnly": True},
+                },
+                "additionalProperties": False,
+            }
+        )
+    return {"oneOf": branches} if len(branches) > 1 else branches[0]
+
+
 @dataclass(frozen=True)
 class Recipe:
     type: str

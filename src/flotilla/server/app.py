@@ -7,14 +7,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from flotilla import __version__
 from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.local import LocalBackend
 from flotilla.config import Settings
+from flotilla.recipes.envelope import recipe_schema_components
 from flotilla.server.context import ServerContext
 from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
@@ -86,6 +89,22 @@ def create_app(
     install_error_handlers(app)
     for module in (status, recipes, jobs, pods, runs, secrets):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                recipe_schema_components()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

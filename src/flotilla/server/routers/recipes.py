@@ -7,11 +7,21 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from flotilla.recipes import recipe_types
+from flotilla.recipes.envelope import recipe_json_schema
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
+
+# The body is validated by `recipes.parse_recipe` (for its field-path errors and
+# "did you mean" hints); this documents its shape in the OpenAPI schema.
+_RECIPE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": recipe_json_schema()}},
+    }
+}
 
 
 def singular(recipe_type: str) -> str:
@@ -33,7 +43,7 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
     return recipe_view(recipe, states[recipe.id])
 
 
-@router.put("", status_code=201)
+@router.put("", status_code=201, openapi_extra=_RECIPE_BODY)
 async def apply_recipe(
     ctx: Ctx,
     caller: Caller,
@@ -44,7 +54,7 @@ async def apply_recipe(
     return await _apply(ctx, caller, payload, enforce_unknown)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=_RECIPE_BODY)
 async def create_recipe(
     ctx: Ctx,
     caller: Caller,
