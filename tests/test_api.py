@@ -108,6 +108,11 @@ async def test_invalid_and_unknown_fields_name_every_path(api: Api) -> None:
             "spec.max_duration",
         ),
         ({"type": "job", "spec": {"name": "a", "command": "x"}, "extra": 1}, "extra"),
+        (job("a", "x", working_directory="../.."), "spec.working_directory"),
+        (
+            job("a", "x", git_repositories=[{"url": "u", "path": "../x"}]),
+            "spec.git_repositories[0].path",
+        ),
     ],
 )
 async def test_bad_recipes_get_4xx_naming_the_field(

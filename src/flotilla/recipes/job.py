@@ -171,6 +171,13 @@ class JobSpec(Strict):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("working_directory")
+    @classmethod
+    def _workdir_stays_inside(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError("must not contain '..'")
+        return value
+
     @field_validator("environment_variables", mode="before")
     @classmethod
     def _env(cls, value: Any) -> Any:
