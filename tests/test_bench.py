@@ -1,0 +1,37 @@
+"""The trigger benchmark keeps working (Flotilla side only; Slurm is not started in
+tests). It must end with one JSON line holding its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_trigger_benchmark_runs_and_prints_json() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.trigger",
+            "--latency-samples",
+            "5",
+            "--burst",
+            "20",
+            "--skip-slurm",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["flotilla"]["submitted"] == 20
+    assert figures["flotilla"]["start_latency_s"]["p50"] > 0
