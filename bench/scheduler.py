@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument(
         "--step", type=float, default=600.0, help="simulated seconds between cycles"
     )
+    parser.add_argument("--depth", type=int, default=1000, help="misses in a row that end a cycle")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     nodes = virtual_cluster(instance_type("h100-80gb-sxm-ib.8x"), args.nodes, args.partitions)
@@ -118,7 +119,9 @@ def main() -> None:
     assert type_index is not None
     while pending:
         started = time.perf_counter()
-        decision = schedule(index, pending, (), usage, Policy(), on_place=quality.judge)
+        decision = schedule(
+            index, pending, (), usage, Policy(), max_misses=args.depth, on_place=quality.judge
+        )
         scheduler_seconds += time.perf_counter() - started
         cycles += 1
         decisions += len(decision.placed) + len(decision.reasons)
@@ -144,6 +147,7 @@ def main() -> None:
         "partitions": args.partitions,
         "runs": args.runs,
         "cycles": cycles,
+        "queue_depth_misses": args.depth,
         "decisions": decisions,
         "placements": placements,
         "scheduler_seconds": round(scheduler_seconds, 3),

@@ -35,3 +35,18 @@ def test_trigger_benchmark_runs_and_prints_json() -> None:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["flotilla"]["submitted"] == 20
     assert figures["flotilla"]["start_latency_s"]["p50"] > 0
+
+
+def test_scheduler_benchmark_runs_and_keeps_its_quality() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.scheduler", "--nodes", "200", "--runs", "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["placements"] == 1000
+    assert figures["multi_node_in_one_partition_pct"] == 100.0
+    assert figures["multi_node_in_smallest_subtree_pct"] == 100.0

@@ -74,11 +74,14 @@ def schedule(
     usage: dict[str, float] | None = None,
     policy: Policy | None = None,
     max_decisions: int | None = None,
+    max_misses: int | None = None,
     on_place: Callable[[QueuedRun, TypeIndex, tuple[str, ...]], None] | None = None,
 ) -> Decision:
     """Decide one cycle. `index` is updated in place with what was placed, so the
-    caller can keep using it. `usage` is recent GPU-seconds per user (decayed by
-    the caller). `on_place` sees each placement before it is applied (benchmarks
+    caller can keep using it. `queue` is in arrival order. `usage` is recent
+    GPU-seconds per user (decayed by the caller). `max_misses` ends the cycle after
+    that many runs in a row could not start (the rest of a long queue keeps its
+    previous reason: like Slurm's queue depth). `on_place` sees each placement before it is applied (benchmarks
     use it to judge placement quality)."""
     policy = policy or Policy()
     usage = usage or {}
@@ -92,12 +95,14 @@ def schedule(
     blocked_types: dict[str, str] = {}  # gpu type -> the blocked head holding a reservation
     reserved: list[tuple[TypeIndex, str, int]] = []
     higher_blocked = 0
-    decisions = 0
+    decisions = misses = 0
     for run in _fair_order(queue, held_user, usage, policy):
         if max_decisions is not None and decisions >= max_decisions:
-            decision.reasons[run.id] = "not yet considered (scheduler cycle limit)"
-            continue
+            break
+        if max_misses is not None and misses >= max_misses:
+            break
         decisions += 1
+        misses += 1
         reason = _quota_reason(run, held_user, held_project, policy)
         if reason:
             decision.reasons[run.id] = reason
@@ -113,6 +118,7 @@ def schedule(
             for name in nodes:
                 type_index.take(name, run.gpus_per_node)
             decision.placed[run.id] = nodes
+            misses = 0
             held_user[run.user] = held_user.get(run.user, 0) + run.gpus
             held_project[run.project] = held_project.get(run.project, 0) + run.gpus
             continue
@@ -147,19 +153,19 @@ def _fair_order(
     share = {u: usage.get(u, 0.0) / 3600 + held.get(u, 0) for u in usage.keys() | held.keys()}
     for priority in sorted(tiers, reverse=True):
         per_user = tiers[priority]
-        for runs in per_user.values():
-            runs.sort(key=lambda r: (r.queued_at, r.id), reverse=True)  # pop() = oldest
+        cursor = dict.fromkeys(per_user, 0)  # runs of a user, oldest first (arrival order)
         heap = [(_weighted(share.get(u, 0.0), u, policy), u) for u in per_user]
         heapq.heapify(heap)
         while heap:
             _, user = heapq.heappop(heap)
-            run = per_user[user].pop()
+            run = per_user[user][cursor[user]]
+            cursor[user] += 1
             yield run
             # Charge the user as if the run started, so the next pick is fair even
             # within one cycle; a run that does not start is charged all the same
             # (it is waiting for that share).
             share[user] = share.get(user, 0.0) + run.gpus
-            if per_user[user]:
+            if cursor[user] < len(per_user[user]):
                 heapq.heappush(heap, (_weighted(share[user], user, policy), user))
 
 
