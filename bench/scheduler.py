@@ -109,6 +109,8 @@ def main() -> None:
     nodes = virtual_cluster(instance_type("h100-80gb-sxm-ib.8x"), args.nodes, args.partitions)
     index = CapacityIndex(nodes)
     queue, durations = make_queue(args.runs, rng)
+    per_partition = -(-args.nodes // args.partitions)
+    queue = [r for r in queue if r.nodes <= per_partition]  # shapes no partition can hold
     quality = Quality()
     ends: list[tuple[float, str, tuple[str, ...], int]] = []
     usage: dict[str, float] = {}
@@ -132,6 +134,8 @@ def main() -> None:
             usage[run.user] = usage.get(run.user, 0.0) + run.gpus * durations[run_id]
         if decision.placed:
             pending = [r for r in pending if r.id not in decision.placed]
+        elif not ends:  # nothing runs and nothing starts: the rest can never fit
+            break
         now += args.step
         if ends and ends[0][0] > now:
             now = ends[0][0]
@@ -146,6 +150,7 @@ def main() -> None:
         "gpus": args.nodes * 8,
         "partitions": args.partitions,
         "runs": args.runs,
+        "runs_that_fit": len(queue),
         "cycles": cycles,
         "queue_depth_misses": args.depth,
         "decisions": decisions,

@@ -47,6 +47,6 @@ def test_scheduler_benchmark_runs_and_keeps_its_quality() -> None:
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["placements"] == 1000
+    assert 900 <= figures["placements"] == figures["runs_that_fit"]
     assert figures["multi_node_in_one_partition_pct"] == 100.0
     assert figures["multi_node_in_smallest_subtree_pct"] == 100.0

@@ -81,8 +81,8 @@ def schedule(
     caller can keep using it. `queue` is in arrival order. `usage` is recent
     GPU-seconds per user (decayed by the caller). `max_misses` ends the cycle after
     that many runs in a row could not start (the rest of a long queue keeps its
-    previous reason: like Slurm's queue depth). `on_place` sees each placement before it is applied (benchmarks
-    use it to judge placement quality)."""
+    previous reason: like Slurm's queue depth). `on_place` sees each placement
+    before it is applied (benchmarks use it to judge placement quality)."""
     policy = policy or Policy()
     usage = usage or {}
     running = list(running)
