@@ -19,6 +19,7 @@ from flotilla.cli.output import (
     print_yaml,
     table,
 )
+from flotilla.cli.simulate import simulate_command, trace_command
 from flotilla.client import ApiError, Connection, FlotillaClient
 from flotilla.client.connection import save_profile
 from flotilla.errors import InvalidRecipe
@@ -367,6 +368,10 @@ def secret_delete(name: str) -> None:
     with client() as api:
         api.delete_secret(name)
     print(f"secret {name} deleted")
+
+
+app.command("simulate")(simulate_command)
+app.command("trace")(trace_command)
 
 
 def main() -> None:

@@ -154,10 +154,14 @@ def _fair_order(
     for priority in sorted(tiers, reverse=True):
         per_user = tiers[priority]
         cursor = dict.fromkeys(per_user, 0)  # runs of a user, oldest first (arrival order)
-        heap = [(_weighted(share.get(u, 0.0), u, policy), u) for u in per_user]
+        # Ties (equal shares) go to the user whose oldest waiting run is oldest.
+        heap = [
+            (_weighted(share.get(u, 0.0), u, policy), runs[0].queued_at, u)
+            for u, runs in per_user.items()
+        ]
         heapq.heapify(heap)
         while heap:
-            _, user = heapq.heappop(heap)
+            _, _, user = heapq.heappop(heap)
             run = per_user[user][cursor[user]]
             cursor[user] += 1
             yield run
@@ -166,7 +170,8 @@ def _fair_order(
             # (it is waiting for that share).
             share[user] = share.get(user, 0.0) + run.gpus
             if cursor[user] < len(per_user[user]):
-                heapq.heappush(heap, (_weighted(share[user], user, policy), user))
+                oldest = per_user[user][cursor[user]].queued_at
+                heapq.heappush(heap, (_weighted(share[user], user, policy), oldest, user))
 
 
 def _weighted(share: float, user: str, policy: Policy) -> float:

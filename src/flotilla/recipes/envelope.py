@@ -126,6 +126,20 @@ def parse_recipe(data: Any, enforce_unknown: bool = True) -> Recipe:
     return Recipe(str(recipe_type), spec, str(schema_version))
 
 
+def parse_typed(data: Any, recipe_type: str, model: type[BaseModel]) -> BaseModel:
+    """Validate an envelope of a type that is not served by the API (yet), with the
+    same field-path errors as `parse_recipe`."""
+    if not isinstance(data, dict) or data.get("type") != recipe_type:
+        raise InvalidRecipe([FieldProblem("type", f"expected a {recipe_type} recipe")])
+    unknown = [k for k in data if k not in _ENVELOPE_KEYS]
+    if unknown:
+        raise InvalidRecipe([FieldProblem(k, _unknown_message(k, _ENVELOPE_KEYS)) for k in unknown])
+    try:
+        return model.model_validate(data.get("spec"))
+    except ValidationError as e:
+        raise InvalidRecipe(_problems_from(e, model, "spec")) from e
+
+
 def _parse_dropping_unknown(data: Any) -> Recipe:
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k in _ENVELOPE_KEYS}
