@@ -47,7 +47,6 @@ class AgentClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.on_reconnect: Callable[[], None] | None = None
 
     async def connect(self) -> None:
         async with self._lock:
@@ -58,7 +57,6 @@ class AgentClient:
             self._reader_task = asyncio.create_task(self._read_loop(reader))
 
     async def close(self) -> None:
-        self.on_reconnect = None
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,8 +124,6 @@ class AgentClient:
                 if not future.done():
                     future.set_exception(ConnectionResetError("agent connection lost"))
             await self._close_writer()
-            if self.on_reconnect is not None:
-                self.on_reconnect()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
