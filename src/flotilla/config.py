@@ -33,6 +33,12 @@ class Settings:
     # The local agent exits after this long with no tasks and no clients.
     agent_idle_exit_seconds: float = 600.0
     secret_key: str | None = None
+    # Run work on this machine as the node `local` (off: only fleet nodes run work).
+    local_node: bool = True
+    # The simulated cloud's provisioning delay in seconds (its spot notice is 7 days).
+    sim_provisioning_delay: float = 20.0
+    # Where runs keep checkpoints that survive requeues (FLOTILLA_CHECKPOINT_DIR).
+    checkpoint_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -48,6 +54,12 @@ class Settings:
             values["host"] = env["FLOTILLA_HOST"]
         if env.get("FLOTILLA_PORT"):
             values["port"] = int(env["FLOTILLA_PORT"])
+        if env.get("FLOTILLA_LOCAL_NODE"):
+            values["local_node"] = env["FLOTILLA_LOCAL_NODE"].lower() not in ("0", "false", "no")
+        if env.get("FLOTILLA_SIM_PROVISIONING_DELAY"):
+            values["sim_provisioning_delay"] = float(env["FLOTILLA_SIM_PROVISIONING_DELAY"])
+        if env.get("FLOTILLA_CHECKPOINT_DIR"):
+            values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -62,6 +74,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'flotilla.db'}"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.data_dir / "checkpoints"
 
     @property
     def admin_token_file(self) -> Path:

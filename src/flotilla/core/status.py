@@ -84,3 +84,45 @@ def saturn_pod_status(status: TaskStatus, stop_requested: bool) -> str:
         TaskStatus.STOPPED: "stopped",
         TaskStatus.LOST: "error",
     }[status]
+
+
+class NodeState(StrEnum):
+    """A node's lifecycle. Only `ready` nodes get new work; `cordoned` keeps its
+    work, `draining` has its work stopped and requeued, then becomes `cordoned`."""
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    CORDONED = "cordoned"
+    DRAINING = "draining"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+
+    def is_schedulable(self) -> bool:
+        return self == NodeState.READY
+
+    def evicts_work(self) -> bool:
+        """Work on a node in this state must be stopped and requeued elsewhere."""
+        return self in (NodeState.DRAINING, NodeState.FAILED, NodeState.TERMINATED)
+
+    def is_gone(self) -> bool:
+        return self == NodeState.TERMINATED
+
+
+NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.PROVISIONING: frozenset({NodeState.READY, NodeState.FAILED, NodeState.TERMINATED}),
+    NodeState.READY: frozenset(
+        {NodeState.CORDONED, NodeState.DRAINING, NodeState.FAILED, NodeState.TERMINATED}
+    ),
+    NodeState.CORDONED: frozenset(
+        {NodeState.READY, NodeState.DRAINING, NodeState.FAILED, NodeState.TERMINATED}
+    ),
+    NodeState.DRAINING: frozenset(
+        {NodeState.READY, NodeState.CORDONED, NodeState.FAILED, NodeState.TERMINATED}
+    ),
+    NodeState.FAILED: frozenset({NodeState.TERMINATED}),
+    NodeState.TERMINATED: frozenset(),
+}
+
+
+def can_switch_node(current: NodeState, new: NodeState) -> bool:
+    return new in NODE_TRANSITIONS[current]

@@ -16,6 +16,9 @@ from flotilla import __version__
 from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.local import LocalBackend
+from flotilla.compute.local.provider import LocalProvider
+from flotilla.compute.provider import Provider
+from flotilla.compute.sim.provider import SimConfig, SimProvider
 from flotilla.config import Settings
 from flotilla.recipes.envelope import recipe_schema_components
 from flotilla.server.context import ServerContext
@@ -28,12 +31,16 @@ from flotilla.server.reconcilers.supervision import Supervision
 from flotilla.server.routers import jobs, pods, recipes, runs, secrets, status
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
+from flotilla.server.services.nodes import ensure_local_node
 
 log = logging.getLogger("flotilla.server")
 
 
 def create_app(
-    settings: Settings, clock: Clock | None = None, backend: ComputeBackend | None = None
+    settings: Settings,
+    clock: Clock | None = None,
+    backend: ComputeBackend | None = None,
+    providers: dict[str, Provider] | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,21 +48,25 @@ def create_app(
         os.chmod(settings.data_dir, 0o700)  # tokens, keys and logs live here
         engine = create_engine(settings.db_url)
         await upgrade_to_head(engine)
+        local = LocalBackend(
+            settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
+        )
+        clock_now = (clock or Clock()).now()
         ctx = ServerContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            backend=backend
-            or LocalBackend(
-                settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
-            ),
+            backend=backend or local,
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
+            providers=providers if providers is not None else default_providers(settings, local),
             clock=clock or Clock(),
         )
         async with ctx.transaction() as session:
             await bootstrap_admin(
-                session, settings.admin_token, settings.admin_token_file, ctx.clock.now()
+                session, settings.admin_token, settings.admin_token_file, clock_now
             )
+            if settings.local_node:
+                await ensure_local_node(session, local.inventory, clock_now)
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
         loops = [scheduler, supervision, Cron(ctx)]
@@ -111,3 +122,13 @@ def create_app(
         return {"status": "ok"}
 
     return app
+
+
+def default_providers(settings: Settings, local: LocalBackend) -> dict[str, Provider]:
+    """This machine and the simulated cloud; real clouds plug in here."""
+    sim = SimConfig.default()
+    sim.provisioning_delay = settings.sim_provisioning_delay
+    return {
+        "local": LocalProvider(local.inventory, Clock().now()),
+        "sim": SimProvider(sim),
+    }

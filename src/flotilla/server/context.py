@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
+from flotilla.compute.provider import Provider
 from flotilla.config import Settings
 from flotilla.server.secretbox import SecretBox
 
@@ -27,6 +28,7 @@ class Wakers:
     scheduler: asyncio.Event = field(default_factory=asyncio.Event)
     supervision: asyncio.Event = field(default_factory=asyncio.Event)
     cron: asyncio.Event = field(default_factory=asyncio.Event)
+    fleets: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -36,6 +38,8 @@ class ServerContext:
     sessions: async_sessionmaker[AsyncSession]
     backend: ComputeBackend
     secret_box: SecretBox
+    # Where fleet nodes come from, by name ("local", "sim", a cloud).
+    providers: dict[str, Provider] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
     wakers: Wakers = field(default_factory=Wakers)
 

@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -135,6 +137,12 @@ class RunModel(Base):
     finished_at: Mapped[datetime | None]
     stop_requested_at: Mapped[datetime | None]
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    # Set when the platform stops the run to start it again elsewhere (node failure,
+    # spot notice, drain, preemption): the stop ends in a requeue, not in `stopped`.
+    requeue_reason: Mapped[str | None] = mapped_column(Text)
+    # Requeues after the user's own failures (non-zero exit), bounded by `retries`;
+    # infrastructure requeues do not count.
+    retries_used: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class TaskModel(Base):
@@ -162,6 +170,7 @@ class EventModel(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     recipe_id: Mapped[str | None] = mapped_column(String(32), index=True)
     run_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    node_id: Mapped[str | None] = mapped_column(String(32), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(64))
@@ -179,3 +188,46 @@ class SecretModel(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     __table_args__ = (Index("uq_secrets_owner_name", "owner", "name", unique=True),)
+
+
+class NodeModel(Base):
+    """A machine that runs tasks: this machine (`local`) or an instance a fleet got
+    from a provider. `state` is the single source of truth for its lifecycle and
+    changes only through `services.nodes.switch_node_state`."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    fleet_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    instance_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    instance_type: Mapped[str] = mapped_column(String(64))
+    region: Mapped[str] = mapped_column(String(64))
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(String(128))
+    gpu_type: Mapped[str | None] = mapped_column(String(32))
+    # One entry per GPU: {"index": 0, "healthy": true}.
+    gpus: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Topology: region, ib_network, partition, spine, leaf, nvlink (see core.topology).
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    price_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime]
+    ready_at: Mapped[datetime | None]
+    # When the node last became free of work; the fleet's idle timeout counts from it.
+    idle_since: Mapped[datetime | None]
+    interruption_deadline: Mapped[datetime | None]
+    terminated_at: Mapped[datetime | None]
+
+
+class SettingModel(Base):
+    """Server-wide settings edited through the API (the scheduler policy)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]

@@ -1,4 +1,4 @@
-"""The event log of recipes and runs: every status change and admin action."""
+"""The event log of recipes, runs and nodes: every status change and admin action."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ def record_event(
     now: datetime,
     recipe_id: str | None = None,
     run_id: str | None = None,
+    node_id: str | None = None,
 ) -> None:
     session.add(
         EventModel(
             recipe_id=recipe_id,
             run_id=run_id,
+            node_id=node_id,
             kind=kind,
             message=message,
             actor=actor,
@@ -36,6 +38,13 @@ def record_event(
 async def run_events(session: AsyncSession, run_id: str) -> Sequence[EventModel]:
     result = await session.execute(
         select(EventModel).where(EventModel.run_id == run_id).order_by(EventModel.id)
+    )
+    return result.scalars().all()
+
+
+async def node_events(session: AsyncSession, node_id: str) -> Sequence[EventModel]:
+    result = await session.execute(
+        select(EventModel).where(EventModel.node_id == node_id).order_by(EventModel.id)
     )
     return result.scalars().all()
 

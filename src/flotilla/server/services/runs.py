@@ -75,6 +75,8 @@ def create_run(
         finished_at=None,
         stop_requested_at=None,
         stop_reason=None,
+        requeue_reason=None,
+        retries_used=0,
     )
     session.add(run)
     session.add_all(new_tasks(run, recipe.name))
