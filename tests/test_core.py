@@ -77,11 +77,12 @@ def test_environment_contract_names() -> None:
     )
     env = task_environment(identity)
     assert env["SATURN_JOB_LEADER"] == env["MASTER_ADDR"] == env["FLOTILLA_LEADER"] == "10.0.0.1"
-    assert env["NODE_RANK"] == env["SATURN_JOB_RANK"] == env["RANK"] == "1"
+    assert env["NODE_RANK"] == env["SATURN_JOB_RANK"] == "1"
+    assert "RANK" not in env and "LOCAL_RANK" not in env  # per process: process_environments
     assert env["WORLD_SIZE"] == env["NNODES"] == "2" and env["MASTER_PORT"] == "29500"
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["SATURN_JOB_PEERS"] == "10.0.0.1,10.0.0.2"
     multi = task_environment(TaskIdentity("r", "j", 0, 2, 4, "a", 1, ("a", "b"), ()))
-    assert multi["WORLD_SIZE"] == "8" and "RANK" not in multi  # torchrun sets per-process ranks
+    assert multi["WORLD_SIZE"] == "8" and "RANK" not in multi
 
 
 @pytest.mark.parametrize(

@@ -133,13 +133,13 @@ async def test_gpus_are_assigned_and_shortage_waits_with_reason(gpu_api: Api) ->
 
     async def pending_reason() -> str | None:
         run = await get_run(client, big)
-        return run["reason"] if "waiting for 2 H100 GPUs: 1 of 2 free" in run["reason"] else None
+        return run["reason"] if "waiting for 2 H100 GPUs on one node: 1 of 2 free" in run["reason"] else None
 
     await wait_for(pending_reason, what="a pending reason")
     assert (await get_run(client, big))["status"] == "pending"
     _, wrong = await apply_and_start(client, job("three", "true", resources={"gpu": "A100:1"}))
     await wait_for(
-        lambda: _reason_has(client, wrong, "no schedulable node has A100"), what="type reason"
+        lambda: _reason_has(client, wrong, "no ready on-demand A100 GPU node"), what="type reason"
     )
     _, huge = await apply_and_start(client, job("four", "true", resources={"gpu": "H100:4"}))
     await wait_for(lambda: _reason_has(client, huge, "only 2 exist"), what="too-big reason")

@@ -33,6 +33,12 @@ class LaunchRequest:
     env: dict[str, str]  # recipe env + environment contract + secrets as env vars
     secret_files: list[tuple[str, str]] = field(default_factory=list)  # (location, content)
     grace_seconds: float = 10.0
+    # One dict per process of the task (`nprocs`), each applied on top of `env`: its
+    # indices and its share of the GPUs. Empty: one process with `env` as is.
+    process_env: list[dict[str, str]] = field(default_factory=list)
+    # The run's checkpoint directory (FLOTILLA_CHECKPOINT_DIR): the same for every
+    # attempt, so a requeued run resumes from what it saved.
+    checkpoint_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,10 @@ def schedule(
             held_user[run.user] = held_user.get(run.user, 0) + run.gpus
             held_project[run.project] = held_project.get(run.project, 0) + run.gpus
             continue
+        if run.gpus_per_node > type_index.max_gpus:
+            # It can never fit these nodes: say so, and let it hold nobody back.
+            decision.reasons[run.id] = _capacity_reason(type_index, run)
+            continue
         head = blocked_types.get(run.gpu_type)
         if head is not None:
             decision.reasons[run.id] = (
@@ -208,9 +212,17 @@ def _place(index: TypeIndex, run: QueuedRun) -> tuple[str, ...] | None:
 
 def _capacity_reason(index: TypeIndex, run: QueuedRun) -> str:
     if run.gpus_per_node > index.max_gpus:
-        return f"no {run.gpu_type} node has {run.gpus_per_node} GPUs (largest: {index.max_gpus})"
+        return (
+            f"needs {run.gpus_per_node} {run.gpu_type} GPUs on one node; only "
+            f"{index.max_gpus} exist on the largest schedulable node"
+        )
     if run.nodes == 1:
-        return f"no capacity: no {run.gpu_type} node has {run.gpus_per_node} free GPUs"
+        most = next((f for f in range(index.max_gpus, -1, -1) if index.by_free[f]), 0)
+        return (
+            f"waiting for {run.gpus_per_node} {run.gpu_type} GPUs on one node: "
+            f"{index.free_total} of {sum(n.gpu_count for n in index.nodes.values() if n.schedulable)}"
+            f" free, at most {most} on one node"
+        )
     best = max(
         ((counts[run.gpus_per_node], group) for group, counts in index.counts["partition"].items()),
         default=(0, "none"),

@@ -8,7 +8,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flotilla.core.cron import validate_schedule
 from flotilla.core.units import GpuRequest, parse_duration, parse_gpu, parse_memory
@@ -137,6 +138,12 @@ class JobSpec(Strict):
     scale: int = Field(1, ge=1, le=10_000)
     nprocs: int = Field(1, ge=1, le=1024)
     use_spot_instance: bool = False
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="higher runs first; may preempt lower priorities"
+    )
+    project: str = Field(
+        "default", pattern=NAME_PATTERN, description="the project charged; quotas apply to it"
+    )
     schedule: str | None = None
     concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
     retries: int = Field(0, ge=0, le=100)
@@ -206,6 +213,22 @@ class JobSpec(Strict):
         if value is not None and parse_duration(value) <= 0:
             raise ValueError("must be positive")
         return value
+
+    @model_validator(mode="after")
+    def _nprocs_divides_gpus(self) -> JobSpec:
+        gpus = self.resources.gpu_request()
+        if gpus is not None and gpus.count % self.nprocs:
+            # Each process gets an equal share of the task's GPUs. Raised as a
+            # ValidationError with its own location, which pydantic keeps, so the
+            # 422 names `spec.nprocs` rather than the whole `spec`.
+            message = f"nprocs ({self.nprocs}) must divide the GPUs per task ({gpus.count})"
+            error = InitErrorDetails(
+                type=PydanticCustomError("value_error", message),
+                loc=("nprocs",),
+                input=self.nprocs,
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [error])
+        return self
 
     def max_duration_seconds(self) -> float | None:
         return parse_duration(self.max_duration) if self.max_duration is not None else None

@@ -1,11 +1,13 @@
 """The per-task supervisor: forked by the agent, it owns one task until its end.
 
 It detaches into its own session (so neither a dying server nor a dying agent takes
-the task with it), clones the repositories, runs the start script, then the command
-in its own process group with output to `main.log`. On SIGTERM it forwards SIGTERM
-to the command's group and SIGKILLs the group after the grace period. It writes the
-outcome to `result.json` and reports progress on a pipe to the agent, if the agent
-is still there to read it.
+the task with it), clones the repositories, runs the start script, then the command:
+one process per entry of the spec's `process_env` (one when it is empty), all in one
+process group, output appended to `main.log` (see `processes.py`). The processes are
+a gang: when one fails, the others get SIGTERM. On SIGTERM (a stop) it forwards
+SIGTERM to the group; either way the group gets SIGKILL after the grace period. It
+writes the outcome to `result.json` and reports progress on a pipe to the agent, if
+the agent is still there to read it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, NoReturn
 
+from flotilla.runtime.processes import NOT_STARTED, command_line, spawn, wait_gang
 from flotilla.runtime.procs import process_start_ticks, write_json_atomic
 from flotilla.runtime.taskspec import EXITED, RUNNING, TaskFiles, TaskSpec, TaskState
 
@@ -38,7 +40,8 @@ class Supervisor:
         self.files = TaskFiles(spec.task_dir)
         self.report_fd = report_fd
         self.child_pgid: int | None = None  # the group that SIGTERM must reach
-        self.stopping = False
+        self.stopping = False  # asked to stop (SIGTERM)
+        self.terminating = False  # the group has had its SIGTERM; SIGKILL is armed
         self.started: tuple[int | None, float | None] = (None, None)
 
     # -- entry point -------------------------------------------------------------
@@ -91,11 +94,7 @@ class Supervisor:
         if self.stopping:
             self._finish(exit_code=None, message="stopped during setup")
             return 0
-        status = self._run_command()
-        exit_code = os.waitstatus_to_exitcode(status)
-        if exit_code < 0:  # killed by a signal: report it the way shells do
-            exit_code = 128 - exit_code
-        self._finish(exit_code=exit_code, message="")
+        self._finish(exit_code=self._run_command(), message="")
         return 0
 
     # -- setup -------------------------------------------------------------------
@@ -164,57 +163,45 @@ class Supervisor:
     # -- the command -------------------------------------------------------------
 
     def _run_command(self) -> int:
-        """Start the command in its own process group and wait for it. Returns the
-        wait status, or 127 << 8 if it could not be started."""
+        """Start the task's processes in one process group and wait for all of them.
+        Returns the first failure's exit code (127 if a process could not be
+        started), or 0."""
         started_at = time.time()
-        try:
-            pid = self._spawn_command()
-        except OSError as e:
-            with open(self.files.main_log, "a") as log:
-                log.write(f"flotilla: cannot start the command: {e}\n")
-            return 127 << 8
-        self.child_pgid = pid
-        write_json_atomic(self.files.started, {"pid": pid, "started_at": started_at})
-        self._report(TaskState(self.spec.task_id, RUNNING, pid=pid, started_at=started_at))
-        self.started = (pid, started_at)
-        if self.stopping:  # a SIGTERM that came during setup or the spawn
-            self._signal_group(signal.SIGTERM)
-            signal.setitimer(signal.ITIMER_REAL, max(self.spec.grace_seconds, 0.01))
-        _, status = os.waitpid(pid, 0)
+        pids, spawn_failure = self._spawn_processes()
+        if not pids:
+            return spawn_failure
+        leader = pids[0]  # its pid is the group's id: what a stop or a cleanup signals
+        write_json_atomic(self.files.started, {"pid": leader, "started_at": started_at})
+        self._report(TaskState(self.spec.task_id, RUNNING, pid=leader, started_at=started_at))
+        self.started = (leader, started_at)
+        if self.stopping or spawn_failure:  # a SIGTERM during setup or the spawns
+            self._terminate_group()
+        code = wait_gang(pids, self._terminate_group)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        # The main process is gone: like a container, take its stray children with it.
+        # All processes are gone: like a container, take their stray children too.
         self._signal_group(signal.SIGKILL)
-        return status
+        return spawn_failure or code
 
-    def _spawn_command(self) -> int:
-        # posix_spawn (vfork + exec) costs a fraction of fork + exec: it copies no
-        # page tables, which matters when thousands of runs start at once.
-        if self.spec.argv is not None:
-            program = shutil.which(self.spec.argv[0], path=self.spec.env.get("PATH", os.defpath))
-            if program is None:
-                raise FileNotFoundError(f"{self.spec.argv[0]!r} not found on PATH")
-            argv = self.spec.argv
-        else:
-            program, argv = "/bin/bash", ["/bin/bash", "-c", self.spec.shell or ""]
-        os.chdir(self.spec.workdir)  # the spawned process inherits the working directory
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        return os.posix_spawn(
-            program,
-            argv,
-            self.spec.env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 1, str(self.files.main_log), flags, 0o600),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setpgroup=0,  # its own process group: a stop reaches all it started
-            setsigdef=(
-                signal.SIGTERM,
-                signal.SIGALRM,
-                signal.SIGPIPE,
-                signal.SIGINT,
-                signal.SIGHUP,
-            ),
-        )
+    def _spawn_processes(self) -> tuple[list[int], int]:
+        """Spawn one process per entry of `process_env`, the first leading a new
+        process group and the rest joining it. Returns their pids and 0, or the
+        pids started so far and 127 if one could not be started."""
+        os.chdir(self.spec.workdir)  # the spawned processes inherit it
+        pids: list[int] = []
+        for extra in self.spec.process_env or [{}]:
+            if self.stopping:  # stopped part way: start no more
+                break
+            env = {**self.spec.env, **extra}
+            try:
+                program, argv = command_line(self.spec, env)
+                pid = spawn(program, argv, env, self.files.main_log, pids[0] if pids else 0)
+            except OSError as e:
+                with open(self.files.main_log, "a") as log:
+                    log.write(f"flotilla: cannot start the command: {e}\n")
+                return pids, NOT_STARTED
+            pids.append(pid)
+            self.child_pgid = pids[0]  # from now on a SIGTERM reaches the group
+        return pids, 0
 
     # -- signals -----------------------------------------------------------------
 
@@ -223,8 +210,16 @@ class Supervisor:
             return
         self.stopping = True
         if self.child_pgid is not None:
-            self._signal_group(signal.SIGTERM)
-            signal.setitimer(signal.ITIMER_REAL, max(self.spec.grace_seconds, 0.01))
+            self._terminate_group()
+
+    def _terminate_group(self) -> None:
+        """SIGTERM the current process group, SIGKILL it after the grace period.
+        Once: a stop after a gang failure must not restart the grace period."""
+        if self.terminating:
+            return
+        self.terminating = True
+        self._signal_group(signal.SIGTERM)
+        signal.setitimer(signal.ITIMER_REAL, max(self.spec.grace_seconds, 0.01))
 
     def _on_grace_expired(self, _sig: int, _frame: FrameType | None) -> None:
         self._signal_group(signal.SIGKILL)

@@ -34,6 +34,9 @@ class TaskSpec:
     git: list[GitClone] = field(default_factory=list)
     files: list[SecretFile] = field(default_factory=list)
     grace_seconds: float = 10.0
+    # One entry per process of the task, each applied on top of `env`; empty (as in
+    # specs written before tasks had several processes) means one process with `env`.
+    process_env: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -103,6 +103,7 @@ class LocalBackend:
             git=clones,
             files=files,
             grace_seconds=request.grace_seconds,
+            process_env=request.process_env,
         )
 
     async def stop(self, task: TaskRef, grace_seconds: float) -> None:

@@ -1,34 +1,48 @@
-"""The scheduler reconciler: places pending runs on free capacity and launches them.
+"""The scheduler reconciler: places pending runs on nodes and launches them.
 
-load (pending runs, GPUs held by placed runs) -> decide (`core.placement.place_gang`,
-pure) -> apply (assign, mark starting, build launch requests in one transaction) ->
-launch through the backend after the commit. A launch lost to a crash in between is
-redone by the supervision reconciler, because launching is idempotent.
+load (`services.scheduling.load_snapshot`: nodes, runs holding them, the queue) ->
+recover (evict work from draining, failed and terminated nodes) -> decide
+(`services.placement.plan`, pure: gang placement in the topology, queue policy,
+preemption, a reason for every waiting run) -> apply (assign tasks, mark runs
+starting, build launch requests, all in one transaction) -> launch through the
+backend after the commit. A launch lost to a crash in between is redone by the
+supervision reconciler, because launching is idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.base import LaunchRequest
-from flotilla.core.placement import NodeCapacity, Placement, TaskRequest, place_gang
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.errors import ClientError, FlotillaError
 from flotilla.recipes.job import JobSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.reconcilers import recovery
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import free_port, launch_requests, resolve_secrets
+from flotilla.server.services.placement import Plan, TaskPlacement, plan
 from flotilla.server.services.runs import current_tasks, run_tasks, switch_run_status
+from flotilla.server.services.scheduling import (
+    Snapshot,
+    Waiting,
+    load_policy,
+    load_snapshot,
+    recent_usage,
+)
 
 log = logging.getLogger("flotilla.scheduler")
-HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 ACTOR = "scheduler"
+# Like Slurm's queue depth: a cycle ends after this many runs in a row could not
+# start; the rest keep their previous reason until capacity changes.
+QUEUE_DEPTH = 500
+USAGE_TTL = 15.0  # seconds a fair-share usage figure is reused
 
 
 class Scheduler(ReconcileLoop):
@@ -37,18 +51,22 @@ class Scheduler(ReconcileLoop):
     def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx.wakers.scheduler, ctx.settings.resync_seconds, min_gap=0.01)
         self.ctx = ctx
-        # Pending run id -> the free capacity it could not fit into. While capacity
-        # stays the same the run is not looked at again, so a step costs O(new
-        # runs), not O(queue), when thousands wait.
-        self._unplaceable: dict[str, tuple[object, ...]] = {}
+        # What the last decision saw. While nodes, holders and the queue are the
+        # same, deciding again would give the same answer: skip it.
+        self._last_seen: tuple[object, ...] | None = None
+        self._usage: tuple[float, dict[str, float]] = (-1e9, {})
 
     async def step(self) -> None:
         async with self.ctx.sessions() as session, session.begin():
-            requests = await self._place_pending(session)
+            requests = await self._cycle(session)
         if requests:
             await self.launch(requests)
 
     async def launch(self, requests: list[LaunchRequest]) -> None:
+        for request in requests:  # cheap, and must exist before any rank starts
+            if request.checkpoint_dir:
+                self.ctx.settings.checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
+                (self.ctx.settings.checkpoints / request.task.run_id).mkdir(exist_ok=True)
         results = await asyncio.gather(
             *(self.ctx.backend.launch(r) for r in requests), return_exceptions=True
         )
@@ -60,114 +78,104 @@ class Scheduler(ReconcileLoop):
             elif isinstance(result, BaseException):
                 raise result
 
-    async def _place_pending(self, session: AsyncSession) -> list[LaunchRequest]:
+    async def _cycle(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
-        pending_ids = (
-            (
-                await session.execute(
-                    select(RunModel.id)
-                    .where(RunModel.status == RunStatus.PENDING.value)
-                    .order_by(RunModel.queued_at, RunModel.id)
-                )
-            )
-            .scalars()
-            .all()
+        snapshot = await load_snapshot(session)
+        if recovery.evict_from_lost_nodes(session, snapshot, now):
+            self.ctx.wakers.supervision.set()
+        recovery.finish_drains(session, snapshot, now)
+        seen = _fingerprint(snapshot)
+        if not snapshot.pending or seen == self._last_seen:
+            return []
+        self._last_seen = seen
+        decided = plan(
+            snapshot, await load_policy(session), await self._usage_now(session), QUEUE_DEPTH
         )
-        still_pending = set(pending_ids)
-        self._unplaceable = {k: v for k, v in self._unplaceable.items() if k in still_pending}
-        if not pending_ids:
-            return []
-        capacity = await self._capacity(session)
-        fingerprint = _fingerprint(capacity)
-        wanted = [r for r in pending_ids if self._unplaceable.get(r) != fingerprint]
-        if not wanted:
-            return []
-        rows = (
-            await session.execute(
-                select(RunModel, RecipeModel)
-                .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-                .where(RunModel.id.in_(wanted))
-            )
-        ).all()
-        order = {run_id: i for i, run_id in enumerate(wanted)}
-        pending = sorted(rows, key=lambda row: order[row[0].id])
-        tasks_by_run = await run_tasks(session, [run.id for run, _ in pending])
+        if decided.preempt:
+            recovery.preempt(session, snapshot, decided.preempt, now)
+            self.ctx.wakers.supervision.set()
+        if decided.waiting_for_capacity:
+            self.ctx.wakers.fleets.set()  # an elastic fleet may grow for them
+        for waiting in snapshot.pending:
+            reason = decided.reasons.get(waiting.run.id)
+            if reason and waiting.run.reason != reason:
+                waiting.run.reason = reason
+        return await self._apply(session, snapshot, decided)
+
+    async def _usage_now(self, session: AsyncSession) -> dict[str, float]:
+        at, usage = self._usage
+        if time.monotonic() - at > USAGE_TTL:
+            usage = await recent_usage(session, self.ctx.clock.now())
+            self._usage = (time.monotonic(), usage)
+        return usage
+
+    async def _apply(
+        self, session: AsyncSession, snapshot: Snapshot, decided: Plan
+    ) -> list[LaunchRequest]:
         requests: list[LaunchRequest] = []
-        for run, recipe in pending:
-            tasks = current_tasks(run, tasks_by_run[run.id])
-            spec = JobSpec.model_validate(run.spec)
-            decision = place_gang(TaskRequest(len(tasks), spec.resources.gpu_request()), capacity)
-            if not isinstance(decision, Placement):
-                run.reason = decision.reason
-                self._unplaceable[run.id] = _fingerprint(capacity)
-                continue
-            try:
-                secret_env, secret_files = await resolve_secrets(
-                    session, self.ctx.secret_box, spec, recipe.owner
-                )
-            except ClientError as e:
-                switch_run_status(
-                    session,
-                    run,
-                    RunStatus.ERROR,
-                    reason=f"cannot launch: {e.message}",
-                    actor=ACTOR,
-                    now=now,
-                )
-                continue
-            for assignment in decision.assignments:
-                task = tasks[assignment.rank]
-                task.node, task.address = assignment.node, assignment.address
-                task.gpus = list(assignment.gpus)
-                task.status = TaskStatus.STARTING.value
-                _take(capacity, assignment.node, assignment.gpus)
-            run.leader_port = free_port()
-            switch_run_status(
-                session, run, RunStatus.STARTING, reason="launching", actor=ACTOR, now=now
-            )
-            note = self.ctx.backend.host_note(spec)
-            if note:
-                record_event(
-                    session,
-                    kind="backend",
-                    message=note,
-                    actor=ACTOR,
-                    now=now,
-                    recipe_id=run.recipe_id,
-                    run_id=run.id,
-                )
-            requests += launch_requests(
-                run,
-                tasks,
-                recipe.name,
-                secret_env,
-                secret_files,
-                run.leader_port,
-                self.ctx.settings.stop_grace_seconds,
-            )
+        for waiting in snapshot.pending:
+            placements = decided.placements.get(waiting.run.id)
+            if placements is not None:
+                requests += await self._start(session, waiting, placements)
         return requests
 
-    async def _capacity(self, session: AsyncSession) -> list[NodeCapacity]:
-        held: dict[str, set[int]] = {}
-        rows = await session.execute(
-            select(TaskModel.node, TaskModel.gpus)
-            .join(RunModel, RunModel.id == TaskModel.run_id)
-            .where(RunModel.status.in_(HOLDING), TaskModel.attempt == RunModel.attempt)
-        )
-        for node, gpus in rows:
-            if node:
-                held.setdefault(node, set()).update(gpus or [])
-        return [
-            NodeCapacity(
-                name=n.name,
-                address=n.address,
-                gpu_type=n.gpu_type,
-                free_gpus=[g.index for g in n.gpus if g.index not in held.get(n.name, set())],
-                total_gpus=len(n.gpus),
-                labels=n.labels,
+    async def _start(
+        self, session: AsyncSession, waiting: Waiting, placements: list[TaskPlacement]
+    ) -> list[LaunchRequest]:
+        run, recipe, spec = waiting.run, waiting.recipe, waiting.spec
+        now = self.ctx.clock.now()
+        try:
+            secret_env, secret_files = await resolve_secrets(
+                session, self.ctx.secret_box, spec, recipe.owner
             )
-            for n in self.ctx.backend.nodes()
-        ]
+        except ClientError as e:
+            reason = f"cannot launch: {e.message}"
+            switch_run_status(session, run, RunStatus.ERROR, reason=reason, actor=ACTOR, now=now)
+            return []
+        for task, where in zip(waiting.tasks, placements, strict=True):
+            task.node, task.address, task.gpus = where.node, where.address, list(where.gpus)
+            task.status = TaskStatus.STARTING.value
+        run.leader_port = free_port()
+        nodes = sorted({p.node for p in placements})
+        switch_run_status(
+            session,
+            run,
+            RunStatus.STARTING,
+            reason=f"launching on {', '.join(nodes)}",
+            actor=ACTOR,
+            now=now,
+        )
+        note = self.ctx.backend.host_note(spec)
+        if note:
+            record_event(
+                session,
+                kind="backend",
+                message=note,
+                actor=ACTOR,
+                now=now,
+                recipe_id=run.recipe_id,
+                run_id=run.id,
+            )
+        return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files)
+
+    def _requests(
+        self,
+        run: RunModel,
+        tasks: list[TaskModel],
+        job_name: str,
+        secret_env: dict[str, str],
+        secret_files: list[tuple[str, str]],
+    ) -> list[LaunchRequest]:
+        return launch_requests(
+            run,
+            tasks,
+            job_name,
+            secret_env,
+            secret_files,
+            run.leader_port or 29500,
+            self.ctx.settings.stop_grace_seconds,
+            str(self.ctx.settings.checkpoints / run.id),
+        )
 
     async def relaunch(
         self, session: AsyncSession, run: RunModel, tasks: list[TaskModel]
@@ -181,26 +189,14 @@ class Scheduler(ReconcileLoop):
         )
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
-        return [
-            r
-            for r in launch_requests(
-                run,
-                all_tasks,
-                recipe.name,
-                secret_env,
-                secret_files,
-                run.leader_port or 29500,
-                self.ctx.settings.stop_grace_seconds,
-            )
-            if r.task.task_id in wanted
-        ]
+        requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files)
+        return [r for r in requests if r.task.task_id in wanted]
 
 
-def _fingerprint(capacity: list[NodeCapacity]) -> tuple[object, ...]:
-    return tuple((n.name, n.schedulable, tuple(n.free_gpus)) for n in capacity)
-
-
-def _take(capacity: list[NodeCapacity], node: str, gpus: tuple[int, ...]) -> None:
-    for item in capacity:
-        if item.name == node:
-            item.free_gpus = [g for g in item.free_gpus if g not in gpus]
+def _fingerprint(snapshot: Snapshot) -> tuple[object, ...]:
+    nodes = tuple((n.name, n.state, tuple(snapshot.free_gpus(n))) for n in snapshot.nodes.values())
+    return (
+        nodes,
+        tuple((w.run.id, w.run.attempt) for w in snapshot.pending),
+        tuple((p.run.id, p.run.attempt) for p in snapshot.placed),
+    )

@@ -153,24 +153,33 @@ class Supervision(ReconcileLoop):
             run.started_at = min(started) if started else now
             return False
         run.exit_code = verdict.exit_code
+        if run.requeue_reason is not None:
+            # Evicted by the platform (node lost, drain, spot notice, preemption):
+            # the work goes back to the queue whatever the processes said.
+            why = run.requeue_reason
+            switch_run_status(session, run, RunStatus.PREEMPTED, reason=why, actor=ACTOR, now=now)
+            await self._requeue(session, run, f"requeued after: {why}")
+            return False
         switch_run_status(session, run, verdict.status, reason=verdict.reason, actor=ACTOR, now=now)
         retries = int(run.spec.get("retries", 0))
         # A run stopped on purpose (user, max_duration) is not retried.
-        if verdict.status == RunStatus.FAILED and run.attempt < retries and run.stop_reason is None:
-            await self._requeue(session, run, verdict.reason, retries)
+        if (
+            verdict.status == RunStatus.FAILED
+            and run.retries_used < retries
+            and run.stop_reason is None
+        ):
+            run.retries_used += 1
+            why = f"retry {run.retries_used} of {retries} after: {verdict.reason}"
+            await self._requeue(session, run, why)
         return False
 
-    async def _requeue(self, session: AsyncSession, run: RunModel, why: str, retries: int) -> None:
+    async def _requeue(self, session: AsyncSession, run: RunModel, why: str) -> None:
+        """A new attempt of the run, queued again (its checkpoint directory stays)."""
         recipe = await session.get(RecipeModel, run.recipe_id)
         assert recipe is not None
         attempt = run.attempt + 1
         switch_run_status(
-            session,
-            run,
-            RunStatus.PENDING,
-            reason=f"retry {attempt} of {retries} after: {why}",
-            actor=ACTOR,
-            now=self.ctx.clock.now(),
+            session, run, RunStatus.PENDING, reason=why, actor=ACTOR, now=self.ctx.clock.now()
         )
         run.attempt = attempt
         session.add_all(new_tasks(run, recipe.name))

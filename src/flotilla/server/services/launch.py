@@ -8,7 +8,7 @@ import socket
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.base import LaunchRequest, TaskRef
-from flotilla.core.envcontract import TaskIdentity, task_environment
+from flotilla.core.envcontract import TaskIdentity, process_environments, task_environment
 from flotilla.errors import ClientError
 from flotilla.recipes.job import JobSpec, SecretAttachment
 from flotilla.server.db.models import RunModel, TaskModel
@@ -57,6 +57,7 @@ def launch_requests(
     secret_files: list[tuple[str, str]],
     leader_port: int,
     grace_seconds: float,
+    checkpoint_dir: str | None = None,
 ) -> list[LaunchRequest]:
     spec = JobSpec.model_validate(run.spec)
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
@@ -72,6 +73,7 @@ def launch_requests(
             leader_port=leader_port,
             peers=peers,
             gpus=tuple(task.gpus),
+            checkpoint_dir=checkpoint_dir,
         )
         env = {**spec.environment_variables, **task_environment(identity), **secret_env}
         requests.append(
@@ -81,6 +83,8 @@ def launch_requests(
                 env=env,
                 secret_files=secret_files,
                 grace_seconds=grace_seconds,
+                process_env=process_environments(identity),
+                checkpoint_dir=checkpoint_dir,
             )
         )
     return requests

@@ -119,6 +119,7 @@ def switch_run_status(
         run.exit_code = None
         run.stop_requested_at = None
         run.stop_reason = None
+        run.requeue_reason = None
     message = f"{current} -> {new}" + (f": {reason}" if reason else "")
     record_event(
         session,
