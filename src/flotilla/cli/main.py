@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
+from flotilla.cli.nodes import register as register_nodes
 from flotilla.cli.output import (
     fail,
     fail_api,
@@ -372,6 +373,7 @@ def secret_delete(name: str) -> None:
 
 app.command("simulate")(simulate_command)
 app.command("trace")(trace_command)
+register_nodes(app)  # flo nodes, flo node describe|cordon|uncordon|drain|terminate
 
 
 def main() -> None:

@@ -148,6 +148,23 @@ class FlotillaClient:
     def status(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/status"))
 
+    # nodes
+    def list_nodes(
+        self, state: str | None = None, fleet: str | None = None, gpu_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {
+            k: v for k, v in {"state": state, "fleet": fleet, "gpu_type": gpu_type}.items() if v
+        }
+        return list(self._request("GET", "/api/nodes", params=params)["nodes"])
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/nodes/{name}"))
+
+    def node_action(self, name: str, action: str, reason: str | None = None) -> dict[str, Any]:
+        """`action` is cordon, uncordon, drain or terminate; returns the node after it."""
+        body = {"reason": reason} if reason else None
+        return dict(self._request("POST", f"/api/nodes/{name}/{action}", json=body))
+
 
 def _decode(response: httpx.Response) -> Any:
     if response.status_code == 204:

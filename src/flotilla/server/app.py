@@ -28,7 +28,7 @@ from flotilla.server.errors import install_error_handlers
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
-from flotilla.server.routers import jobs, pods, recipes, runs, secrets, status
+from flotilla.server.routers import jobs, nodes, pods, recipes, runs, secrets, status
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
 from flotilla.server.services.nodes import ensure_local_node
@@ -98,7 +98,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (status, recipes, jobs, pods, runs, secrets):
+    for module in (status, recipes, jobs, pods, runs, secrets, nodes):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

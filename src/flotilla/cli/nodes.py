@@ -1,0 +1,186 @@
+"""`flo nodes` (list) and `flo node describe|cordon|uncordon|drain|terminate NAME`.
+Registered on the main app by `register(app)` from `cli/main.py`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from flotilla.cli.output import fail_api, print_json, table, when
+from flotilla.client import ApiError, FlotillaClient
+from flotilla.core.status import NodeState
+
+node_app = typer.Typer(
+    help="Inspect one node, or cordon, uncordon, drain or terminate it.", no_args_is_help=True
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+NameArg = Annotated[str, typer.Argument(help="node name (see `flo nodes`)")]
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", "-r", help="why; recorded in the node's events")
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("nodes")(nodes_command)
+    app.add_typer(node_app, name="node")
+
+
+@contextmanager
+def _api() -> Iterator[FlotillaClient]:
+    # Our own error wrapper rather than main's `api_errors`: main imports this module.
+    try:
+        with FlotillaClient() as api:
+            yield api
+    except ApiError as e:
+        fail_api(e)
+
+
+def nodes_command(
+    state: Annotated[NodeState | None, typer.Option(help="only nodes in this state")] = None,
+    fleet: Annotated[str | None, typer.Option(help="only nodes of this fleet")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="only this GPU type, e.g. H100")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """List nodes: GPUs free, state, price and age (terminated ones with --state)."""
+    with _api() as api:
+        items = api.list_nodes(state.value if state else None, fleet, gpu)
+    if json:
+        return print_json(items)
+    rows = [
+        (
+            n["name"],
+            n["provider"],
+            n["instance_type"],
+            gpu_summary(n),
+            n["state"],
+            n["reason"],
+            price(n["price_per_hour"]),
+            age(n["age_seconds"]),
+        )
+        for n in items
+    ]
+    table(
+        None, ["name", "provider", "instance type", "GPUs", "state", "reason", "$/h", "age"], rows
+    )
+
+
+@node_app.command("describe")
+def describe(name: NameArg, json: JsonOpt = False) -> None:
+    """A node's GPUs and who holds them, its topology labels and its events."""
+    with _api() as api:
+        node = api.get_node(name)
+    if json:
+        return print_json(node)
+    print(
+        f"node {node['name']}: {node['state']}" + (f" ({node['reason']})" if node["reason"] else "")
+    )
+    facts = [
+        ("provider", node["provider"]),
+        ("fleet", node["fleet"]),
+        (
+            "instance",
+            f"{node['instance_type']} in {node['region']}" + (" (spot)" if node["spot"] else ""),
+        ),
+        ("address", node["address"]),
+        ("GPUs", gpu_summary(node)),
+        ("price", price(node["price_per_hour"]) + "/h" if node["price_per_hour"] else "-"),
+        ("age", age(node["age_seconds"])),
+        ("interruption deadline", node["interruption_deadline"]),
+    ]
+    for label, value in facts:
+        if value:
+            print(f"  {label}: {value}")
+    table(
+        "GPUs",
+        ["index", "type", "healthy", "run", "job", "task"],
+        [
+            (
+                g["index"],
+                g["type"],
+                "yes" if g["healthy"] else "NO",
+                *(
+                    (g["holder"]["run_id"], g["holder"]["job"], g["holder"]["task"])
+                    if g["holder"]
+                    else ("", "", "")
+                ),
+            )
+            for g in node["gpus"]
+        ],
+    )
+    table("labels", ["label", "value"], sorted(node["labels"].items()))
+    table(
+        "events",
+        ["time", "message", "by"],
+        [(when(e["time"]), e["message"], e["actor"]) for e in node["events"]],
+    )
+
+
+def _act(name: str, action: str, reason: str | None) -> None:
+    with _api() as api:
+        node = api.node_action(name, action, reason)
+    print(
+        f"node {node['name']}: {node['state']}" + (f" ({node['reason']})" if node["reason"] else "")
+    )
+
+
+@node_app.command("cordon")
+def cordon(name: NameArg, reason: ReasonOpt = None) -> None:
+    """No new work on the node; what runs there keeps running."""
+    _act(name, "cordon", reason)
+
+
+@node_app.command("uncordon")
+def uncordon(name: NameArg, reason: ReasonOpt = None) -> None:
+    """Let the node take new work again (from cordoned or draining)."""
+    _act(name, "uncordon", reason)
+
+
+@node_app.command("drain")
+def drain(name: NameArg, reason: ReasonOpt = None) -> None:
+    """Stop the node's runs (SIGTERM, grace period) and requeue them; it ends cordoned."""
+    _act(name, "drain", reason)
+
+
+@node_app.command("terminate")
+def terminate(
+    name: NameArg,
+    reason: ReasonOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False,
+) -> None:
+    """Release the node's instance at its provider; its runs are requeued elsewhere."""
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"terminate node {name}?"):
+        raise typer.Exit(1)
+    _act(name, "terminate", reason)
+
+
+def gpu_summary(node: dict[str, Any]) -> str:
+    """`6/8 free H100`, with unhealthy GPUs called out; `-` for a CPU node."""
+    counts = node["gpu_counts"]
+    if not counts["total"]:
+        return "-"
+    text = f"{counts['free']}/{counts['total']} free"
+    if node["gpu_type"]:
+        text += f" {node['gpu_type']}"
+    if counts["unhealthy"]:
+        text += f", {counts['unhealthy']} unhealthy"
+    return text
+
+
+def price(per_hour: float) -> str:
+    return f"${per_hour:,.2f}" if per_hour else "-"
+
+
+def age(seconds: int) -> str:
+    """`42s`, `7m`, `3h05m`, `4d2h`: two units at most, as an admin scans it."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"

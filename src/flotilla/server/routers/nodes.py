@@ -1,0 +1,88 @@
+"""Nodes: list and describe them, and the admin actions cordon, uncordon, drain
+and terminate. Each action answers with the node's view after it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from flotilla.core.status import NodeState
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.security import Identity
+from flotilla.server.services.node_actions import NodeAction, act_on_node
+from flotilla.server.services.node_views import list_node_views, node_detail
+
+router = APIRouter(prefix="/api/nodes", tags=["nodes"])
+
+
+class NodeActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=1000, description="why; kept in the event")
+
+
+@router.get("")
+async def list_nodes(
+    ctx: Ctx,
+    caller: Caller,
+    state: NodeState | None = None,
+    fleet: str | None = None,
+    gpu_type: str | None = None,
+) -> dict[str, Any]:
+    """Every node that is not terminated (or those in `state`), by name."""
+    async with ctx.sessions() as session:
+        views = await list_node_views(
+            session, ctx.clock.now(), state=state, fleet=fleet, gpu_type=gpu_type
+        )
+    return {"nodes": views}
+
+
+@router.get("/{name}")
+async def get_node(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+    """One node with its GPUs' holders and its events."""
+    async with ctx.sessions() as session:
+        return await node_detail(session, name, ctx.clock.now())
+
+
+@router.post("/{name}/cordon")
+async def cordon(
+    ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
+) -> dict[str, Any]:
+    """No new work; what runs there keeps running."""
+    return await _act(ctx, caller, name, NodeAction.CORDON, body)
+
+
+@router.post("/{name}/uncordon")
+async def uncordon(
+    ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
+) -> dict[str, Any]:
+    """Back to `ready` from `cordoned` or `draining`."""
+    return await _act(ctx, caller, name, NodeAction.UNCORDON, body)
+
+
+@router.post("/{name}/drain")
+async def drain(
+    ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
+) -> dict[str, Any]:
+    """No new work, and the node's runs are stopped (grace period) and requeued;
+    the node ends `cordoned`."""
+    return await _act(ctx, caller, name, NodeAction.DRAIN, body)
+
+
+@router.post("/{name}/terminate")
+async def terminate(
+    ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
+) -> dict[str, Any]:
+    """Release the instance at its provider; its runs are requeued elsewhere."""
+    return await _act(ctx, caller, name, NodeAction.TERMINATE, body)
+
+
+async def _act(
+    ctx: Ctx, caller: Identity, name: str, action: NodeAction, body: NodeActionRequest | None
+) -> dict[str, Any]:
+    # Admin actions. Any authenticated caller may take them until roles arrive
+    # (a later issue); the role check goes here, before anything changes.
+    await act_on_node(ctx, name, action, body.reason if body else None, caller)
+    async with ctx.sessions() as session:
+        return await node_detail(session, name, ctx.clock.now())
