@@ -192,5 +192,6 @@ async def test_openapi_is_valid_and_documents_the_recipe(api: Api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     validate(spec)
     body = spec["paths"]["/api/recipes"]["put"]["requestBody"]["content"]["application/json"]
-    assert body["schema"]["properties"]["type"]["enum"] == ["job"]
+    branches = body["schema"]["oneOf"]  # one per recipe type
+    assert [b["properties"]["type"]["enum"] for b in branches] == [["fleet"], ["job"]]
     assert "GitRepository" in spec["components"]["schemas"]

@@ -1,40 +1,13 @@
-"""The pure core: placement, run verdicts, the environment contract, units."""
+"""The pure core: run verdicts, the environment contract, units."""
 
 from __future__ import annotations
 
 import pytest
 
 from flotilla.core.envcontract import TaskIdentity, task_environment
-from flotilla.core.placement import NodeCapacity, Placement, TaskRequest, Unplaceable, place_gang
 from flotilla.core.status import RunStatus, TaskStatus, can_switch
 from flotilla.core.units import GpuRequest, parse_duration, parse_gpu, parse_memory
 from flotilla.core.verdict import TaskView, judge_run
-
-
-def node(name: str, free: list[int], total: int = 8, gpu: str | None = "H100") -> NodeCapacity:
-    return NodeCapacity(name, f"10.0.0.{name[-1]}", gpu, free, total)
-
-
-def test_gang_is_placed_whole_or_not_at_all() -> None:
-    nodes = [node("n1", [0, 1, 2, 3]), node("n2", [0, 1])]
-    placed = place_gang(TaskRequest(2, GpuRequest("H100", 2)), nodes)
-    assert isinstance(placed, Placement)
-    assert [(a.node, a.gpus) for a in placed.assignments] == [("n2", (0, 1)), ("n1", (0, 1))]
-    refused = place_gang(TaskRequest(3, GpuRequest("H100", 3)), nodes)
-    assert isinstance(refused, Unplaceable)
-    assert refused.reason == "waiting for 9 H100 GPUs (3 tasks x 3): 6 of 16 free"
-    assert nodes[0].free_gpus == [0, 1, 2, 3]  # the snapshot is not modified
-
-
-def test_placement_reasons() -> None:
-    nodes = [node("n1", [0], total=2)]
-    too_big = place_gang(TaskRequest(1, GpuRequest("H100", 4)), nodes)
-    assert isinstance(too_big, Unplaceable) and "only 2 exist" in too_big.reason
-    wrong = place_gang(TaskRequest(1, GpuRequest("A100", 1)), nodes)
-    assert isinstance(wrong, Unplaceable) and "available types: H100" in wrong.reason
-    cordoned = NodeCapacity("n1", "x", "H100", [0], 1, schedulable=False)
-    assert isinstance(place_gang(TaskRequest(1, None), [cordoned]), Unplaceable)
-    assert isinstance(place_gang(TaskRequest(4, None), nodes), Placement)  # CPU-only fits anywhere
 
 
 def test_verdicts() -> None:

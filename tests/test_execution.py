@@ -133,7 +133,11 @@ async def test_gpus_are_assigned_and_shortage_waits_with_reason(gpu_api: Api) ->
 
     async def pending_reason() -> str | None:
         run = await get_run(client, big)
-        return run["reason"] if "waiting for 2 H100 GPUs on one node: 1 of 2 free" in run["reason"] else None
+        return (
+            run["reason"]
+            if "waiting for 2 H100 GPUs on one node: 1 of 2 free" in run["reason"]
+            else None
+        )
 
     await wait_for(pending_reason, what="a pending reason")
     assert (await get_run(client, big))["status"] == "pending"

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
+from flotilla.cli.fleets import register as register_fleets
 from flotilla.cli.nodes import register as register_nodes
 from flotilla.cli.output import (
     fail,
@@ -20,6 +21,7 @@ from flotilla.cli.output import (
     print_yaml,
     table,
 )
+from flotilla.cli.queue import register as register_queue
 from flotilla.cli.simulate import simulate_command, trace_command
 from flotilla.client import ApiError, Connection, FlotillaClient
 from flotilla.client.connection import save_profile
@@ -373,7 +375,9 @@ def secret_delete(name: str) -> None:
 
 app.command("simulate")(simulate_command)
 app.command("trace")(trace_command)
+register_fleets(app)  # flo offer, flo fleets, flo fleet describe|delete
 register_nodes(app)  # flo nodes, flo node describe|cordon|uncordon|drain|terminate
+register_queue(app)  # flo queue, flo policy
 
 
 def main() -> None:

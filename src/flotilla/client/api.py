@@ -165,6 +165,34 @@ class FlotillaClient:
         body = {"reason": reason} if reason else None
         return dict(self._request("POST", f"/api/nodes/{name}/{action}", json=body))
 
+    # queue and scheduler policy
+    def queue(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/queue")["runs"])
+
+    def scheduler_policy(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/scheduler/policy"))
+
+    def set_scheduler_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PUT", "/api/scheduler/policy", json=policy))
+
+    # fleets and offers
+    def offers(
+        self, gpu: str | None = None, region: str | None = None, spot: bool = False
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {k: v for k, v in {"gpu": gpu, "region": region}.items() if v}
+        if spot:
+            params["spot"] = "true"
+        return list(self._request("GET", "/api/offers", params=params)["offers"])
+
+    def list_fleets(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/fleets")["fleets"])
+
+    def get_fleet(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/fleets/{name}"))
+
+    def delete_fleet(self, name: str) -> None:
+        self._request("DELETE", f"/api/fleets/{name}")
+
 
 def _decode(response: httpx.Response) -> Any:
     if response.status_code == 204:

@@ -2,7 +2,8 @@
 simulated cloud). One small surface the fleet reconciler drives.
 
 Contract for every method:
-- `offers()` and `capacity()` are cheap, never block and never fail.
+- `offers()`, `capacity()` and `cluster_capacity()` are cheap, never block and
+  never fail, so they may be called while validating a request.
 - `create_instances()` is all-or-nothing. `CapacityError` (a `TemporaryError`)
   means "not now, try later or elsewhere": a stock-out, or no InfiniBand network
   with enough free slices. `ProviderError` means the request can never work
@@ -82,6 +83,7 @@ class ProviderEvent:
     at: datetime
     detail: str = ""
     deadline: datetime | None = None
+    gpu: int | None = None  # GPU_FAILED: the index of the GPU that failed
 
 
 class Provider(Protocol):
@@ -92,6 +94,14 @@ class Provider(Protocol):
 
     def capacity(self, instance_type: str, region: str) -> int:
         """How many instances of this type could be created in the region now."""
+
+    def cluster_capacity(self, instance_type: str, region: str) -> int:
+        """The most instances of this type that one InfiniBand partition of the region
+        can take now: the largest `count` for which `create_instances(...,
+        cluster=True)` would not raise `CapacityError` at this moment (0 when out of
+        stock). A type outside the fabric has no partitions; its answer is
+        `capacity()`. Unknown types or regions answer 0. A hint for failing fast,
+        not a reservation: capacity may be gone by the time instances are created."""
 
     def create_instances(
         self,

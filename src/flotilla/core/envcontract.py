@@ -23,6 +23,7 @@ class TaskIdentity:
     peers: tuple[str, ...]  # addresses of every task, by rank
     gpus: tuple[int, ...]
     checkpoint_dir: str | None = None
+    node: str = ""  # the node the task runs on
 
 
 def task_environment(identity: TaskIdentity) -> dict[str, str]:
@@ -39,6 +40,7 @@ def task_environment(identity: TaskIdentity) -> dict[str, str]:
         "FLOTILLA_LEADER": identity.leader_address,
         "FLOTILLA_LEADER_PORT": str(identity.leader_port),
         "FLOTILLA_PEERS": peers,
+        "FLOTILLA_NODE": identity.node,
         # Saturn Cloud's names, so existing job scripts keep working.
         "SATURN_JOB_RUN": identity.run_id,
         "SATURN_JOB_RANK": str(identity.rank),

@@ -218,10 +218,10 @@ def _capacity_reason(index: TypeIndex, run: QueuedRun) -> str:
         )
     if run.nodes == 1:
         most = next((f for f in range(index.max_gpus, -1, -1) if index.by_free[f]), 0)
+        total = sum(n.gpu_count for n in index.nodes.values() if n.schedulable)
         return (
             f"waiting for {run.gpus_per_node} {run.gpu_type} GPUs on one node: "
-            f"{index.free_total} of {sum(n.gpu_count for n in index.nodes.values() if n.schedulable)}"
-            f" free, at most {most} on one node"
+            f"{index.free_total} of {total} free, at most {most} on one node"
         )
     best = max(
         ((counts[run.gpus_per_node], group) for group, counts in index.counts["partition"].items()),

@@ -19,11 +19,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flotilla.errors import FieldProblem, InvalidRecipe
+from flotilla.recipes.fleet import FleetSpec
 from flotilla.recipes.job import JobSpec
 
 SCHEMA_VERSION = "2025.10.01"
 _ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
-_SPEC_MODELS: dict[str, type[BaseModel]] = {"job": JobSpec}
+_SPEC_MODELS: dict[str, type[BaseModel]] = {"fleet": FleetSpec, "job": JobSpec}
 
 
 def recipe_types() -> list[str]:
@@ -127,8 +128,8 @@ def parse_recipe(data: Any, enforce_unknown: bool = True) -> Recipe:
 
 
 def parse_typed(data: Any, recipe_type: str, model: type[BaseModel]) -> BaseModel:
-    """Validate an envelope of a type that is not served by the API (yet), with the
-    same field-path errors as `parse_recipe`."""
+    """Validate an envelope of one expected type into `model` (`flo simulate` reads a
+    fleet file this way), with the same field-path errors as `parse_recipe`."""
     if not isinstance(data, dict) or data.get("type") != recipe_type:
         raise InvalidRecipe([FieldProblem("type", f"expected a {recipe_type} recipe")])
     unknown = [k for k in data if k not in _ENVELOPE_KEYS]

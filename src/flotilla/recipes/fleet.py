@@ -1,9 +1,9 @@
 """The fleet recipe spec: a pool of GPU nodes from a provider, fixed (`nodes: 4`)
 or elastic (`nodes: 0..8`), optionally one interconnected cluster.
 
-Used by `flo simulate` today; the fleet reconciler that provisions real or
-simulated instances from it is part of issue 3 and not registered with the API
-yet, so the server does not accept fleet recipes it would not act on.
+Applied like any recipe (`type: fleet`); the fleet reconciler
+(`server/reconcilers/fleets.py`) provisions and releases nodes from its provider to
+keep the fleet at its desired size. `flo simulate` replays traces on one offline.
 """
 
 from __future__ import annotations

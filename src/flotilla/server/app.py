@@ -26,9 +26,21 @@ from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
 from flotilla.server.errors import install_error_handlers
 from flotilla.server.reconcilers.cron import Cron
+from flotilla.server.reconcilers.fleets import Fleets
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
-from flotilla.server.routers import jobs, nodes, pods, recipes, runs, secrets, status
+from flotilla.server.routers import (
+    fleets,
+    jobs,
+    nodes,
+    offers,
+    pods,
+    queue,
+    recipes,
+    runs,
+    secrets,
+    status,
+)
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
 from flotilla.server.services.nodes import ensure_local_node
@@ -69,7 +81,7 @@ def create_app(
                 await ensure_local_node(session, local.inventory, clock_now)
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
-        loops = [scheduler, supervision, Cron(ctx)]
+        loops = [scheduler, supervision, Cron(ctx), Fleets(ctx)]
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx
         app.state.loops = loops
@@ -98,7 +110,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (status, recipes, jobs, pods, runs, secrets, nodes):
+    for module in (status, recipes, jobs, pods, runs, secrets, nodes, queue, fleets, offers):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

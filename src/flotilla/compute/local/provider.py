@@ -44,6 +44,9 @@ class LocalProvider:
     def capacity(self, instance_type: str, region: str) -> int:
         return 1 if (instance_type, region) == (LOCAL, LOCAL) and self.taken_by is None else 0
 
+    def cluster_capacity(self, instance_type: str, region: str) -> int:
+        return self.capacity(instance_type, region)  # one machine: its own partition
+
     def create_instances(
         self,
         request_id: str,

@@ -82,6 +82,7 @@ class _Scheduled:
     kind: EventKind
     detail: str = ""
     deadline: datetime | None = None
+    gpu: int | None = None
 
 
 class SimProvider:
@@ -131,6 +132,18 @@ class SimProvider:
         return sum(
             1 for s in self.slots.get((instance_type_name, region), []) if s.instance_id is None
         )
+
+    def cluster_capacity(self, instance_type_name: str, region: str) -> int:
+        if (instance_type_name, region) in self.config.stockouts:
+            return 0
+        free: dict[str | None, int] = {}
+        for slot in self.slots.get((instance_type_name, region), []):
+            if slot.instance_id is None:
+                # Standalone types have no fabric: `create_instances` ignores
+                # `cluster` for them, so they all count as one pool.
+                key = slot.node.partition if slot.network is not None else None
+                free[key] = free.get(key, 0) + 1
+        return max(free.values(), default=0)
 
     def offers(self, gpu_type: str | None = None, region: str | None = None) -> list[Offer]:
         out = []
@@ -199,7 +212,9 @@ class SimProvider:
                 if instance.state == InstanceState.TERMINATED:
                     break
                 events.append(
-                    ProviderEvent(item.kind, instance_id, item.at, item.detail, item.deadline)
+                    ProviderEvent(
+                        item.kind, instance_id, item.at, item.detail, item.deadline, item.gpu
+                    )
                 )
                 if item.kind == EventKind.READY:
                     instance.state = InstanceState.READY
@@ -209,6 +224,41 @@ class SimProvider:
                 elif item.kind == EventKind.TERMINATED:
                     self.terminate(instance_id, item.at)
         return sorted(events, key=lambda e: (e.at, e.instance_id))
+
+    # -- injected events (what an operator of the simulation, or a test, makes happen)
+
+    def interrupt_instance(self, instance_id: str, at: datetime) -> datetime:
+        """A spot interruption notice at `at`, and the end of the instance
+        `spot_notice` later, as the cloud would send them. Returns that deadline."""
+        end = at + timedelta(seconds=self.config.spot_notice)
+        self.instances[instance_id].interruption_deadline = end
+        self.inject(
+            instance_id,
+            EventKind.INTERRUPTION_NOTICE,
+            at,
+            "spot capacity reclaimed",
+            deadline=end,
+        )
+        self.inject(instance_id, EventKind.TERMINATED, end, "spot interruption")
+        return end
+
+    def inject(
+        self,
+        instance_id: str,
+        kind: EventKind,
+        at: datetime,
+        detail: str = "",
+        *,
+        gpu: int | None = None,
+        deadline: datetime | None = None,
+    ) -> None:
+        """Make something happen to an instance at `at` — a node or GPU failure, a spot
+        notice — on top of its drawn fate (tests, drills). `poll` delivers it."""
+        if instance_id not in self.instances:
+            raise ProviderError(f"no instance {instance_id}")
+        self.pending_events.setdefault(instance_id, []).append(
+            _Scheduled(at, kind, detail, deadline, gpu)
+        )
 
     # -- internals -------------------------------------------------------------------
 
@@ -295,7 +345,9 @@ class SimProvider:
         if config.gpu_mtbi:
             gpu = self.rng.randrange(instance.node.gpu_count)
             fate.append(
-                _Scheduled(after(config.gpu_mtbi), EventKind.GPU_FAILED, f"gpu {gpu} failed")
+                _Scheduled(
+                    after(config.gpu_mtbi), EventKind.GPU_FAILED, f"gpu {gpu} failed", gpu=gpu
+                )
             )
         if instance.spot and config.spot_interruption_mtbi:
             notice = after(config.spot_interruption_mtbi)

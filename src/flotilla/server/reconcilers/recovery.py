@@ -39,10 +39,11 @@ def evict_from_lost_nodes(session: AsyncSession, snapshot: Snapshot, now: dateti
     count = 0
     for placed in snapshot.placed:
         for task in placed.tasks:
-            node = snapshot.nodes.get(task.node or "")
-            gone = node is None and task.node is not None
-            if gone or (node is not None and NodeState(node.state).evicts_work()):
-                state = node.state if node else "terminated"
+            if task.node is None:
+                continue
+            node = snapshot.nodes.get(task.node) or snapshot.gone.get(task.node)
+            if node is None or NodeState(node.state).evicts_work():
+                state = node.state if node else "gone"
                 detail = f": {node.reason}" if node and node.reason else ""
                 why = f"node {task.node} is {state}{detail}"
                 count += evict(session, placed.run, why, now)

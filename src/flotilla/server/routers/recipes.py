@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Body
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.recipes import recipe_types
 from flotilla.recipes.envelope import recipe_json_schema
+from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.fleet_checks import check_fleet
+from flotilla.server.services.fleet_views import fleet_recipe_states
+from flotilla.server.services.fleets import FLEET
 from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
@@ -33,13 +39,29 @@ def singular(recipe_type: str) -> str:
     )
 
 
+async def _states(
+    ctx: Ctx, session: AsyncSession, recipes: Sequence[RecipeModel]
+) -> dict[str, dict[str, Any]]:
+    """Each recipe's `state`: a job's runs, a fleet's size and reason."""
+    states = await recipe_states(session, recipes)
+    fleets = {r.id for r in recipes if r.type == FLEET}
+    states.update(await fleet_recipe_states(session, ctx.providers, fleets))
+    return states
+
+
 async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> dict[str, Any]:
     async with ctx.transaction() as session:
-        recipe, _ = await recipe_service.apply_recipe(
+        recipe, changed = await recipe_service.apply_recipe(
             session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
         )
-        states = await recipe_states(session, [recipe])
-    ctx.wakers.cron.set()
+        if recipe.type == FLEET and changed:
+            # Raises before the commit: a fleet that cannot work is not stored.
+            await check_fleet(session, ctx.providers, recipe)
+        states = await _states(ctx, session, [recipe])
+    if recipe.type == FLEET:
+        ctx.wakers.fleets.set()
+    else:
+        ctx.wakers.cron.set()
     return recipe_view(recipe, states[recipe.id])
 
 
@@ -77,7 +99,7 @@ async def list_recipes(
         recipes = await recipe_service.list_recipes(
             session, singular(type) if type else None, owner_name, name
         )
-        states = await recipe_states(session, recipes)
+        states = await _states(ctx, session, recipes)
     items = [recipe_view(r, None if as_template else states[r.id]) for r in recipes]
     return {"recipes": items, "next_key": None}
 
@@ -93,7 +115,7 @@ async def get_recipe(
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
         recipe = await recipe_service.get_recipe(session, singular(recipe_type), name, owner_name)
-        states = await recipe_states(session, [recipe])
+        states = await _states(ctx, session, [recipe])
     return recipe_view(recipe, None if as_template else states[recipe.id])
 
 

@@ -74,6 +74,7 @@ def launch_requests(
             peers=peers,
             gpus=tuple(task.gpus),
             checkpoint_dir=checkpoint_dir,
+            node=task.node or "",
         )
         env = {**spec.environment_variables, **task_environment(identity), **secret_env}
         requests.append(

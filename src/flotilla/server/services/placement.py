@@ -102,15 +102,20 @@ def _has_gpus(node: NodeModel) -> bool:
 def _topology_node(node: NodeModel, snapshot: Snapshot) -> Node:
     labels = node.labels or {}
     assert node.gpu_type is not None
+    # Group names are made unique by their path: a provider may reuse "leaf-1" in
+    # every partition, and the index must not merge those.
+    partition = str(labels.get("partition") or node.name)
+    spine = f"{partition}/{labels.get('spine') or node.name}"
+    leaf = f"{spine}/{labels.get('leaf') or node.name}"
     return Node(
         name=node.name,
         gpu_type=capacity_kind(node.gpu_type, node.spot),
         gpu_count=len(healthy_gpus(node)),
         free=len(snapshot.free_gpus(node)),
-        partition=str(labels.get("partition") or node.name),
-        spine=str(labels.get("spine") or node.name),
-        leaf=str(labels.get("leaf") or node.name),
-        nvlink=str(labels.get("nvlink") or node.name),
+        partition=partition,
+        spine=spine,
+        leaf=leaf,
+        nvlink=f"{leaf}/{labels.get('nvlink') or node.name}",
         spot=node.spot,
     )
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.cron import next_tick
-from flotilla.errors import NotFound
+from flotilla.errors import Conflict, NotFound
 from flotilla.recipes import Recipe, parse_recipe
 from flotilla.server.db.models import RecipeModel, RecipeVersionModel
 from flotilla.server.security import Identity
@@ -138,8 +138,14 @@ async def get_recipe(
 
 async def get_recipe_by_id(session: AsyncSession, recipe_type: str, recipe_id: str) -> RecipeModel:
     found = await session.get(RecipeModel, recipe_id)
-    if found is None or found.type != recipe_type or found.deleted_at is not None:
+    if found is None or found.deleted_at is not None:
         raise NotFound(f"{recipe_type} {recipe_id}")
+    if found.type != recipe_type:
+        # e.g. /api/jobs/{id}/start with a fleet's id: say what it is instead.
+        raise Conflict(
+            f"{recipe_id} is the {found.type} {found.name}, not a {recipe_type}; "
+            f"only a {recipe_type} has this action"
+        )
     return found
 
 

@@ -47,6 +47,7 @@ class Waiting:
 @dataclass
 class Snapshot:
     nodes: dict[str, NodeModel]  # live (not terminated) nodes by name
+    gone: dict[str, NodeModel] = field(default_factory=dict)  # terminated, still held
     held: dict[str, set[int]] = field(default_factory=dict)  # node -> GPUs held by runs
     busy: set[str] = field(default_factory=set)  # nodes holding any task
     placed: list[Placed] = field(default_factory=list)
@@ -82,6 +83,10 @@ async def load_snapshot(session: AsyncSession) -> Snapshot:
             if task.node:
                 snapshot.busy.add(task.node)
                 snapshot.held.setdefault(task.node, set()).update(task.gpus or [])
+    missing = snapshot.busy - snapshot.nodes.keys()
+    if missing:  # work still on terminated nodes: keep them to say what happened
+        query = select(NodeModel).where(NodeModel.name.in_(missing))
+        snapshot.gone = {n.name: n for n in (await session.execute(query)).scalars()}
     return snapshot
 
 

@@ -1,0 +1,154 @@
+"""`flo offer` (what providers could create, with prices), `flo fleets` (list) and
+`flo fleet describe|delete NAME`. Fleets are created with `flo apply` like any
+recipe. Registered on the main app by `register(app)` from `cli/main.py`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from flotilla.cli.output import console, fail_api, print_json, table, when
+from flotilla.client import ApiError, FlotillaClient
+
+fleet_app = typer.Typer(help="Describe or delete one fleet.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+NameArg = Annotated[str, typer.Argument(help="fleet name (see `flo fleets`)")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("offer")(offer_command)
+    app.command("fleets")(fleets_command)
+    app.add_typer(fleet_app, name="fleet")
+
+
+@contextmanager
+def _api() -> Iterator[FlotillaClient]:
+    # Our own error wrapper rather than main's `api_errors`: main imports this module.
+    try:
+        with FlotillaClient() as api:
+            yield api
+    except ApiError as e:
+        fail_api(e)
+
+
+def offer_command(
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", help="GPU type and count per instance: H100:8, H100")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="only this region")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="only offers with a spot price")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Instance types the providers offer: GPUs, region, $/h on demand and spot, and
+    how many could be created now."""
+    with _api() as api:
+        items = api.offers(gpu, region, spot)
+    if json:
+        return print_json(items)
+    # Instance types and regions are what a fleet recipe needs: never cut them short.
+    # The provider is in --json; `local` is the only other one and says what it is.
+    # Short price headers keep the widest catalog row inside 80 columns.
+    t = Table(header_style="bold", caption="prices in $ per hour")
+    t.add_column("instance type", no_wrap=True)
+    t.add_column("GPUs", no_wrap=True)
+    t.add_column("region", no_wrap=True)
+    for column in ("on-demand", "spot", "free"):
+        t.add_column(column, justify="right", no_wrap=True)
+    for o in items:
+        t.add_row(
+            o["instance_type"],
+            f"{o['gpus']}x {o['gpu_type']}",
+            o["region"],
+            price(o["on_demand_per_hour"], o["price_published"]),
+            price(o["spot_per_hour"], o["price_published"]) if o["spot_per_hour"] else "-",
+            str(o["available"]),
+        )
+    console.print(t)
+    if any(not o["price_published"] for o in items):
+        print("* simulated price, not a published one")
+
+
+def fleets_command(json: JsonOpt = False) -> None:
+    """List fleets: size, desired size, status and why a fleet waits, $/h."""
+    with _api() as api:
+        items = api.list_fleets()
+    if json:
+        return print_json(items)
+    # Narrow enough for 80 columns; regions and nodes are in `flo fleet describe`,
+    # and why a fleet waits follows the table in full rather than wrapped in a cell.
+    t = Table(header_style="bold")
+    for column in ("name", "instance type", "nodes", "ready", "status"):
+        t.add_column(column, no_wrap=True)
+    t.add_column("$/h", justify="right", no_wrap=True)
+    for f in items:
+        t.add_row(
+            f["name"],
+            f["instance_type"],
+            str(f["nodes"]),
+            f"{_up(f)}/{f['desired']}",  # ready of desired
+            f["status"],
+            price(f["price_per_hour"]),
+        )
+    console.print(t)
+    for f in items:
+        if f["reason"]:
+            print(f"{f['name']}: {f['reason']}")
+
+
+@fleet_app.command("describe")
+def describe(name: NameArg, json: JsonOpt = False) -> None:
+    """A fleet's settings, sizes and nodes."""
+    with _api() as api:
+        fleet = api.get_fleet(name)
+    if json:
+        return print_json(fleet)
+    print(
+        f"fleet {fleet['name']}: {fleet['status']}"
+        + (f" ({fleet['reason']})" if fleet["reason"] else "")
+    )
+    print(
+        f"{fleet['provider']} {fleet['instance_type']} in {fleet['region']}, nodes {fleet['nodes']}"
+        f" ({fleet['placement']}{', spot' if fleet['spot'] else ''}), spares {fleet['spares']},"
+        f" idle timeout {fleet['idle_timeout']}; desired {fleet['desired']},"
+        f" {price(fleet['price_per_hour'])} $/h"
+    )
+    rows = [
+        (
+            n["name"],
+            n["state"],
+            "yes" if n["busy"] else "",
+            when(n["idle_since"]),
+            price(n["price_per_hour"]),
+            n["reason"],
+        )
+        for n in fleet["members"]
+    ]
+    table("nodes", ["name", "state", "busy", "idle since", "$/h", "reason"], rows)
+
+
+@fleet_app.command("delete")
+def delete(
+    name: NameArg, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+) -> None:
+    """Delete a fleet: idle nodes are terminated, busy ones drained first."""
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"delete fleet {name}?"):
+        raise typer.Exit(1)
+    with _api() as api:
+        api.delete_fleet(name)
+    print(f"deleted fleet {name}; its nodes are being released")
+
+
+def _up(fleet: dict[str, Any]) -> int:
+    return int(fleet["nodes_by_state"].get("ready", 0))
+
+
+def price(value: float | None, published: bool = True) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" + ("" if published else "*")

@@ -1,0 +1,87 @@
+"""`flo queue` (pending runs in order, with why each waits) and `flo policy`
+(quotas, fair-share weights, preemption rule). Registered by `cli/main.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from flotilla.cli.output import fail, fail_api, print_json, print_yaml, table
+from flotilla.client import ApiError, FlotillaClient
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("queue")(queue_command)
+    app.command("policy")(policy_command)
+
+
+def queue_command(json: JsonOpt = False) -> None:
+    """Pending runs, oldest first, with the reason each one is waiting."""
+    try:
+        with FlotillaClient() as api:
+            runs = api.queue()
+    except ApiError as e:
+        fail_api(e)
+    if json:
+        return print_json(runs)
+    rows = [
+        (
+            r["position"],
+            f"{r['job']}#{r['number']}",
+            r["owner"],
+            r["priority"],
+            _shape(r),
+            _waited(r["waiting_seconds"]),
+            r["reason"],
+        )
+        for r in runs
+    ]
+    table(None, ["#", "run", "owner", "prio", "needs", "waiting", "reason"], rows)
+
+
+def policy_command(
+    set_file: Annotated[
+        Path | None, typer.Option("--set", help="replace the policy with this YAML/JSON file")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show the scheduler policy, or replace it (`--set policy.yaml`): user_quota,
+    project_quota (GPUs held at once), user_weight (fair share), preempt_equal_priority."""
+    try:
+        with FlotillaClient() as api:
+            if set_file is None:
+                policy = api.scheduler_policy()
+            else:
+                policy = api.set_scheduler_policy(_read(set_file))
+    except ApiError as e:
+        fail_api(e)
+    print_json(policy) if json else print_yaml(policy)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"cannot read {path}: {e}")
+    if not isinstance(data, dict):
+        fail(f"{path}: expected a mapping with user_quota, project_quota, user_weight")
+    return data
+
+
+def _shape(run: dict[str, Any]) -> str:
+    gpu = run["gpu"] or "no GPU"
+    scale = f"{run['scale']} x " if run["scale"] > 1 else ""
+    return f"{scale}{gpu}" + (" spot" if run["spot"] else "")
+
+
+def _waited(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

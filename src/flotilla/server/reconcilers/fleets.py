@@ -1,0 +1,207 @@
+"""The fleet reconciler: keeps every fleet at its desired size.
+
+Each step: poll every provider and apply what happened to the node rows (ready,
+failed, a GPU failed, spot notice, gone); load the fleets, their nodes and the
+pending queue (`services.fleets.load_fleets`); decide (`services.fleet_plan`,
+pure); apply — create instances, release idle, failed and orphaned nodes, drain
+the busy nodes of deleted fleets. Provider calls happen outside any database
+transaction; each outcome is recorded in its own short one.
+
+Woken through `ctx.wakers.fleets` (the scheduler sets it when runs wait for
+capacity; fleet applies and deletes set it) and every `resync_seconds` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.compute.provider import CapacityError, Instance, ProviderError, ProviderEvent
+from flotilla.core.autoscale import format_seconds
+from flotilla.core.status import NodeState
+from flotilla.errors import TemporaryError
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import NodeModel, RecipeModel
+from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.events import record_event
+from flotilla.server.services.fleet_nodes import (
+    ACTOR,
+    apply_provider_events,
+    record_instances,
+    release_node,
+    update_idle,
+)
+from flotilla.server.services.fleet_plan import Plan, Provision, Release, decide
+from flotilla.server.services.fleets import (
+    FLEET_ERROR,
+    FLEET_OK,
+    FLEET_WAITING,
+    SCALING_DOWN,
+    FleetSnapshot,
+    busy_nodes,
+    fleet_reasons,
+    load_fleets,
+)
+from flotilla.server.services.nodes import switch_node_state
+
+log = logging.getLogger("flotilla.fleets")
+# A request the provider refused as made is tried again after this long, or at
+# once when the fleet's recipe changes.
+ERROR_RETRY_SECONDS = 300.0
+
+
+class Fleets(ReconcileLoop):
+    name = "fleets"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.wakers.fleets, ctx.settings.resync_seconds, min_gap=0.05)
+        self.ctx = ctx
+        # Polled events not yet recorded: polling consumes them, so they are kept
+        # until the transaction that applies them commits.
+        self._events: list[tuple[str, ProviderEvent]] = []
+        # fleet id -> (no new request before, recipe version it applies to)
+        self._backoff: dict[str, tuple[datetime, int]] = {}
+
+    async def step(self) -> None:
+        changed = await self._provider_events()
+        now = self.ctx.clock.now()
+        async with self.ctx.transaction() as session:
+            snapshot = await load_fleets(session, self.ctx.providers)
+        changed |= await self._apply(decide(snapshot, now, self._backing_off(snapshot, now)), now)
+        if changed:
+            self.ctx.wakers.scheduler.set()
+
+    def _backing_off(self, snapshot: FleetSnapshot, now: datetime) -> set[str]:
+        """Fleets whose last request failed and whose retry time has not come, unless
+        their recipe changed since (a new recipe deserves a new try)."""
+        out = set()
+        for fleet in snapshot.fleets:
+            hold = self._backoff.get(fleet.recipe.id)
+            if hold is not None and hold[0] > now and hold[1] == fleet.recipe.version:
+                out.add(fleet.recipe.id)
+        return out
+
+    async def _provider_events(self) -> bool:
+        now = self.ctx.clock.now()
+        for name, provider in self.ctx.providers.items():
+            self._events += [(name, event) for event in provider.poll(now)]
+        if not self._events:
+            return False
+        async with self.ctx.transaction() as session:
+            changed = await apply_provider_events(session, self._events, now)
+        self._events = []
+        return changed
+
+    async def _apply(self, plan: Plan, now: datetime) -> bool:
+        async with self.ctx.transaction() as session:
+            await update_idle(session, plan.idle)
+            for fleet_id, kind, message in plan.status:
+                _fleet_event(session, fleet_id, kind, message, now)
+            changed = await self._drain(session, plan.drain, now)
+        for request in plan.provision:
+            await self._provision(request, now)
+        for release in plan.release:
+            changed |= await self._release(release, now)
+        return changed
+
+    async def _drain(self, session: AsyncSession, drains: list[Release], now: datetime) -> bool:
+        changed = False
+        for item in drains:
+            node = await session.get(NodeModel, item.node_id)
+            if node is not None and node.state in (NodeState.READY, NodeState.CORDONED):
+                changed |= switch_node_state(
+                    session, node, NodeState.DRAINING, reason=item.reason, actor=ACTOR, now=now
+                )
+        return changed
+
+    async def _provision(self, request: Provision, now: datetime) -> None:
+        provider = self.ctx.providers[request.provider]
+        instances: list[Instance] = []
+        failure: tuple[str, str, float] | None = None
+        try:
+            instances = provider.create_instances(
+                request.request_id,
+                request.instance_type,
+                request.region,
+                request.count,
+                request.spot,
+                request.cluster,
+                now,
+            )
+        except CapacityError as e:  # a stock-out, no partition with room
+            failure = (FLEET_WAITING, f"waiting for capacity: {e}", e.retry_after)
+        except ProviderError as e:
+            failure = (FLEET_ERROR, f"{request.provider} refused: {e}", ERROR_RETRY_SECONDS)
+        except TemporaryError as e:
+            failure = (FLEET_WAITING, f"{request.provider} unavailable: {e}", e.retry_after)
+        async with self.ctx.transaction() as session:
+            fleet = await session.get(RecipeModel, request.fleet_id)
+            assert fleet is not None
+            # Past this request whatever its outcome: the next one has new arguments.
+            fleet.run_counter = max(fleet.run_counter, request.sequence)
+            if failure is not None:
+                kind, why, retry = failure
+                message = f"{why}; retrying in {format_seconds(retry)}"
+                reasons = await fleet_reasons(session, [fleet.id])
+                if reasons.get(fleet.id) != (kind, message):
+                    _fleet_event(session, fleet.id, kind, message, now)
+                self._backoff[fleet.id] = (now + timedelta(seconds=retry), request.version)
+                return
+            nodes = await record_instances(
+                session,
+                instances,
+                provider=request.provider,
+                fleet_id=fleet.id,
+                request_id=request.request_id,
+                now=now,
+            )
+            message = (
+                f"provisioning {len(nodes)} {request.instance_type} node(s) in {request.region}"
+                f" (request {request.request_id})"
+            )
+            _fleet_event(session, fleet.id, FLEET_OK, message, now)
+        self._backoff.pop(request.fleet_id, None)
+
+    async def _release(self, release: Release, now: datetime) -> bool:
+        """Cordon (so no work lands on it), terminate at the provider, then mark
+        terminated. A node that took work since the decision is left alone."""
+        async with self.ctx.transaction() as session:
+            node = await session.get(NodeModel, release.node_id, with_for_update=True)
+            if node is None or NodeState(node.state).is_gone():
+                return False
+            failed = node.state == NodeState.FAILED
+            if not failed and await busy_nodes(session, node.name):
+                return False
+            if node.state == NodeState.READY:
+                switch_node_state(
+                    session,
+                    node,
+                    NodeState.CORDONED,
+                    reason=f"{SCALING_DOWN}: {release.reason}",
+                    actor=ACTOR,
+                    now=now,
+                )
+            provider_name, instance_id = node.provider, node.instance_id
+        provider = self.ctx.providers.get(provider_name)
+        if provider is None:
+            log.warning("node %s: provider %s is not configured", release.node_id, provider_name)
+            return False
+        if instance_id:
+            try:
+                provider.terminate(instance_id, now)  # idempotent: a retry is harmless
+            except (ProviderError, TemporaryError) as e:
+                log.warning("terminating %s failed (retried next step): %s", instance_id, e)
+                return True
+        async with self.ctx.transaction() as session:
+            node = await session.get(NodeModel, release.node_id)
+            if node is not None and not NodeState(node.state).is_gone():
+                release_node(session, node, release.reason, now)
+        return True
+
+
+def _fleet_event(
+    session: AsyncSession, fleet_id: str, kind: str, message: str, now: datetime
+) -> None:
+    record_event(session, kind=kind, message=message, actor=ACTOR, now=now, recipe_id=fleet_id)

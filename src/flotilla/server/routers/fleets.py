@@ -1,0 +1,39 @@
+"""Fleets: list them with their desired size, nodes by state, reason and price;
+read one; delete one (its nodes are released by the fleet reconciler). Fleets are
+created and changed like any recipe, through `PUT /api/recipes`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.fleet_views import fleet_view_by_name, fleet_views
+from flotilla.server.services.fleets import FLEET, delete_fleet
+
+router = APIRouter(prefix="/api/fleets", tags=["fleets"])
+
+
+@router.get("")
+async def list_fleets(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        return {"fleets": await fleet_views(session, ctx.providers)}
+
+
+@router.get("/{name}")
+async def get_fleet(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+    async with ctx.sessions() as session:
+        return await fleet_view_by_name(session, ctx.providers, name)
+
+
+@router.delete("/{name}", status_code=204)
+async def delete(ctx: Ctx, caller: Caller, name: str, owner_name: str | None = None) -> Response:
+    """Delete the fleet. Idle nodes are terminated at once; busy ones are drained
+    first, so their work is requeued elsewhere."""
+    async with ctx.transaction() as session:
+        fleet = await recipe_service.get_recipe(session, FLEET, name, owner_name)
+        await delete_fleet(session, fleet, caller.name, ctx.clock.now())
+    ctx.wakers.fleets.set()
+    return Response(status_code=204)
