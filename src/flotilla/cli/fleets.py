@@ -5,15 +5,12 @@ recipe. Registered on the main app by `register(app)` from `cli/main.py`."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from flotilla.cli.output import console, fail_api, print_json, table, when
-from flotilla.client import ApiError, FlotillaClient
+from flotilla.cli.output import connected, console, print_json, table, when
 
 fleet_app = typer.Typer(help="Describe or delete one fleet.", no_args_is_help=True)
 
@@ -27,16 +24,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(fleet_app, name="fleet")
 
 
-@contextmanager
-def _api() -> Iterator[FlotillaClient]:
-    # Our own error wrapper rather than main's `api_errors`: main imports this module.
-    try:
-        with FlotillaClient() as api:
-            yield api
-    except ApiError as e:
-        fail_api(e)
-
-
 def offer_command(
     gpu: Annotated[
         str | None, typer.Option("--gpu", help="GPU type and count per instance: H100:8, H100")
@@ -47,7 +34,7 @@ def offer_command(
 ) -> None:
     """Instance types the providers offer: GPUs, region, $/h on demand and spot, and
     how many could be created now."""
-    with _api() as api:
+    with connected() as api:
         items = api.offers(gpu, region, spot)
     if json:
         return print_json(items)
@@ -76,7 +63,7 @@ def offer_command(
 
 def fleets_command(json: JsonOpt = False) -> None:
     """List fleets: size, desired size, status and why a fleet waits, $/h."""
-    with _api() as api:
+    with connected() as api:
         items = api.list_fleets()
     if json:
         return print_json(items)
@@ -104,7 +91,7 @@ def fleets_command(json: JsonOpt = False) -> None:
 @fleet_app.command("describe")
 def describe(name: NameArg, json: JsonOpt = False) -> None:
     """A fleet's settings, sizes and nodes."""
-    with _api() as api:
+    with connected() as api:
         fleet = api.get_fleet(name)
     if json:
         return print_json(fleet)
@@ -139,7 +126,7 @@ def delete(
     """Delete a fleet: idle nodes are terminated, busy ones drained first."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete fleet {name}?"):
         raise typer.Exit(1)
-    with _api() as api:
+    with connected() as api:
         api.delete_fleet(name)
     print(f"deleted fleet {name}; its nodes are being released")
 

@@ -4,14 +4,11 @@ Registered on the main app by `register(app)` from `cli/main.py`."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
-from flotilla.cli.output import fail_api, print_json, table, when
-from flotilla.client import ApiError, FlotillaClient
+from flotilla.cli.output import connected, print_json, table, when
 from flotilla.core.status import NodeState
 
 node_app = typer.Typer(
@@ -30,16 +27,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
 
 
-@contextmanager
-def _api() -> Iterator[FlotillaClient]:
-    # Our own error wrapper rather than main's `api_errors`: main imports this module.
-    try:
-        with FlotillaClient() as api:
-            yield api
-    except ApiError as e:
-        fail_api(e)
-
-
 def nodes_command(
     state: Annotated[NodeState | None, typer.Option(help="only nodes in this state")] = None,
     fleet: Annotated[str | None, typer.Option(help="only nodes of this fleet")] = None,
@@ -47,7 +34,7 @@ def nodes_command(
     json: JsonOpt = False,
 ) -> None:
     """List nodes: GPUs free, state, price and age (terminated ones with --state)."""
-    with _api() as api:
+    with connected() as api:
         items = api.list_nodes(state.value if state else None, fleet, gpu)
     if json:
         return print_json(items)
@@ -72,7 +59,7 @@ def nodes_command(
 @node_app.command("describe")
 def describe(name: NameArg, json: JsonOpt = False) -> None:
     """A node's GPUs and who holds them, its topology labels and its events."""
-    with _api() as api:
+    with connected() as api:
         node = api.get_node(name)
     if json:
         return print_json(node)
@@ -121,7 +108,7 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
 
 
 def _act(name: str, action: str, reason: str | None) -> None:
-    with _api() as api:
+    with connected() as api:
         node = api.node_action(name, action, reason)
     print(
         f"node {node['name']}: {node['state']}" + (f" ({node['reason']})" if node["reason"] else "")

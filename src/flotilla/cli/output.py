@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -13,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from flotilla.client import ApiError
+from flotilla.client import ApiError, FlotillaClient
 from flotilla.errors import FieldProblem
 
 console = Console()
@@ -85,3 +86,14 @@ def fail_api(error: ApiError) -> NoReturn:
     if error.errors:
         fail_problems("server", [FieldProblem(p["field"], p["message"]) for p in error.errors])
     fail(error.message, hints.get(error.code), 3 if error.code == "unreachable" else 1)
+
+
+@contextmanager
+def connected() -> Iterator[FlotillaClient]:
+    """A client for the configured server; an API error ends the command in one red
+    line with the fix (for command modules that `cli/main.py` imports)."""
+    try:
+        with FlotillaClient() as api:
+            yield api
+    except ApiError as e:
+        fail_api(e)

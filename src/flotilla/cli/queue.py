@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from flotilla.cli.output import fail, fail_api, print_json, print_yaml, table
-from flotilla.client import ApiError, FlotillaClient
+from flotilla.cli.output import connected, fail, print_json, print_yaml, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
@@ -22,11 +21,8 @@ def register(app: typer.Typer) -> None:
 
 def queue_command(json: JsonOpt = False) -> None:
     """Pending runs, oldest first, with the reason each one is waiting."""
-    try:
-        with FlotillaClient() as api:
-            runs = api.queue()
-    except ApiError as e:
-        fail_api(e)
+    with connected() as api:
+        runs = api.queue()
     if json:
         return print_json(runs)
     rows = [
@@ -52,14 +48,12 @@ def policy_command(
 ) -> None:
     """Show the scheduler policy, or replace it (`--set policy.yaml`): user_quota,
     project_quota (GPUs held at once), user_weight (fair share), preempt_equal_priority."""
-    try:
-        with FlotillaClient() as api:
-            if set_file is None:
-                policy = api.scheduler_policy()
-            else:
-                policy = api.set_scheduler_policy(_read(set_file))
-    except ApiError as e:
-        fail_api(e)
+    with connected() as api:
+        policy = (
+            api.scheduler_policy()
+            if set_file is None
+            else api.set_scheduler_policy(_read(set_file))
+        )
     print_json(policy) if json else print_yaml(policy)
 
 
