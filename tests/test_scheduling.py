@@ -83,8 +83,24 @@ async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, tmp_path: 
     assert [r["job"] for r in queue] == ["second", "vis"]
     assert queue[0]["reason"] == quota and queue[0]["position"] == 1
 
-    (tmp_path / "first").touch()
+    # A new policy takes effect at once, while the first run still holds its GPU.
+    policy["user_quota"] = {"admin": 2}
+    assert (await client.put("/api/scheduler/policy", json=policy)).status_code == 200
     await wait_run(client, second, "succeeded", timeout=30)
+    (tmp_path / "first").touch()
+
+
+async def test_a_users_stop_wins_over_an_eviction(gpu_api: Api) -> None:
+    client = gpu_api.client
+    stubborn = "trap '' TERM; echo ready; sleep 60"  # outlives the 2 s grace period
+    job_id, run_id = await apply_and_start(client, job("stubborn", stubborn))
+    await wait_run(client, run_id, "running")
+    await client.post(f"/api/jobs/{job_id}/stop")
+    drained = await client.post("/api/nodes/local/drain", json={"reason": "maintenance"})
+    assert drained.status_code == 200
+    stopped = await wait_run(client, run_id, "stopped", "pending", timeout=30)
+    assert stopped["status"] == "stopped" and stopped["attempt"] == 0
+    assert (await client.post("/api/nodes/local/uncordon")).status_code == 200
 
 
 async def test_fair_share_between_two_users_on_a_saturated_node(

@@ -25,11 +25,9 @@ ACTOR = "scheduler"
 
 def evict(session: AsyncSession, run: RunModel, why: str, now: datetime) -> bool:
     """Stop `run` so that it is requeued, not finished. True if newly evicted."""
-    if run.requeue_reason is not None:
-        return False
+    if run.requeue_reason is not None or run.stop_requested_at is not None:
+        return False  # already leaving: a user's stop (or max_duration) wins
     run.requeue_reason = why
-    if run.stop_requested_at is not None:  # already stopping on request: keep that
-        return True
     request_stop(session, run, reason=f"requeue: {why}", actor=ACTOR, now=now)
     return True
 

@@ -54,11 +54,17 @@ class Scheduler(ReconcileLoop):
         # What the last decision saw. While nodes, holders and the queue are the
         # same, deciding again would give the same answer: skip it.
         self._last_seen: tuple[object, ...] | None = None
+        self._deciding: tuple[object, ...] | None = None
         self._usage: tuple[float, dict[str, float]] = (-1e9, {})
 
     async def step(self) -> None:
+        self._deciding = None
         async with self.ctx.sessions() as session, session.begin():
             requests = await self._cycle(session)
+        # Only a committed decision may be skipped next time: after a failed cycle
+        # the same inputs must be decided again.
+        if self._deciding is not None:
+            self._last_seen = self._deciding
         if requests:
             await self.launch(requests)
 
@@ -84,13 +90,12 @@ class Scheduler(ReconcileLoop):
         if recovery.evict_from_lost_nodes(session, snapshot, now):
             self.ctx.wakers.supervision.set()
         recovery.finish_drains(session, snapshot, now)
-        seen = _fingerprint(snapshot)
+        policy = await load_policy(session)
+        seen = (_fingerprint(snapshot), repr(policy))
         if not snapshot.pending or seen == self._last_seen:
             return []
-        self._last_seen = seen
-        decided = plan(
-            snapshot, await load_policy(session), await self._usage_now(session), QUEUE_DEPTH
-        )
+        self._deciding = seen
+        decided = plan(snapshot, policy, await self._usage_now(session), QUEUE_DEPTH)
         if decided.preempt:
             recovery.preempt(session, snapshot, decided.preempt, now)
             self.ctx.wakers.supervision.set()

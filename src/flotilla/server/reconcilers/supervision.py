@@ -153,7 +153,7 @@ class Supervision(ReconcileLoop):
             run.started_at = min(started) if started else now
             return False
         run.exit_code = verdict.exit_code
-        if run.requeue_reason is not None:
+        if run.requeue_reason is not None and verdict.status != RunStatus.SUCCEEDED:
             # Evicted by the platform (node lost, drain, spot notice, preemption):
             # the work goes back to the queue whatever the processes said.
             why = run.requeue_reason

@@ -168,7 +168,8 @@ def node_from_instance(
         created_at=now,
         ready_at=None,
         idle_since=None,
-        interruption_deadline=instance.interruption_deadline,
+        # Known only once the provider's notice arrives (fleet reconciler).
+        interruption_deadline=None,
         terminated_at=None,
     )
 

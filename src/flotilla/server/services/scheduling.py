@@ -58,7 +58,13 @@ class Snapshot:
         return [g for g in healthy_gpus(node) if g not in held]
 
     def schedulable(self) -> list[NodeModel]:
-        return [n for n in self.nodes.values() if NodeState(n.state).is_schedulable()]
+        """Ready nodes, except those the provider will reclaim (a spot notice that
+        came while they were still provisioning): new work would only be evicted."""
+        return [
+            n
+            for n in self.nodes.values()
+            if NodeState(n.state).is_schedulable() and n.interruption_deadline is None
+        ]
 
 
 async def load_snapshot(session: AsyncSession) -> Snapshot:
