@@ -58,12 +58,66 @@ class Base(DeclarativeBase):
 
 
 class UserModel(Base):
+    """A person or a service account. User and group names share one namespace, so
+    a recipe's `owner` names exactly one of them."""
+
     __tablename__ = "users"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     email: Mapped[str | None] = mapped_column(String(256))
+    full_name: Mapped[str] = mapped_column(String(256), default="", server_default="")
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Service accounts have no password and no SSO login: only API tokens.
+    is_service_account: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
+    # argon2id; None means password login is off for this user.
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    # "issuer|subject" of the SSO identity this user logs in with.
+    oidc_subject: Mapped[str | None] = mapped_column(String(512), unique=True)
+    ssh_public_keys: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    locked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime]
+
+
+class GroupModel(Base):
+    __tablename__ = "groups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class GroupMemberModel(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class ProjectModel(Base):
+    """What resources are billed to and budgets are set on."""
+
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class ProjectMemberModel(Base):
+    """A user's or a group's role in a project: admin, member or viewer."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    principal_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
 
 
 class ApiTokenModel(Base):
@@ -73,9 +127,117 @@ class ApiTokenModel(Base):
     name: Mapped[str] = mapped_column(String(128))
     # Only a SHA-256 of the token is kept: a stolen database yields no usable token.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Any of read, write, admin.
+    scopes: Mapped[list[Any]] = mapped_column(
+        JSON, default=list, server_default='["read", "write", "admin"]'
+    )
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class SigningKeyModel(Base):
+    """An RS256 key pair for session tokens. The newest unretired key signs; retired
+    keys keep verifying (and stay in the JWKS) until every token they signed has
+    expired, so rotating keys logs nobody out."""
+
+    __tablename__ = "signing_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # PEM, encrypted with the server's secret box.
+    private_key: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
+
+
+class SessionModel(Base):
+    """One login (password or SSO). The refresh token is kept only as a hash and is
+    replaced on every refresh; revoking the session ends its access tokens too."""
+
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    refresh_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    refreshed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class OidcStateModel(Base):
+    """An SSO login in flight: the `state` we sent to the provider, with the nonce and
+    PKCE verifier to check its answer against. Used once."""
+
+    __tablename__ = "oidc_states"
+    state: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class AuditModel(Base):
+    """Append-only record of every state-changing request and every login. The
+    migration installs triggers that refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    auth_method: Mapped[str] = mapped_column(String(16))
+    source_ip: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    # The route template: "POST /api/jobs/{job_id}/start".
+    action: Mapped[str] = mapped_column(String(256), index=True)
+    status_code: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class UsageModel(Base):
+    """Metered use of one node share by one task, from start to teardown, at the
+    price in force when it started. `ended_at` is None while the task runs."""
+
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(48), unique=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    recipe_type: Mapped[str] = mapped_column(String(32))
+    recipe_name: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    owner_kind: Mapped[str] = mapped_column(String(8))
+    project: Mapped[str | None] = mapped_column(String(64), index=True)
+    node: Mapped[str] = mapped_column(String(128))
+    instance_type: Mapped[str] = mapped_column(String(64))
+    gpu_type: Mapped[str | None] = mapped_column(String(32))
+    gpus: Mapped[int]
+    spot: Mapped[bool] = mapped_column(Boolean)
+    # The task's share of the node (its GPUs, or its CPUs on a GPU-less node).
+    share: Mapped[float] = mapped_column(Float)
+    # What the share costs per hour: the node's price at start times the share.
+    price_per_hour: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class BudgetModel(Base):
+    """Limits on a user's, group's or project's spending. Reaching `warn_fraction`
+    warns; reaching a limit refuses new runs (running ones are never killed)."""
+
+    __tablename__ = "budgets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope_kind: Mapped[str] = mapped_column(String(8))
+    scope_name: Mapped[str] = mapped_column(String(64))
+    max_gpus: Mapped[int | None]
+    gpu_hours_per_month: Mapped[float | None] = mapped_column(Float)
+    dollars_per_month: Mapped[float | None] = mapped_column(Float)
+    warn_fraction: Mapped[float] = mapped_column(Float, default=0.8)
+    updated_at: Mapped[datetime]
+    __table_args__ = (Index("uq_budgets_scope", "scope_kind", "scope_name", unique=True),)
 
 
 class RecipeModel(Base):
@@ -84,6 +246,8 @@ class RecipeModel(Base):
     type: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(64))
     owner: Mapped[str] = mapped_column(String(128))
+    # The project the recipe's resources belong to (None: its owner's alone).
+    project: Mapped[str | None] = mapped_column(String(64), index=True)
     schema_version: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]]
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -181,13 +345,15 @@ class SecretModel(Base):
     __tablename__ = "secrets"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
+    # user, group or project: who may see the secret and attach it to recipes.
+    owner_kind: Mapped[str] = mapped_column(String(8), default="user", server_default="user")
     name: Mapped[str] = mapped_column(String(128))
     description: Mapped[str] = mapped_column(Text, default="")
     # Fernet token (AES-128-CBC + HMAC); the key lives outside the database.
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    __table_args__ = (Index("uq_secrets_owner_name", "owner", "name", unique=True),)
+    __table_args__ = (Index("uq_secrets_owner_name", "owner_kind", "owner", "name", unique=True),)
 
 
 class NodeModel(Base):
