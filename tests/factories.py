@@ -10,11 +10,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
+
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import (
+    ApiTokenModel,
+    GroupMemberModel,
+    GroupModel,
+    ProjectMemberModel,
+    ProjectModel,
+    UserModel,
+)
+from flotilla.server.security import hash_token, new_token
 
 ADMIN_TOKEN = "flo_test-admin-token"
 AUTH = {"Authorization": f"token {ADMIN_TOKEN}"}
@@ -192,3 +205,55 @@ def wait_sync(check: Callable[[], Any], timeout: float = 30.0, what: str = "cond
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+async def add_user(
+    ctx: ServerContext,
+    name: str,
+    *,
+    admin: bool = False,
+    groups: Sequence[str] = (),
+    projects: Mapping[str, str] | None = None,
+    scopes: Sequence[str] = ("read", "write"),
+) -> httpx.Headers:
+    """A user made straight in the store, with an API token; returns the headers that
+    authenticate as them. `groups` and `projects` (name -> role) are created as needed
+    so tests can set up who-sees-what without going through the API under test."""
+    now = ctx.clock.now()
+    token = new_token()
+    async with ctx.transaction() as session:
+        user = UserModel(id=uuid.uuid4().hex, name=name, is_admin=admin, created_at=now)
+        session.add(user)
+        for group_name in groups:
+            group = (
+                await session.execute(select(GroupModel).where(GroupModel.name == group_name))
+            ).scalar()
+            if group is None:
+                group = GroupModel(id=uuid.uuid4().hex, name=group_name, created_at=now)
+                session.add(group)
+            session.add(GroupMemberModel(group_id=group.id, user_id=user.id))
+        for project_name, role in (projects or {}).items():
+            project = (
+                await session.execute(select(ProjectModel).where(ProjectModel.name == project_name))
+            ).scalar()
+            if project is None:
+                project = ProjectModel(id=uuid.uuid4().hex, name=project_name, created_at=now)
+                session.add(project)
+            session.add(
+                ProjectMemberModel(
+                    project_id=project.id, principal_kind="user", principal_id=user.id, role=role
+                )
+            )
+        session.add(
+            ApiTokenModel(
+                id=uuid.uuid4().hex,
+                user_id=user.id,
+                name="test",
+                token_hash=hash_token(token),
+                scopes=list(scopes),
+                created_at=now,
+                expires_at=None,
+                revoked_at=None,
+            )
+        )
+    return httpx.Headers({"Authorization": f"token {token}"})

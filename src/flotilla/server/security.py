@@ -1,6 +1,7 @@
 """Authentication: every /api request carries `Authorization: token <T>` (Saturn's
-form) or `Bearer <T>`. Tokens are looked up by SHA-256; the plaintext exists only
-in the caller's hands and, for the bootstrap admin token, a 0600 file."""
+form) or `Bearer <T>`, where T is an API token (`flo_…`, looked up by SHA-256; the
+plaintext exists only in the caller's hands and, for the bootstrap admin token, a
+0600 file) or a session JWT from a login (verified by `auth.tokens`)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,19 @@ import hashlib
 import os
 import secrets
 import uuid
-from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flotilla.errors import Unauthorized
+from flotilla.errors import Forbidden, Unauthorized
 from flotilla.server.db.models import ApiTokenModel, UserModel
+from flotilla.server.identity import ALL_SCOPES, Identity, Scope, load_identity
 
 ADMIN_USER = "admin"
 TOKEN_PREFIX = "flo_"  # noqa: S105 - a prefix, not a secret
-
-
-@dataclass(frozen=True)
-class Identity:
-    user_id: str
-    name: str
-    is_admin: bool
 
 
 def hash_token(token: str) -> str:
@@ -46,7 +41,7 @@ def parse_authorization(header: str | None) -> str:
     return value.strip()
 
 
-async def identity_for_token(session: AsyncSession, token: str, now_utc: object) -> Identity:
+async def identity_for_token(session: AsyncSession, token: str, now_utc: datetime) -> Identity:
     row = (
         await session.execute(
             select(ApiTokenModel, UserModel)
@@ -59,13 +54,16 @@ async def identity_for_token(session: AsyncSession, token: str, now_utc: object)
     token_row, user = row
     if token_row.revoked_at is not None:
         raise Unauthorized("API token revoked")
-    if token_row.expires_at is not None and token_row.expires_at <= now_utc:  # type: ignore[operator]
+    if token_row.expires_at is not None and token_row.expires_at <= now_utc:
         raise Unauthorized("API token expired")
-    return Identity(user.id, user.name, user.is_admin)
+    if user.locked:
+        raise Unauthorized(f"user {user.name} is locked")
+    token_row.last_used_at = now_utc
+    return await load_identity(session, user, frozenset(token_row.scopes), "api_token")
 
 
 async def bootstrap_admin(
-    session: AsyncSession, requested: str | None, token_file: Path, now: object
+    session: AsyncSession, requested: str | None, token_file: Path, now: datetime
 ) -> None:
     """Make sure an admin user exists with a usable token.
 
@@ -97,6 +95,7 @@ async def bootstrap_admin(
                 user_id=admin.id,
                 name="bootstrap admin",
                 token_hash=hash_token(token),
+                scopes=sorted(ALL_SCOPES),
                 created_at=now,
                 expires_at=None,
                 revoked_at=None,
@@ -114,12 +113,27 @@ def write_secret_file(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
+def looks_like_jwt(token: str) -> bool:
+    return not token.startswith(TOKEN_PREFIX) and token.count(".") == 2
+
+
 async def current_identity(request: Request) -> Identity:
-    """FastAPI dependency: the caller's identity, or 401."""
+    """FastAPI dependency: the caller's identity, or 401; 403 when the credential's
+    scopes do not cover the request's method. The identity is left on
+    `request.state` for the audit log."""
     from flotilla.server.context import ServerContext
 
     ctx: ServerContext = request.app.state.ctx
     token = parse_authorization(request.headers.get("authorization"))
-    async with ctx.sessions() as session:
-        identity = await identity_for_token(session, token, ctx.clock.now())
+    async with ctx.transaction() as session:
+        if looks_like_jwt(token):
+            from flotilla.server.auth.tokens import identity_for_jwt
+
+            identity = await identity_for_jwt(session, token, ctx.clock.now())
+        else:
+            identity = await identity_for_token(session, token, ctx.clock.now())
+    request.state.identity = identity
+    needed = Scope.READ if request.method in ("GET", "HEAD", "OPTIONS") else Scope.WRITE
+    if needed not in identity.scopes:
+        raise Forbidden(f"this credential lacks the {needed.value!r} scope")
     return identity

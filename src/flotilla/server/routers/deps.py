@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from flotilla.server.context import ServerContext
-from flotilla.server.security import Identity, current_identity
+from flotilla.server.identity import Identity
+from flotilla.server.security import current_identity
 
 
 def get_ctx(request: Request) -> ServerContext:

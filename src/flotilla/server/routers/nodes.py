@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from flotilla.core.status import NodeState
+from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.security import Identity
 from flotilla.server.services.node_actions import NodeAction, act_on_node
 from flotilla.server.services.node_views import list_node_views, node_detail
 

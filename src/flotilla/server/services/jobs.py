@@ -11,7 +11,7 @@ from flotilla.core.cron import validate_schedule
 from flotilla.errors import ClientError
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel
-from flotilla.server.security import Identity
+from flotilla.server.identity import Identity
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.events import record_event
 from flotilla.server.services.runs import create_run, stop_active_runs

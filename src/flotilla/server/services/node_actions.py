@@ -21,7 +21,7 @@ from flotilla.core.status import NodeState
 from flotilla.errors import Conflict, NotFound
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel
-from flotilla.server.security import Identity
+from flotilla.server.identity import Identity
 from flotilla.server.services.nodes import LOCAL_NODE, switch_node_state
 
 

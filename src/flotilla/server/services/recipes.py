@@ -16,7 +16,7 @@ from flotilla.core.cron import next_tick
 from flotilla.errors import Conflict, NotFound
 from flotilla.recipes import Recipe, parse_recipe
 from flotilla.server.db.models import RecipeModel, RecipeVersionModel
-from flotilla.server.security import Identity
+from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
 
 
