@@ -224,6 +224,7 @@ async def add_user(
     async with ctx.transaction() as session:
         user = UserModel(id=uuid.uuid4().hex, name=name, is_admin=admin, created_at=now)
         session.add(user)
+        await session.flush()  # rows below refer to it (no ORM relationships to order them)
         for group_name in groups:
             group = (
                 await session.execute(select(GroupModel).where(GroupModel.name == group_name))
@@ -231,6 +232,7 @@ async def add_user(
             if group is None:
                 group = GroupModel(id=uuid.uuid4().hex, name=group_name, created_at=now)
                 session.add(group)
+                await session.flush()
             session.add(GroupMemberModel(group_id=group.id, user_id=user.id))
         for project_name, role in (projects or {}).items():
             project = (
@@ -239,6 +241,7 @@ async def add_user(
             if project is None:
                 project = ProjectModel(id=uuid.uuid4().hex, name=project_name, created_at=now)
                 session.add(project)
+                await session.flush()
             session.add(
                 ProjectMemberModel(
                     project_id=project.id, principal_kind="user", principal_id=user.id, role=role

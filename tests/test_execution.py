@@ -190,10 +190,18 @@ async def test_secrets_reach_the_process_as_env_and_file(sqlite_api: Api) -> Non
         assert "s3cr3t" not in (await client.get(path)).text
 
 
-async def test_missing_secret_is_an_error_with_reason(sqlite_api: Api) -> None:
+async def test_missing_secret_is_refused_at_apply_and_an_error_at_launch(sqlite_api: Api) -> None:
+    client = sqlite_api.client
     recipe = job("nosecret", "true", secrets=[{"name": "absent", "location": "X"}])
-    _, run_id = await apply_and_start(sqlite_api.client, recipe)
-    run = await wait_run(sqlite_api.client, run_id, "error")
+    refused = await client.put("/api/recipes", json=recipe)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "spec.secrets[0].name"
+    # Deleted after the apply: the run fails with the reason, not silently without it.
+    await client.post("/api/secrets", json={"name": "absent", "value": "v-1234"})
+    job_id, _ = await apply_and_start(client, recipe)
+    assert (await client.delete("/api/secrets/absent")).status_code == 204
+    started = await client.post(f"/api/jobs/{job_id}/start")
+    run = await wait_run(client, started.json()["run"]["id"], "error")
     assert "secret 'absent'" in run["reason"]
 
 

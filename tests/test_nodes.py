@@ -15,11 +15,10 @@ import pytest
 from flotilla.compute.provider import InstanceState
 from flotilla.compute.sim.provider import SimProvider
 from flotilla.core.status import NodeState
-from flotilla.server.db.models import ApiTokenModel, RecipeModel, UserModel
-from flotilla.server.security import hash_token
+from flotilla.server.db.models import RecipeModel
 from flotilla.server.services.nodes import node_from_instance, switch_node_state
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import apply_and_start, get_run, job, wait_for, wait_run
+from tests.factories import add_user, apply_and_start, get_run, job, wait_for, wait_run
 
 H100_TYPE = "h100-80gb-sxm-ib.8x"
 
@@ -80,28 +79,6 @@ async def add_sim_node(api: Api, fleet: str | None = None) -> str:
         await session.flush()
         switch_node_state(session, node, NodeState.READY, reason="ready", actor="test", now=now)
     return instance.id
-
-
-async def add_user(api: Api, name: str) -> dict[str, str]:
-    """Another user with a token; returns the headers that authenticate as them."""
-    token = f"flo_{name}-token"
-    now = api.ctx.clock.now()
-    async with api.ctx.transaction() as session:
-        user = UserModel(id=uuid.uuid4().hex, name=name, is_admin=False, created_at=now)
-        session.add(user)
-        await session.flush()
-        session.add(
-            ApiTokenModel(
-                id=uuid.uuid4().hex,
-                user_id=user.id,
-                name="test",
-                token_hash=hash_token(token),
-                created_at=now,
-                expires_at=None,
-                revoked_at=None,
-            )
-        )
-    return {"Authorization": f"token {token}"}
 
 
 async def node(api: Api, name: str = "local") -> dict[str, Any]:
@@ -220,7 +197,10 @@ async def test_drain_stops_and_requeues_the_work_then_cordons(gpu_api: Api) -> N
 
 
 async def test_actions_are_events_with_who_and_why(gpus_api: Api) -> None:
-    alice = await add_user(gpus_api, "alice")
+    bob = await add_user(gpus_api.ctx, "bob")
+    refused = await gpus_api.client.post("/api/nodes/local/cordon", headers=bob)
+    assert refused.status_code == 403 and "admin" in refused.json()["message"]
+    alice = await add_user(gpus_api.ctx, "alice", admin=True, scopes=("read", "write", "admin"))
     response = await gpus_api.client.post(
         "/api/nodes/local/cordon", json={"reason": "bad fan"}, headers=alice
     )

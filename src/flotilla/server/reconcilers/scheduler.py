@@ -131,7 +131,7 @@ class Scheduler(ReconcileLoop):
         now = self.ctx.clock.now()
         try:
             secret_env, secret_files = await resolve_secrets(
-                session, self.ctx.secret_box, spec, recipe.owner
+                session, self.ctx.secret_box, spec, recipe
             )
         except ClientError as e:
             reason = f"cannot launch: {e.message}"
@@ -189,9 +189,7 @@ class Scheduler(ReconcileLoop):
         recipe = await session.get(RecipeModel, run.recipe_id)
         assert recipe is not None
         spec = JobSpec.model_validate(run.spec)
-        secret_env, secret_files = await resolve_secrets(
-            session, self.ctx.secret_box, spec, recipe.owner
-        )
+        secret_env, secret_files = await resolve_secrets(session, self.ctx.secret_box, spec, recipe)
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
         requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files)

@@ -19,13 +19,13 @@ router = APIRouter(prefix="/api/fleets", tags=["fleets"])
 @router.get("")
 async def list_fleets(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        return {"fleets": await fleet_views(session, ctx.providers)}
+        return {"fleets": await fleet_views(session, ctx.providers, caller)}
 
 
 @router.get("/{name}")
 async def get_fleet(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        return await fleet_view_by_name(session, ctx.providers, name)
+        return await fleet_view_by_name(session, ctx.providers, caller, name)
 
 
 @router.delete("/{name}", status_code=204)
@@ -33,7 +33,9 @@ async def delete(ctx: Ctx, caller: Caller, name: str, owner_name: str | None = N
     """Delete the fleet. Idle nodes are terminated at once; busy ones are drained
     first, so their work is requeued elsewhere."""
     async with ctx.transaction() as session:
-        fleet = await recipe_service.get_recipe(session, FLEET, name, owner_name)
+        fleet = await recipe_service.get_recipe(
+            session, FLEET, name, owner_name, caller, write=True
+        )
         await delete_fleet(session, fleet, caller.name, ctx.clock.now())
     ctx.wakers.fleets.set()
     return Response(status_code=204)

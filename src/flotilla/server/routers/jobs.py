@@ -3,17 +3,20 @@ run history, pods and logs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
 from flotilla.errors import ClientError, NotFound
+from flotilla.server.db.models import RunModel, TaskModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import jobs as job_service
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.logs import read_log
 from flotilla.server.services.runs import recipe_runs, request_stop, run_tasks
+from flotilla.server.services.secrets import log_redactor
 from flotilla.server.services.views import (
     pod_history_item,
     recipe_states,
@@ -26,9 +29,11 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOB = "job"
 
 
-async def _view(ctx: Ctx, job_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+async def _view(
+    ctx: Ctx, caller: Caller, job_id: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         states = await recipe_states(session, [job])
     return {**recipe_view(job, states[job.id]), **(extra or {})}
 
@@ -36,19 +41,19 @@ async def _view(ctx: Ctx, job_id: str, extra: dict[str, Any] | None = None) -> d
 @router.get("")
 async def list_jobs(ctx: Ctx, caller: Caller, owner_name: str | None = None) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        jobs = await recipe_service.list_recipes(session, JOB, owner_name)
+        jobs = await recipe_service.list_recipes(session, caller, JOB, owner_name)
         states = await recipe_states(session, jobs)
     return {"jobs": [recipe_view(j, states[j.id]) for j in jobs], "next_key": None}
 
 
 @router.get("/{job_id}")
 async def get_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.get("/{job_id}/recipe")
 async def get_job_recipe(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.patch("/{job_id}")
@@ -71,16 +76,16 @@ async def update_job(
                 changes[target] = options[source]
     changes.update(payload)  # other spec fields, validated like an apply
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.update_job_spec(ctx, session, job, changes, caller)
     ctx.wakers.cron.set()
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.delete("/{job_id}", status_code=204)
 async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> Response:
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.delete_job(ctx, session, job, caller)
     ctx.wakers.supervision.set()
     return Response(status_code=204)
@@ -90,7 +95,7 @@ async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> Response:
 async def start_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Trigger a run. Returns once the run is queued; never waits for it to finish."""
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         run = await job_service.start_job(ctx, session, job, caller)
         summary = run_summary(run)
     ctx.wakers.scheduler.set()
@@ -100,17 +105,17 @@ async def start_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
 @router.post("/{job_id}/stop")
 async def stop_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         stopped = await job_service.stop_job(ctx, session, job, caller)
     ctx.wakers.supervision.set()
-    return await _view(ctx, job_id, {"stopped_runs": stopped})
+    return await _view(ctx, caller, job_id, {"stopped_runs": stopped})
 
 
 @router.post("/{job_id}/stop/{run_name}")
 async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict[str, Any]:
     """Stop one run, named by its id, its number or one of its pods."""
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         runs = await recipe_runs(session, job.id, limit=10_000)
         tasks = await run_tasks(session, [r.id for r in runs])
         match = [
@@ -128,20 +133,20 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict
             now=ctx.clock.now(),
         )
     ctx.wakers.supervision.set()
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.post("/{job_id}/restart")
 async def restart_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Stop the active runs and start a new one."""
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.stop_job(ctx, session, job, caller)
         run = await job_service.start_job(ctx, session, job, caller, trigger="restart")
         summary = run_summary(run)
     ctx.wakers.supervision.set()
     ctx.wakers.scheduler.set()
-    return await _view(ctx, job_id, {"run": summary})
+    return await _view(ctx, caller, job_id, {"run": summary})
 
 
 @router.post("/{job_id}/schedule")
@@ -152,7 +157,7 @@ async def schedule_job(
     payload: dict[str, Any] | None = Body(None),  # noqa: B008
 ) -> dict[str, Any]:
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         if payload:
             changes: dict[str, Any] = {
                 k: payload[k] for k in ("schedule", "concurrency_policy") if k in payload
@@ -162,21 +167,21 @@ async def schedule_job(
             await job_service.update_job_spec(ctx, session, job, changes, caller)
         job_service.set_scheduled(ctx, session, job, True, caller)
     ctx.wakers.cron.set()
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.post("/{job_id}/unschedule")
 async def unschedule_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     async with ctx.transaction() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         job_service.set_scheduled(ctx, session, job, False, caller)
-    return await _view(ctx, job_id)
+    return await _view(ctx, caller, job_id)
 
 
 @router.get("/{job_id}/runs")
 async def list_runs(ctx: Ctx, caller: Caller, job_id: str, limit: int = 100) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         runs = await recipe_runs(session, job.id, limit=min(max(limit, 1), 1000))
         tasks = await run_tasks(session, [r.id for r in runs])
     return {"runs": [run_view(r, tasks[r.id], job.name) for r in runs]}
@@ -186,7 +191,7 @@ async def list_runs(ctx: Ctx, caller: Caller, job_id: str, limit: int = 100) -> 
 async def history(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Every pod (task) of every run, newest first (Saturn's historical pods)."""
     async with ctx.sessions() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         runs = await recipe_runs(session, job.id, limit=1000)
         tasks = await run_tasks(session, [r.id for r in runs])
     now = ctx.clock.now()
@@ -199,15 +204,26 @@ async def job_logs(
     ctx: Ctx, caller: Caller, job_id: str, pod_name: str | None = None
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        job = await recipe_service.get_recipe_by_id(session, JOB, job_id)
+        job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         runs = await recipe_runs(session, job.id, limit=1000)
         tasks = [t for ts in (await run_tasks(session, [r.id for r in runs])).values() for t in ts]
+        specs = {r.id: r.spec for r in runs}
+        task = _pick_log_task(tasks, runs, pod_name, job.name)
+        if task is None:
+            return {"logs": ""}
+        redactor = await log_redactor(session, ctx.secret_box, specs[task.run_id], job)
+    files = ctx.backend.log_files(task_ref(task))
+    return {"logs": read_log(files.setup, redactor) + read_log(files.main, redactor)}
+
+
+def _pick_log_task(
+    tasks: list[TaskModel], runs: Sequence[RunModel], pod_name: str | None, job_name: str
+) -> TaskModel | None:
+    """The named pod, or the newest run's first rank."""
     if pod_name is not None:
         tasks = [t for t in tasks if t.name == pod_name]
         if not tasks:
-            raise NotFound(f"pod {pod_name!r} of job {job.name}")
+            raise NotFound(f"pod {pod_name!r} of job {job_name}")
     if not tasks:
-        return {"logs": ""}
-    task = tasks[0] if pod_name else max(tasks, key=lambda t: (t.run_id == runs[0].id, -t.rank))
-    files = ctx.backend.log_files(task_ref(task))
-    return {"logs": read_log(files.setup) + read_log(files.main)}
+        return None
+    return tasks[0] if pod_name else max(tasks, key=lambda t: (t.run_id == runs[0].id, -t.rank))

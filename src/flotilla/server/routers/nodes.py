@@ -33,7 +33,7 @@ async def list_nodes(
     """Every node that is not terminated (or those in `state`), by name."""
     async with ctx.sessions() as session:
         views = await list_node_views(
-            session, ctx.clock.now(), state=state, fleet=fleet, gpu_type=gpu_type
+            session, caller, ctx.clock.now(), state=state, fleet=fleet, gpu_type=gpu_type
         )
     return {"nodes": views}
 
@@ -42,7 +42,7 @@ async def list_nodes(
 async def get_node(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
     """One node with its GPUs' holders and its events."""
     async with ctx.sessions() as session:
-        return await node_detail(session, name, ctx.clock.now())
+        return await node_detail(session, caller, name, ctx.clock.now())
 
 
 @router.post("/{name}/cordon")
@@ -81,8 +81,7 @@ async def terminate(
 async def _act(
     ctx: Ctx, caller: Identity, name: str, action: NodeAction, body: NodeActionRequest | None
 ) -> dict[str, Any]:
-    # Admin actions. Any authenticated caller may take them until roles arrive
-    # (a later issue); the role check goes here, before anything changes.
+    caller.require_admin()  # before anything changes
     await act_on_node(ctx, name, action, body.reason if body else None, caller)
     async with ctx.sessions() as session:
-        return await node_detail(session, name, ctx.clock.now())
+        return await node_detail(session, caller, name, ctx.clock.now())

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from flotilla.core.redact import Redactor
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
@@ -14,6 +15,7 @@ from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.logs import read_log
 from flotilla.server.services.runs import active_runs, find_task_by_name, get_run, run_tasks
+from flotilla.server.services.secrets import log_redactor
 from flotilla.server.services.views import pod_summary
 
 router = APIRouter(prefix="/api/active/pods", tags=["pods"])
@@ -24,7 +26,7 @@ async def active_pods(
     ctx: Ctx, caller: Caller, workload_type: str = Query(...), workload_id: str = Query(...)
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        job = await recipe_service.get_recipe_by_id(session, workload_type, workload_id)
+        job = await recipe_service.get_recipe_by_id(session, workload_type, workload_id, caller)
         runs = await active_runs(session, job.id)
         tasks = await run_tasks(session, [r.id for r in runs])
     pods = [
@@ -33,22 +35,27 @@ async def active_pods(
     return {"pod_summaries": pods, "next_key": None}
 
 
-async def _find(ctx: Ctx, name: str) -> tuple[Any, Any, str]:
+async def _find(ctx: Ctx, caller: Caller, name: str) -> tuple[Any, Any, str, Redactor]:
+    """The pod (task), its run, its job's name and a redactor for its logs."""
     async with ctx.sessions() as session:
         task = await find_task_by_name(session, name)
         run = await get_run(session, task.run_id)
         recipe = await session.get(RecipeModel, run.recipe_id)
-    if recipe is None:
-        raise NotFound(f"pod {name!r}")
-    return task, run, recipe.name
+        if recipe is None or not caller.can_read(recipe.owner, recipe.project):
+            raise NotFound(f"pod {name!r}")
+        redactor = await log_redactor(session, ctx.secret_box, run.spec, recipe)
+    return task, run, recipe.name, redactor
 
 
 @router.get("/{name}")
 async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> dict[str, Any]:
-    task, run, job_name = await _find(ctx, name)
+    task, run, job_name, redactor = await _find(ctx, caller, name)
     files = ctx.backend.log_files(task_ref(task))
     lines = min(max(page_size, 1), 5000)
-    logs = {"setup": read_log(files.setup, lines), "main": read_log(files.main, lines)}
+    logs = {
+        "setup": read_log(files.setup, redactor, lines),
+        "main": read_log(files.main, redactor, lines),
+    }
     return pod_summary(task, run, job_name, logs)
 
 
@@ -61,9 +68,9 @@ async def pod_logs(
     page_size: int = 1000,
     previous: bool = False,
 ) -> dict[str, Any]:
-    task, _, _ = await _find(ctx, name)
+    task, _, _, redactor = await _find(ctx, caller, name)
     files = ctx.backend.log_files(task_ref(task))
     if container_name not in ("main", "setup"):
         raise NotFound(f"container {container_name!r} (containers: setup, main)")
     path = files.main if container_name == "main" else files.setup
-    return {"logs": read_log(path, min(max(page_size, 1), 5000))}
+    return {"logs": read_log(path, redactor, min(max(page_size, 1), 5000))}

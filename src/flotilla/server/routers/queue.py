@@ -49,7 +49,7 @@ async def get_policy(ctx: Ctx, caller: Caller) -> SchedulerPolicy:
 
 @router.put("/scheduler/policy")
 async def put_policy(ctx: Ctx, caller: Caller, body: SchedulerPolicy) -> SchedulerPolicy:
-    # An admin action: the role check arrives with users and roles (issue 4).
+    caller.require_admin()
     async with ctx.transaction() as session:
         await save_policy(session, body.model_dump(), ctx.clock.now())
         await queue_service.record_policy_change(session, caller.name, ctx.clock.now())
@@ -60,4 +60,6 @@ async def put_policy(ctx: Ctx, caller: Caller, body: SchedulerPolicy) -> Schedul
 @router.get("/queue")
 async def get_queue(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        return {"runs": await queue_service.queue_view(session, ctx.clock.now())}
+        runs = await queue_service.queue_view(session, ctx.clock.now())
+    # Positions count everyone's runs; the caller sees only the runs they may read.
+    return {"runs": [r for r in runs if caller.can_read(r["owner"], r["recipe_project"])]}

@@ -50,6 +50,11 @@ async def _states(
 
 
 async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> dict[str, Any]:
+    if recipe_service.is_identity_recipe(payload):
+        async with ctx.transaction() as session:
+            return await recipe_service.apply_identity_recipe(
+                session, caller, payload, ctx.clock.now(), enforce_unknown
+            )
     async with ctx.transaction() as session:
         recipe, changed = await recipe_service.apply_recipe(
             session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
@@ -97,7 +102,7 @@ async def list_recipes(
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(
-            session, singular(type) if type else None, owner_name, name
+            session, caller, singular(type) if type else None, owner_name, name
         )
         states = await _states(ctx, session, recipes)
     items = [recipe_view(r, None if as_template else states[r.id]) for r in recipes]
@@ -113,8 +118,15 @@ async def get_recipe(
     owner_name: str | None = None,
     as_template: bool = False,
 ) -> dict[str, Any]:
+    if singular(recipe_type) in recipe_service.IDENTITY_RECIPE_TYPES:
+        async with ctx.sessions() as session:
+            return await recipe_service.identity_recipe(
+                session, caller, singular(recipe_type), name
+            )
     async with ctx.sessions() as session:
-        recipe = await recipe_service.get_recipe(session, singular(recipe_type), name, owner_name)
+        recipe = await recipe_service.get_recipe(
+            session, singular(recipe_type), name, owner_name, caller
+        )
         states = await _states(ctx, session, [recipe])
     return recipe_view(recipe, None if as_template else states[recipe.id])
 
@@ -124,7 +136,9 @@ async def recipe_versions(
     ctx: Ctx, caller: Caller, recipe_type: str, name: str, owner_name: str | None = None
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        recipe = await recipe_service.get_recipe(session, singular(recipe_type), name, owner_name)
+        recipe = await recipe_service.get_recipe(
+            session, singular(recipe_type), name, owner_name, caller
+        )
         versions = await recipe_service.recipe_versions(session, recipe.id)
     return {
         "versions": [

@@ -7,33 +7,46 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import RunStatus
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel, RunModel
+from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.events import event_view, run_events
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.logs import follow_log, read_log
 from flotilla.server.services.runs import get_run, run_tasks
+from flotilla.server.services.secrets import log_redactor
 from flotilla.server.services.views import run_view
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
+async def readable_run(
+    session: AsyncSession, caller: Identity, run_id: str
+) -> tuple[RunModel, RecipeModel]:
+    """The run and its recipe, or 404 when the caller may not see it."""
+    run = await get_run(session, run_id)
+    recipe = await session.get(RecipeModel, run.recipe_id)
+    if recipe is None or not caller.can_read(recipe.owner, recipe.project):
+        raise NotFound(f"run {run_id}")
+    return run, recipe
+
+
 @router.get("/{run_id}")
 async def get_run_view(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        run = await get_run(session, run_id)
-        recipe = await session.get(RecipeModel, run.recipe_id)
+        run, recipe = await readable_run(session, caller, run_id)
         tasks = (await run_tasks(session, [run.id]))[run.id]
-    return run_view(run, tasks, recipe.name if recipe else "")
+    return run_view(run, tasks, recipe.name)
 
 
 @router.get("/{run_id}/events")
 async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
     async with ctx.sessions() as session:
-        await get_run(session, run_id)
+        await readable_run(session, caller, run_id)
         events = await run_events(session, run_id)
     return {"events": [event_view(e) for e in events]}
 
@@ -52,8 +65,9 @@ async def get_run_logs(
     `container=setup` gives the clone/start-script output. With `follow`, the
     response streams until the run has finished."""
     async with ctx.sessions() as session:
-        run = await get_run(session, run_id)
+        run, recipe = await readable_run(session, caller, run_id)
         tasks = (await run_tasks(session, [run.id]))[run.id]
+        redactor = await log_redactor(session, ctx.secret_box, run.spec, recipe)
     wanted = run.attempt if attempt is None else attempt
     match = [t for t in tasks if t.rank == rank and t.attempt == wanted]
     if not match:
@@ -63,7 +77,7 @@ async def get_run_logs(
     files = ctx.backend.log_files(task_ref(match[0]))
     path = files.main if container == "main" else files.setup
     if not follow:
-        return PlainTextResponse(read_log(path))
+        return PlainTextResponse(read_log(path, redactor))
 
     async def finished() -> bool:
         async with ctx.sessions() as session:
@@ -73,7 +87,7 @@ async def get_run_logs(
         )
 
     async def stream() -> AsyncIterator[bytes]:
-        async for chunk in follow_log(path, finished):
+        async for chunk in follow_log(path, finished, redactor):
             yield chunk
 
     return StreamingResponse(stream(), media_type="text/plain")

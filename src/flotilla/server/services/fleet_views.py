@@ -17,6 +17,7 @@ from flotilla.core import autoscale
 from flotilla.core.status import NodeState
 from flotilla.core.units import parse_gpu
 from flotilla.errors import ClientError, NotFound
+from flotilla.server.identity import Identity
 from flotilla.server.services.fleets import (
     FLEET_ERROR,
     FLEET_WAITING,
@@ -28,17 +29,25 @@ from flotilla.server.services.views import iso
 
 
 async def fleet_views(
-    session: AsyncSession, providers: Mapping[str, Provider], name: str | None = None
+    session: AsyncSession,
+    providers: Mapping[str, Provider],
+    identity: Identity,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The fleets the caller may see (their own, their groups', their projects')."""
     snapshot = await load_fleets(session, providers, [name] if name is not None else None)
     desired = snapshot.desired()
-    return [fleet_view(f, snapshot, desired[f.recipe.id]) for f in snapshot.fleets]
+    return [
+        fleet_view(f, snapshot, desired[f.recipe.id])
+        for f in snapshot.fleets
+        if identity.can_read(f.recipe.owner, f.recipe.project)
+    ]
 
 
 async def fleet_view_by_name(
-    session: AsyncSession, providers: Mapping[str, Provider], name: str
+    session: AsyncSession, providers: Mapping[str, Provider], identity: Identity, name: str
 ) -> dict[str, Any]:
-    views = await fleet_views(session, providers, name)
+    views = await fleet_views(session, providers, identity, name)
     if not views:
         raise NotFound(f"fleet {name!r}")
     return views[0]

@@ -11,9 +11,9 @@ from flotilla.compute.base import LaunchRequest, TaskRef
 from flotilla.core.envcontract import TaskIdentity, process_environments, task_environment
 from flotilla.errors import ClientError
 from flotilla.recipes.job import JobSpec, SecretAttachment
-from flotilla.server.db.models import RunModel, TaskModel
+from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.secretbox import SecretBox
-from flotilla.server.services.secrets import find_secret
+from flotilla.server.services.secrets import attached_secret
 
 
 def task_ref(task: TaskModel) -> TaskRef:
@@ -29,12 +29,12 @@ def free_port() -> int:
 
 
 async def resolve_secrets(
-    session: AsyncSession, box: SecretBox, spec: JobSpec, default_owner: str
+    session: AsyncSession, box: SecretBox, spec: JobSpec, recipe: RecipeModel
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
     env: dict[str, str] = {}
     files: list[tuple[str, str]] = []
-    for ref in spec.secrets:
-        secret = await find_secret(session, ref.owner or default_owner, ref.name)
+    for index, ref in enumerate(spec.secrets):
+        secret = await attached_secret(session, spec, index, recipe.owner, recipe.project)
         if secret is None:
             raise ClientError(
                 f"secret {ref.name!r} (attached as {ref.location}) does not exist",

@@ -10,15 +10,21 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from flotilla.core.redact import Redactor, StreamRedactor
+
 _CHUNK = 64 * 1024
 
 
-def read_log(path: Path, tail_lines: int | None = None) -> str:
+NO_SECRETS = Redactor([])
+
+
+def read_log(path: Path, redactor: Redactor, tail_lines: int | None = None) -> str:
+    """The file's text with the run's secrets masked (`redactor`)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return ""
-    text = data.decode(errors="replace")
+    text = redactor.scrub(data.decode(errors="replace"))
     if tail_lines is not None:
         lines = text.splitlines(keepends=True)
         text = "".join(lines[-tail_lines:])
@@ -28,24 +34,30 @@ def read_log(path: Path, tail_lines: int | None = None) -> str:
 async def follow_log(
     path: Path,
     is_finished: Callable[[], Awaitable[bool]],
+    redactor: Redactor,
     poll_seconds: float = 0.2,
     check_every: int = 5,
 ) -> AsyncIterator[bytes]:
-    """Yield the file's bytes as they are written, until the task has finished and
-    everything it wrote has been sent."""
+    """Yield the file's bytes as they are written, secrets masked, until the task
+    has finished and everything it wrote has been sent."""
     offset = 0
     polls = 0
+    masked = StreamRedactor(redactor)
     while True:
         chunk = _read_from(path, offset)
         if chunk:
             offset += len(chunk)
-            yield chunk
+            if out := masked.feed(chunk):
+                yield out
             continue
         polls += 1
         if (polls % check_every == 0 or polls == 1) and await is_finished():
             while tail := _read_from(path, offset):  # what was written meanwhile
                 offset += len(tail)
-                yield tail
+                if out := masked.feed(tail):
+                    yield out
+            if rest := masked.flush():
+                yield rest
             return
         await asyncio.sleep(poll_seconds)
 

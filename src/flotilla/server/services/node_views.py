@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import NodeState, RunStatus
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.identity import Identity
 from flotilla.server.services.events import event_view, node_events
 from flotilla.server.services.nodes import LIVE_STATES, get_node
 from flotilla.server.services.views import iso
@@ -41,11 +42,26 @@ class GpuHolder:
 Holders = dict[str, dict[int, GpuHolder]]
 
 
-async def gpu_holders(session: AsyncSession, node: str | None = None) -> Holders:
+# What a caller sees of a GPU held by work they may not read: that it is taken.
+HIDDEN_HOLDER = GpuHolder("", "(another user's run)", "")
+
+
+async def gpu_holders(
+    session: AsyncSession, identity: Identity, node: str | None = None
+) -> Holders:
     """Who holds each GPU, for one node or (with `node=None`) all of them. One query
-    whose size follows the running work, not the number of nodes."""
+    whose size follows the running work, not the number of nodes. Work the caller
+    may not read shows only as taken."""
     query = (
-        select(TaskModel.node, TaskModel.gpus, TaskModel.name, RunModel.id, RecipeModel.name)
+        select(
+            TaskModel.node,
+            TaskModel.gpus,
+            TaskModel.name,
+            RunModel.id,
+            RecipeModel.name,
+            RecipeModel.owner,
+            RecipeModel.project,
+        )
         .join(RunModel, RunModel.id == TaskModel.run_id)
         .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
         .where(RunModel.status.in_(HOLDING), TaskModel.attempt == RunModel.attempt)
@@ -53,12 +69,16 @@ async def gpu_holders(session: AsyncSession, node: str | None = None) -> Holders
     if node is not None:
         query = query.where(TaskModel.node == node)
     holders: Holders = {}
-    for node_name, gpus, task_name, run_id, job_name in await session.execute(query):
+    for node_name, gpus, task_name, run_id, job_name, owner, project in await session.execute(
+        query
+    ):
         if not node_name:
             continue  # placed nowhere yet
         slots = holders.setdefault(node_name, {})
+        visible = identity.can_read(owner, project)
+        holder = GpuHolder(run_id, job_name, task_name) if visible else HIDDEN_HOLDER
         for index in gpus or []:
-            slots[int(index)] = GpuHolder(run_id, job_name, task_name)
+            slots[int(index)] = holder
     return holders
 
 
@@ -73,6 +93,7 @@ async def fleet_names(session: AsyncSession, fleet_ids: set[str]) -> dict[str, s
 
 async def list_node_views(
     session: AsyncSession,
+    identity: Identity,
     now: datetime,
     *,
     state: NodeState | None = None,
@@ -93,14 +114,17 @@ async def list_node_views(
         ids = select(RecipeModel.id).where(RecipeModel.type == FLEET, RecipeModel.name == fleet)
         query = query.where(NodeModel.fleet_id.in_(ids))
     nodes = (await session.execute(query)).scalars().all()
-    return await _views(session, nodes, now, await gpu_holders(session))
+    return await _views(session, nodes, now, await gpu_holders(session, identity))
 
 
-async def node_detail(session: AsyncSession, name: str, now: datetime) -> dict[str, Any]:
-    """One node's view and its events, oldest first. NotFound for an unknown name."""
+async def node_detail(
+    session: AsyncSession, identity: Identity, name: str, now: datetime
+) -> dict[str, Any]:
+    """One node's view and its events, oldest first (events name runs, so only
+    admins get them). NotFound for an unknown name."""
     node = await get_node(session, name)
-    (view,) = await _views(session, [node], now, await gpu_holders(session, node.name))
-    events = await node_events(session, node.id)
+    (view,) = await _views(session, [node], now, await gpu_holders(session, identity, node.name))
+    events = await node_events(session, node.id) if identity.is_admin else []
     return {**view, "events": [event_view(e) for e in events]}
 
 

@@ -33,6 +33,7 @@ async def queue_view(session: AsyncSession, now: datetime) -> list[dict[str, Any
                 "number": run.number,
                 "attempt": run.attempt,
                 "owner": recipe.owner,
+                "recipe_project": recipe.project,
                 "project": run.spec.get("project", "default"),
                 "priority": run.spec.get("priority", 0),
                 "scale": run.spec.get("scale", 1),

@@ -7,17 +7,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.cron import next_tick
-from flotilla.errors import Conflict, NotFound
+from flotilla.errors import Conflict, FieldProblem, Forbidden, InvalidRecipe, NotFound
 from flotilla.recipes import Recipe, parse_recipe
-from flotilla.server.db.models import RecipeModel, RecipeVersionModel
+from flotilla.recipes.job import JobSpec
+from flotilla.server.db.models import ProjectModel, RecipeModel, RecipeVersionModel
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
+from flotilla.server.services.secrets import check_attachments
+
+T = TypeVar("T")
+# The project a recipe is in when it names none: its owner's own work.
+DEFAULT_PROJECT = "default"
 
 
 async def apply_recipe(
@@ -27,16 +33,32 @@ async def apply_recipe(
     now: datetime,
     enforce_unknown: bool = True,
 ) -> tuple[RecipeModel, bool]:
-    """Create or update a recipe. Returns (recipe, changed)."""
+    """Create or update a recipe. Returns (recipe, changed).
+
+    The caller must be allowed to own it (themselves or one of their groups) and to
+    create work in its project; updating needs write access to the existing one."""
     recipe = parse_recipe(data, enforce_unknown)
     owner = getattr(recipe.spec, "owner", None) or identity.name
     spec = recipe.spec_dict()
     spec["owner"] = owner
+    project = await resolve_project(session, spec.get("project"))
+    what = f"{recipe.type} {recipe.name!r}"
+    if not identity.is_admin and not identity.owns(owner):
+        raise Forbidden(f"{identity.name} may not create a {recipe.type} owned by {owner!r}")
     existing = await find_recipe(session, recipe.type, recipe.name, owner)
+    if existing is not None:
+        identity.require_write(existing.owner, existing.project, what)
+    if not identity.can_write(owner, project):
+        raise Forbidden(identity.write_refusal(owner, project, what))
+    if isinstance(recipe.spec, JobSpec):
+        await check_attachments(session, identity, recipe.spec, owner, project)
     if existing is None:
-        return _create(session, recipe, spec, owner, identity, now), True
+        model = _create(session, recipe, spec, owner, identity, now)
+        model.project = project
+        return model, True
     if existing.spec == spec and existing.schema_version == recipe.schema_version:
         return existing, False
+    existing.project = project
     _update_schedule(existing, existing.spec.get("schedule"), spec.get("schedule"), now)
     existing.spec = spec
     existing.schema_version = recipe.schema_version
@@ -60,6 +82,43 @@ async def apply_recipe(
         recipe_id=existing.id,
     )
     return existing, True
+
+
+async def resolve_project(session: AsyncSession, name: object) -> str | None:
+    """The project a recipe's `project` field names. `default` (the field's default)
+    means "no project" unless a project of that name was created."""
+    if name is None:
+        return None
+    found = (
+        await session.execute(select(ProjectModel.name).where(ProjectModel.name == str(name)))
+    ).scalar()
+    if found is not None:
+        return found
+    if name == DEFAULT_PROJECT:
+        return None
+    raise InvalidRecipe([FieldProblem("spec.project", f"no project named {name!r}")])
+
+
+def check_access(identity: Identity, recipe: RecipeModel, *, write: bool = False) -> None:
+    """404 for a recipe the caller may not see (as if it did not exist), 403 for one
+    they may see but not change."""
+    what = f"{recipe.type} {recipe.name!r}"
+    if write:
+        identity.require_write(recipe.owner, recipe.project, what)
+    else:
+        identity.require_read(recipe.owner, recipe.project, what)
+
+
+def visible_to(query: Select[T], identity: Identity) -> Select[T]:
+    """Restrict a query over recipes to those the caller may read."""
+    if identity.is_admin:
+        return query
+    return query.where(
+        or_(
+            RecipeModel.owner.in_(identity.visible_owners()),
+            RecipeModel.project.in_(identity.visible_projects()),
+        )
+    )
 
 
 def _create(
@@ -117,29 +176,56 @@ def set_schedule(model: RecipeModel, schedule: str | None, now: datetime) -> Non
 
 
 async def find_recipe(
-    session: AsyncSession, recipe_type: str, name: str, owner: str | None
+    session: AsyncSession,
+    recipe_type: str,
+    name: str,
+    owner: str | None,
+    identity: Identity | None = None,
 ) -> RecipeModel | None:
+    """The live recipe of that type and name (and owner); with `identity`, only among
+    those the caller may read, so a name clash with someone else's is invisible."""
     query = select(RecipeModel).where(
         RecipeModel.type == recipe_type, RecipeModel.name == name, RecipeModel.deleted_at.is_(None)
     )
     if owner:
         query = query.where(RecipeModel.owner == owner)
+    if identity is not None:
+        query = visible_to(query, identity)
     return (await session.execute(query.order_by(RecipeModel.created_at))).scalars().first()
 
 
 async def get_recipe(
-    session: AsyncSession, recipe_type: str, name: str, owner: str | None
+    session: AsyncSession,
+    recipe_type: str,
+    name: str,
+    owner: str | None,
+    identity: Identity,
+    *,
+    write: bool = False,
 ) -> RecipeModel:
-    found = await find_recipe(session, recipe_type, name, owner)
+    found = await find_recipe(session, recipe_type, name, owner, identity)
     if found is None:
         raise NotFound(f"{recipe_type} {name!r}" + (f" of owner {owner!r}" if owner else ""))
+    check_access(identity, found, write=write)
     return found
 
 
-async def get_recipe_by_id(session: AsyncSession, recipe_type: str, recipe_id: str) -> RecipeModel:
+async def get_recipe_by_id(
+    session: AsyncSession,
+    recipe_type: str,
+    recipe_id: str,
+    identity: Identity,
+    *,
+    write: bool = False,
+) -> RecipeModel:
     found = await session.get(RecipeModel, recipe_id)
-    if found is None or found.deleted_at is not None:
+    if (
+        found is None
+        or found.deleted_at is not None
+        or not identity.can_read(found.owner, found.project)
+    ):
         raise NotFound(f"{recipe_type} {recipe_id}")
+    check_access(identity, found, write=write)
     if found.type != recipe_type:
         # e.g. /api/jobs/{id}/start with a fleet's id: say what it is instead.
         raise Conflict(
@@ -151,11 +237,12 @@ async def get_recipe_by_id(session: AsyncSession, recipe_type: str, recipe_id: s
 
 async def list_recipes(
     session: AsyncSession,
+    identity: Identity,
     recipe_type: str | None = None,
     owner: str | None = None,
     name_prefix: str | None = None,
 ) -> Sequence[RecipeModel]:
-    query = select(RecipeModel).where(RecipeModel.deleted_at.is_(None))
+    query = visible_to(select(RecipeModel).where(RecipeModel.deleted_at.is_(None)), identity)
     if recipe_type:
         query = query.where(RecipeModel.type == recipe_type)
     if owner:
@@ -186,3 +273,60 @@ def mark_deleted(session: AsyncSession, recipe: RecipeModel, actor: str, now: da
         now=now,
         recipe_id=recipe.id,
     )
+
+
+# Identity recipes (`type: user|group|project`) apply to the identity tables, not to
+# recipe rows; `services/{users,groups,projects}.py` do the work.
+IDENTITY_RECIPE_TYPES = ("user", "group", "project")
+
+
+def is_identity_recipe(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("type") in IDENTITY_RECIPE_TYPES
+
+
+async def apply_identity_recipe(
+    session: AsyncSession, identity: Identity, data: Any, now: datetime, enforce_unknown: bool
+) -> dict[str, Any]:
+    """Apply a user, group or project recipe (platform admins only). Idempotent;
+    a group's or project's members become exactly the listed ones."""
+    from flotilla.recipes.envelope import dump_recipe
+    from flotilla.recipes.identity import GroupSpec, ProjectSpec, UserSpec
+    from flotilla.server.services import groups, projects, users
+
+    identity.require_admin()
+    recipe = parse_recipe(data, enforce_unknown)
+    spec = recipe.spec
+    model: Any
+    if isinstance(spec, UserSpec):
+        model, changed = await users.apply_user_spec(session, spec, identity.name, now)
+        out = users.user_spec(model)
+    elif isinstance(spec, GroupSpec):
+        model, changed = await groups.apply_group_spec(session, spec, identity.name, now)
+        out = await groups.group_spec(session, model)
+    else:
+        assert isinstance(spec, ProjectSpec)
+        model, changed = await projects.apply_project_spec(session, spec, identity.name, now)
+        out = await projects.project_spec(session, model)
+    # Identity recipes keep no version history: `version` is always 1.
+    state = {"id": model.id, "status": "applied", "changed": changed, "version": 1}
+    return dump_recipe(recipe.type, out, state, recipe.schema_version)
+
+
+async def identity_recipe(
+    session: AsyncSession, identity: Identity, recipe_type: str, name: str
+) -> dict[str, Any]:
+    """A user, group or project as a recipe (`flo get -t user NAME`, `flo export`)."""
+    from flotilla.recipes.envelope import dump_recipe
+    from flotilla.server.services import groups, projects, users
+
+    if recipe_type == "user":
+        user = await users.readable_user(session, identity, name)
+        users.require_self_or_admin(identity, user, "read their recipe")
+        spec, model_id = users.user_spec(user), user.id
+    elif recipe_type == "group":
+        group = await groups.readable_group(session, identity, name)
+        spec, model_id = await groups.group_spec(session, group), group.id
+    else:
+        project = await projects.readable_project(session, identity, name)
+        spec, model_id = await projects.project_spec(session, project), project.id
+    return dump_recipe(recipe_type, spec, {"id": model_id, "status": "applied", "version": 1})
