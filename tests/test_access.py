@@ -1,0 +1,232 @@
+"""Who may see and touch what: a foreign user walks every route of the API against
+another user's resources; viewers read only; groups share; read-only tokens
+cannot write; platform routes need an admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Api
+from tests.factories import add_user, job, wait_run
+
+pytestmark = pytest.mark.timeout(120)
+
+SIM_FLEET = {
+    "type": "fleet",
+    "spec": {
+        "name": "victim-pool",
+        "provider": "sim",
+        "instance_type": "h100-80gb-sxm-ib.8x",
+        "region": "us-east1",
+        "nodes": "0..1",
+    },
+}
+
+
+class Victim:
+    """Everything one user owns, made through the API with their own token."""
+
+    def __init__(self, api: Api, headers: httpx.Headers) -> None:
+        self.api = api
+        self.headers = headers
+        self.ids: dict[str, str] = {}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self.api.client.request(method, path, headers=self.headers, **kwargs)
+        assert response.status_code < 300, (method, path, response.text)
+        return response.json() if response.content else {}
+
+    async def build(self) -> None:
+        await self.call("POST", "/api/secrets", json={"name": "victim-key", "value": "v-s3cret"})
+        recipe = job("victim-job", "echo private-output", project="vision")
+        applied = await self.call("PUT", "/api/recipes", json=recipe)
+        self.ids["job_id"] = applied["state"]["id"]
+        started = await self.call("POST", f"/api/jobs/{self.ids['job_id']}/start")
+        self.ids["run_id"] = started["run"]["id"]
+        await wait_run(self.api.client, self.ids["run_id"], "succeeded")
+        run = await self.call("GET", f"/api/runs/{self.ids['run_id']}")
+        self.ids["pod"] = run["tasks"][0]["name"] if "tasks" in run else "victim-job-1-0"
+        await self.call("PUT", "/api/recipes", json=SIM_FLEET)
+
+
+def fill(path: str, victim: Victim) -> str | None:
+    """The route with the victim's resource in every path parameter; None for a
+    parameter the walk does not know (the test then fails: classify new routes)."""
+    values = {
+        "job_id": victim.ids["job_id"],
+        "run_id": victim.ids["run_id"],
+        "recipe_type": "job",
+        "run_name": "1",
+    }
+    if path.startswith("/api/active/pods/"):
+        values["name"] = victim.ids["pod"]
+    elif path.startswith("/api/secrets/"):
+        values["name"] = "victim-key"
+    elif path.startswith("/api/fleets/"):
+        values["name"] = "victim-pool"
+    elif path.startswith("/api/recipes/"):
+        values["name"] = "victim-job"
+    elif path.startswith("/api/nodes/"):
+        values["name"] = "local"
+    out = path
+    while "{" in out:
+        param = out[out.index("{") + 1 : out.index("}")]
+        if param not in values:
+            return None
+        out = out.replace("{" + param + "}", values[param])
+    return out
+
+
+# Platform resources everyone may read (their holders are redacted, see below).
+SHARED_READS = {("GET", "/api/nodes/{name}")}
+# Routes open to anyone, by design.
+PUBLIC = {("GET", "/api/auth/jwks")}
+# Mutations without a path parameter, each with a body aimed at the victim.
+FOREIGN_BODIES: dict[tuple[str, str], Any] = {
+    ("PUT", "/api/recipes"): {
+        **job("victim-job", "true"),
+        "spec": {"name": "victim-job", "command": "true", "owner": "victim"},
+    },
+    ("POST", "/api/recipes"): {
+        "type": "job",
+        "spec": {"name": "x", "command": "true", "owner": "victim"},
+    },
+    ("POST", "/api/secrets"): {"name": "victim-key", "value": "overwrite", "owner": "victim"},
+    ("PUT", "/api/scheduler/policy"): {"user_quota": {"victim": 0}},
+}
+
+
+async def test_a_foreign_user_can_touch_nothing_of_anothers(api: Api) -> None:
+    victim = Victim(api, await add_user(api.ctx, "victim", projects={"vision": "member"}))
+    await victim.build()
+    mallory = await add_user(api.ctx, "mallory", projects={"other": "admin"})
+    spec = (await api.client.get("/openapi.json")).json()
+    unknown, leaks = [], []
+    for path, operations in spec["paths"].items():
+        for method in (m.upper() for m in operations):
+            if (method, path) in PUBLIC:
+                continue
+            url = fill(path, victim)
+            if url is None:
+                unknown.append((method, path))
+                continue
+            if "{" in path:
+                params = (
+                    {"workload_type": "job", "workload_id": victim.ids["job_id"]}
+                    if path == "/api/active/pods"
+                    else None
+                )
+                response = await api.client.request(
+                    method, url, headers=mallory, params=params, json={}
+                )
+                allowed = (200,) if (method, path) in SHARED_READS else (403, 404)
+                if response.status_code not in allowed:
+                    leaks.append((method, path, response.status_code))
+                elif response.status_code == 200 and "victim-job" in response.text:
+                    leaks.append((method, path, "shows the victim's job"))
+            elif method == "GET":
+                params = (
+                    {"workload_type": "job", "workload_id": victim.ids["job_id"]}
+                    if path == "/api/active/pods"
+                    else None
+                )
+                response = await api.client.get(url, headers=mallory, params=params)
+                if response.status_code == 200:
+                    text = response.text
+                    for secret in ("victim-job", "victim-key", "victim-pool", victim.ids["run_id"]):
+                        if secret in text:
+                            leaks.append((method, path, f"lists {secret}"))
+                elif response.status_code not in (403, 404):
+                    leaks.append((method, path, response.status_code))
+            else:
+                if (method, path) not in FOREIGN_BODIES:
+                    unknown.append((method, path))
+                    continue
+                response = await api.client.request(
+                    method, url, headers=mallory, json=FOREIGN_BODIES[(method, path)]
+                )
+                if response.status_code not in (403, 404):
+                    leaks.append((method, path, response.status_code))
+    assert not leaks, leaks
+    assert not unknown, f"routes the walk cannot aim at another user's resource: {unknown}"
+    assert not leaks, leaks
+    # Nothing changed: the victim's job is intact and its secret still theirs.
+    job_view = await victim.call("GET", f"/api/jobs/{victim.ids['job_id']}")
+    assert job_view["spec"]["command"] == "echo private-output"
+
+
+async def test_viewers_read_members_write_their_own_project_admins_all(api: Api) -> None:
+    owner = await add_user(api.ctx, "olga", projects={"vision": "member"})
+    viewer = await add_user(api.ctx, "vic", projects={"vision": "viewer"})
+    peer = await add_user(api.ctx, "pete", projects={"vision": "member"})
+    boss = await add_user(api.ctx, "ada", projects={"vision": "admin"})
+    client = api.client
+    applied = await client.put(
+        "/api/recipes", json=job("shared", "sleep 30", project="vision"), headers=owner
+    )
+    assert applied.status_code == 201, applied.text
+    job_id = applied.json()["state"]["id"]
+    for who in (viewer, peer, boss):
+        assert (await client.get(f"/api/jobs/{job_id}", headers=who)).status_code == 200
+        listed = (await client.get("/api/jobs", headers=who)).json()["jobs"]
+        assert [j["spec"]["name"] for j in listed] == ["shared"]
+    refused = await client.post(f"/api/jobs/{job_id}/start", headers=viewer)
+    assert refused.status_code == 403 and "viewer" in refused.json()["message"]
+    # A fellow member reads but does not run someone else's job; a project admin does.
+    assert (await client.post(f"/api/jobs/{job_id}/start", headers=peer)).status_code == 403
+    started = await client.post(f"/api/jobs/{job_id}/start", headers=boss)
+    assert started.status_code == 200, started.text
+    run_id = started.json()["run"]["id"]
+    assert (await client.post(f"/api/jobs/{job_id}/stop", headers=viewer)).status_code == 403
+    assert (await client.delete(f"/api/jobs/{job_id}", headers=viewer)).status_code == 403
+    assert (await client.get(f"/api/runs/{run_id}/events", headers=viewer)).status_code == 200
+    assert (await client.post(f"/api/jobs/{job_id}/stop", headers=owner)).status_code == 200
+    await wait_run(client, run_id, "stopped")
+    # A viewer cannot put work into the project either.
+    mine = await client.put("/api/recipes", json=job("v", "true", project="vision"), headers=viewer)
+    assert mine.status_code == 403
+
+
+async def test_group_members_share_the_groups_recipes(api: Api) -> None:
+    ann = await add_user(api.ctx, "ann", groups=["nlp"])
+    ben = await add_user(api.ctx, "ben", groups=["nlp"])
+    eve = await add_user(api.ctx, "eve")
+    client = api.client
+    applied = await client.put("/api/recipes", json=job("tok", "true", owner="nlp"), headers=ann)
+    assert applied.status_code == 201, applied.text
+    job_id = applied.json()["state"]["id"]
+    started = await client.post(f"/api/jobs/{job_id}/start", headers=ben)
+    assert started.status_code == 200, started.text
+    assert (await client.get(f"/api/jobs/{job_id}", headers=eve)).status_code == 404
+    # Owning as a group one is not in is refused, with the reason.
+    foreign = await client.put("/api/recipes", json=job("x", "true", owner="nlp"), headers=eve)
+    assert foreign.status_code == 403 and "nlp" in foreign.json()["message"]
+
+
+async def test_read_only_tokens_cannot_change_anything(api: Api) -> None:
+    reader = await add_user(api.ctx, "rita", scopes=("read",))
+    client = api.client
+    assert (await client.get("/api/jobs", headers=reader)).status_code == 200
+    refused = await client.put("/api/recipes", json=job("r", "true"), headers=reader)
+    assert refused.status_code == 403 and "write" in refused.json()["message"]
+    assert (
+        await client.post("/api/secrets", json={"name": "a", "value": "b"}, headers=reader)
+    ).status_code == 403
+
+
+async def test_admin_scope_is_needed_for_admin_powers(api: Api) -> None:
+    # A platform admin whose token lacks the admin scope is an ordinary user.
+    limited = await add_user(api.ctx, "root2", admin=True, scopes=("read", "write"))
+    full = await add_user(api.ctx, "root3", admin=True, scopes=("read", "write", "admin"))
+    client = api.client
+    body = {"reason": "maintenance"}
+    assert (
+        await client.post("/api/nodes/local/cordon", json=body, headers=limited)
+    ).status_code == 403
+    assert (
+        await client.post("/api/nodes/local/cordon", json=body, headers=full)
+    ).status_code == 200
+    assert (await client.get("/api/audit", headers=limited)).status_code == 403
