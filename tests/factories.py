@@ -260,3 +260,94 @@ async def add_user(
             )
         )
     return httpx.Headers({"Authorization": f"token {token}"})
+
+
+def ssh_public_key(comment: str = "me@laptop", rsa_bits: int | None = None) -> str:
+    """A fresh OpenSSH public key line: ed25519, or RSA of `rsa_bits`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        if rsa_bits
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    line = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return f"{line} {comment}" if comment else line
+
+
+# Helpers for metering, cost and budget tests (tests/test_metering*.py, test_budgets*.py).
+from datetime import datetime  # noqa: E402
+
+from flotilla.server.db.models import UsageModel  # noqa: E402
+
+
+async def add_usage(
+    ctx: ServerContext,
+    *,
+    user: str,
+    started_at: datetime,
+    ended_at: datetime | None,
+    owner: str | None = None,
+    owner_kind: str = "user",
+    project: str | None = None,
+    instance_type: str = "h100-80gb-sxm-ib.8x",
+    gpus: int = 8,
+    share: float = 1.0,
+    price_per_hour: float = 31.2,
+    spot: bool = False,
+    run_id: str | None = None,
+) -> str:
+    """A usage row made straight in the store, as the metering reconciler would
+    write it (for reports and budgets without running anything). Its task does not
+    exist, so metering closes it at once if it is left open. Returns its run id."""
+    run_id = run_id or uuid.uuid4().hex
+    async with ctx.transaction() as session:
+        session.add(
+            UsageModel(
+                task_id=f"{run_id}-0-{uuid.uuid4().hex[:6]}",
+                run_id=run_id,
+                recipe_type="job",
+                recipe_name="made-up",
+                user=user,
+                owner=owner or user,
+                owner_kind=owner_kind,
+                project=project,
+                node="made-up-node",
+                instance_type=instance_type,
+                gpu_type="H100",
+                gpus=gpus,
+                spot=spot,
+                share=share,
+                price_per_hour=price_per_hour,
+                started_at=started_at,
+                ended_at=ended_at,
+            )
+        )
+    return run_id
+
+
+async def add_password_user(
+    ctx: ServerContext,
+    name: str,
+    password: str,
+    *,
+    admin: bool = False,
+    locked: bool = False,
+    service_account: bool = False,
+) -> httpx.Headers:
+    """`add_user`, plus a password (argon2id) so that `name` can log in at
+    `POST /api/auth/login`; returns their API token headers all the same."""
+    from flotilla.server.auth.passwords import hash_password
+
+    headers = await add_user(ctx, name, admin=admin)
+    async with ctx.transaction() as session:
+        user = (await session.execute(select(UserModel).where(UserModel.name == name))).scalar_one()
+        user.password_hash = hash_password(password)
+        user.locked = locked
+        user.is_service_account = service_account
+    return headers

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.factories import add_user, job, wait_run
+from tests.factories import add_user, job, ssh_public_key, wait_run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,6 +50,10 @@ class Victim:
         run = await self.call("GET", f"/api/runs/{self.ids['run_id']}")
         self.ids["pod"] = run["tasks"][0]["name"] if "tasks" in run else "victim-job-1-0"
         await self.call("PUT", "/api/recipes", json=SIM_FLEET)
+        key = await self.call("POST", "/api/users/victim/ssh_keys", json={"key": ssh_public_key()})
+        self.ids["fingerprint"] = key["fingerprint"]
+        token = await self.call("POST", "/api/tokens", json={"name": "ci"})
+        self.ids["token_id"] = token["id"]
 
 
 def fill(path: str, victim: Victim) -> str | None:
@@ -60,6 +64,18 @@ def fill(path: str, victim: Victim) -> str | None:
         "run_id": victim.ids["run_id"],
         "recipe_type": "job",
         "run_name": "1",
+        "user_id": "victim",
+        "user": "victim",
+        "fingerprint": victim.ids["fingerprint"],
+        "group": "victims",
+        "project": "vision",
+        "kind": "user",
+        "token_id": victim.ids["token_id"],
+        "account_id": "robot",
+        "org": "default",
+        "org_id": "default",
+        "scope_kind": "project",
+        "scope_name": "vision",
     }
     if path.startswith("/api/active/pods/"):
         values["name"] = victim.ids["pod"]
@@ -71,6 +87,8 @@ def fill(path: str, victim: Victim) -> str | None:
         values["name"] = "victim-job"
     elif path.startswith("/api/nodes/"):
         values["name"] = "local"
+    elif path.startswith("/api/projects/"):
+        values["name"] = "victim"
     out = path
     while "{" in out:
         param = out[out.index("{") + 1 : out.index("}")]
@@ -82,8 +100,20 @@ def fill(path: str, victim: Victim) -> str | None:
 
 # Platform resources everyone may read (their holders are redacted, see below).
 SHARED_READS = {("GET", "/api/nodes/{name}")}
-# Routes open to anyone, by design.
-PUBLIC = {("GET", "/api/auth/jwks")}
+# Listings under a path parameter (the one organisation): 200, filtered.
+FILTERED_LISTS = {
+    ("GET", "/api/orgs/{org}/usage/daily"),
+    ("GET", "/api/orgs/{org_id}/owners"),
+}
+# Routes open to anyone, or acting only on the caller's own session, by design.
+PUBLIC = {
+    ("GET", "/api/auth/jwks"),
+    ("GET", "/api/auth/oidc/login"),
+    ("GET", "/api/auth/oidc/callback"),
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/auth/logout"),
+}
 # Mutations without a path parameter, each with a body aimed at the victim.
 FOREIGN_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/api/recipes"): {
@@ -96,31 +126,57 @@ FOREIGN_BODIES: dict[tuple[str, str], Any] = {
     },
     ("POST", "/api/secrets"): {"name": "victim-key", "value": "overwrite", "owner": "victim"},
     ("PUT", "/api/scheduler/policy"): {"user_quota": {"victim": 0}},
+    ("POST", "/api/users"): {"username": "victim2", "email": "v@example.com"},
+    ("POST", "/api/service_accounts"): {"name": "robot2"},
+    ("POST", "/api/groups"): {"name": "victims2"},
+    ("POST", "/api/projects"): {"name": "vision2"},
+    ("POST", "/api/auth/keys/rotate"): {},
+}
+# Mutations that can only act on the caller's own things (no target to aim).
+SELF = {("POST", "/api/tokens")}
+# Valid bodies for mutations of a named resource, so that a refusal is the access
+# check's and not the body validation's.
+PARAM_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/api/users/{user_id}/ssh_keys"): {"key": ssh_public_key()},
+    ("POST", "/api/users/{user_id}/tokens"): {"name": "stolen"},
+    ("POST", "/api/service_accounts/{account_id}/tokens"): {"name": "stolen"},
+    ("PUT", "/api/projects/{project}/members/{kind}/{name}"): {"role": "admin"},
+    ("PUT", "/api/budgets/{scope_kind}/{scope_name}"): {"dollars_per_month": 1},
+    ("PATCH", "/api/users/{user_id}"): {"email": "mallory@example.com"},
+    ("PATCH", "/api/groups/{group}"): {"description": "mine now"},
+    ("PATCH", "/api/projects/{project}"): {"description": "mine now"},
 }
 
 
 async def test_a_foreign_user_can_touch_nothing_of_anothers(api: Api) -> None:
-    victim = Victim(api, await add_user(api.ctx, "victim", projects={"vision": "member"}))
+    victim = Victim(
+        api, await add_user(api.ctx, "victim", groups=["victims"], projects={"vision": "member"})
+    )
     await victim.build()
+    robot = await api.client.post("/api/service_accounts", json={"name": "robot"})
+    assert robot.status_code == 201, robot.text
+    budget = {"dollars_per_month": 100}
+    assert (await api.client.put("/api/budgets/project/vision", json=budget)).status_code == 200
     mallory = await add_user(api.ctx, "mallory", projects={"other": "admin"})
     spec = (await api.client.get("/openapi.json")).json()
     unknown, leaks = [], []
     for path, operations in spec["paths"].items():
         for method in (m.upper() for m in operations):
-            if (method, path) in PUBLIC:
+            if (method, path) in PUBLIC or (method, path) in SELF:
                 continue
             url = fill(path, victim)
             if url is None:
                 unknown.append((method, path))
                 continue
-            if "{" in path:
+            if "{" in path and (method, path) not in FILTERED_LISTS:
                 params = (
                     {"workload_type": "job", "workload_id": victim.ids["job_id"]}
                     if path == "/api/active/pods"
                     else None
                 )
+                body = PARAM_BODIES.get((method, path), {})
                 response = await api.client.request(
-                    method, url, headers=mallory, params=params, json={}
+                    method, url, headers=mallory, params=params, json=body
                 )
                 allowed = (200,) if (method, path) in SHARED_READS else (403, 404)
                 if response.status_code not in allowed:
@@ -136,7 +192,14 @@ async def test_a_foreign_user_can_touch_nothing_of_anothers(api: Api) -> None:
                 response = await api.client.get(url, headers=mallory, params=params)
                 if response.status_code == 200:
                     text = response.text
-                    for secret in ("victim-job", "victim-key", "victim-pool", victim.ids["run_id"]):
+                    for secret in (
+                        "victim-job",
+                        "victim-key",
+                        "victim-pool",
+                        "victims",
+                        '"victim"',
+                        victim.ids["run_id"],
+                    ):
                         if secret in text:
                             leaks.append((method, path, f"lists {secret}"))
                 elif response.status_code not in (403, 404):

@@ -71,6 +71,11 @@ def test_apply_start_follow_runs_export(server: ServerProcess, tmp_path: Path) -
     secret = flo(server, "secret", "set", "token", stdin="hunter2\n")
     assert secret.returncode == 0
     assert "hunter2" not in flo(server, "secret", "list").stdout
+    audited = json.loads(flo(server, "audit", "--action", "/api/secrets", "--json").stdout)
+    assert [(e["actor"], e["action"], e["outcome"]) for e in audited] == [
+        ("admin", "POST /api/secrets", "success")
+    ]
+    assert "hunter2" not in flo(server, "audit").stdout
 
     assert flo(server, "delete", "cli-job", "--yes").returncode == 0
     assert json.loads(flo(server, "list", "--json").stdout) == []

@@ -4,16 +4,18 @@ concurrency policy is honoured. Time is a FakeClock moved by the test."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from flotilla.clock import FakeClock
 from flotilla.core.cron import decide_tick, next_tick
+from flotilla.server.db.models import EventModel
 from flotilla.server.reconcilers.cron import Cron
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import job, wait_for, wait_run
+from tests.factories import add_usage, job, wait_for, wait_run
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -131,3 +133,28 @@ async def test_schedule_unschedule_and_patch_like_sc(cron_api: tuple[Api, FakeCl
     clock.advance(2 * 3600)
     await _tick(api)
     assert await _runs(api, job_id) == []
+
+
+async def test_a_spent_budget_skips_the_tick_with_the_reason(
+    cron_api: tuple[Api, FakeClock],
+) -> None:
+    api, clock = cron_api
+    budget = await api.client.put("/api/budgets/user/admin", json={"dollars_per_month": 10})
+    assert budget.status_code == 200, budget.text
+    now = clock.now()
+    await add_usage(
+        api.ctx, user="admin", started_at=now - timedelta(hours=1), ended_at=now, price_per_hour=20
+    )
+    applied = await api.client.put(
+        "/api/recipes", json=job("nightly", "true", schedule="*/5 * * * *")
+    )
+    job_id = applied.json()["state"]["id"]
+    clock.advance(300)
+    await _tick(api)
+    assert await _runs(api, job_id) == []
+    async with api.ctx.sessions() as session:
+        query = select(EventModel.message).where(EventModel.recipe_id == job_id)
+        messages = list((await session.execute(query)).scalars())
+    assert any(
+        m.startswith("tick skipped: user admin has used $20.00 of its $10.00") for m in messages
+    ), messages

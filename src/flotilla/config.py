@@ -39,6 +39,20 @@ class Settings:
     sim_provisioning_delay: float = 20.0
     # Where runs keep checkpoints that survive requeues (FLOTILLA_CHECKPOINT_DIR).
     checkpoint_dir: Path | None = None
+    # Session tokens (`server/auth`): the `iss` of the JWTs this server signs
+    # (FLOTILLA_AUTH_ISSUER; set it to the server's public URL), the access token's
+    # lifetime and the refresh token's, in seconds.
+    auth_issuer: str = "flotilla"
+    access_token_ttl: float = 15 * 60.0
+    refresh_token_ttl: float = 14 * 24 * 3600.0
+    # Single sign-on with any OpenID Connect provider (FLOTILLA_OIDC_*); off unless
+    # the issuer and client id are set. The redirect URL is this server's
+    # `/api/auth/oidc/callback` as the provider knows it.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = None
+    oidc_scopes: str = "openid email profile"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -62,6 +76,19 @@ class Settings:
             values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+        for name in (
+            "auth_issuer",
+            "oidc_issuer",
+            "oidc_client_id",
+            "oidc_client_secret",
+            "oidc_redirect_url",
+            "oidc_scopes",
+        ):
+            if env.get(f"FLOTILLA_{name.upper()}"):
+                values[name] = env[f"FLOTILLA_{name.upper()}"]
+        for name in ("access_token_ttl", "refresh_token_ttl"):
+            if env.get(f"FLOTILLA_{name.upper()}"):
+                values[name] = float(env[f"FLOTILLA_{name.upper()}"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
         return cls(**values)

@@ -11,7 +11,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 
+from flotilla.cli.audit import register as register_audit
 from flotilla.cli.fleets import register as register_fleets
+from flotilla.cli.groups import register as register_groups
+from flotilla.cli.login import register as register_login
 from flotilla.cli.nodes import register as register_nodes
 from flotilla.cli.output import (
     fail,
@@ -21,10 +24,13 @@ from flotilla.cli.output import (
     print_yaml,
     table,
 )
+from flotilla.cli.projects import register as register_projects
 from flotilla.cli.queue import register as register_queue
 from flotilla.cli.simulate import simulate_command, trace_command
-from flotilla.client import ApiError, Connection, FlotillaClient
-from flotilla.client.connection import save_profile
+from flotilla.cli.tokens import register as register_tokens
+from flotilla.cli.usage import register as register_usage
+from flotilla.cli.users import register as register_users
+from flotilla.client import ApiError, FlotillaClient
 from flotilla.errors import InvalidRecipe
 from flotilla.recipes import parse_recipe
 
@@ -327,14 +333,10 @@ def schedule(
     )
 
 
-@app.command()
-@api_errors
-def login(url: str, token: Annotated[str, typer.Option(prompt=True, hide_input=True)]) -> None:
-    """Save a server URL and API token for later commands."""
-    with FlotillaClient(Connection(url.rstrip("/"), token, "login")) as api:
-        api.status()
-    path = save_profile(url.rstrip("/"), token)
-    print(f"logged in to {url}; profile saved to {path}")
+OwnerOpt = Annotated[str | None, typer.Option(help="a user, group or project (default: you)")]
+OwnerKindOpt = Annotated[
+    str | None, typer.Option(help="user, group or project (default: inferred from --owner)")
+]
 
 
 @secret_app.command("set")
@@ -343,41 +345,54 @@ def secret_set(
     name: str,
     value: Annotated[str | None, typer.Option(help="the value (default: read from stdin)")] = None,
     description: str = "",
+    owner: OwnerOpt = None,
+    owner_kind: OwnerKindOpt = None,
 ) -> None:
     """Create or replace a secret. Prefer stdin: command lines end up in shell history."""
     text = value if value is not None else sys.stdin.read().rstrip("\n")
     with client() as api:
-        api.put_secret(name, text, description)
-    print(f"secret {name} saved")
+        saved = api.put_secret(name, text, description, owner, owner_kind)
+    print(f"secret {name} saved for the {saved['owner_kind']} {saved['owner']}")
 
 
 @secret_app.command("list")
 @api_errors
-def secret_list(json: JsonOpt = False) -> None:
+def secret_list(json: JsonOpt = False, owner: OwnerOpt = None) -> None:
+    """The secrets you may use: yours, your groups', your projects'. Never values."""
     with client() as api:
-        items = api.list_secrets()
+        items = api.list_secrets(owner)
     if json:
         return print_json(items)
     table(
         None,
-        ["name", "owner", "description", "updated"],
-        [(s["name"], s["owner"], s["description"], s["updated_at"]) for s in items],
+        ["name", "owner", "kind", "description", "updated"],
+        [
+            (s["name"], s["owner"], s["owner_kind"], s["description"], s["updated_at"])
+            for s in items
+        ],
     )
 
 
 @secret_app.command("delete")
 @api_errors
-def secret_delete(name: str) -> None:
+def secret_delete(name: str, owner: OwnerOpt = None, owner_kind: OwnerKindOpt = None) -> None:
     with client() as api:
-        api.delete_secret(name)
+        api.delete_secret(name, owner, owner_kind)
     print(f"secret {name} deleted")
 
 
 app.command("simulate")(simulate_command)
 app.command("trace")(trace_command)
+register_login(app)  # flo login, flo logout, flo auth rotate-keys|sessions
 register_fleets(app)  # flo offer, flo fleets, flo fleet describe|delete
 register_nodes(app)  # flo nodes, flo node describe|cordon|uncordon|drain|terminate
 register_queue(app)  # flo queue, flo policy
+register_audit(app)  # flo audit
+register_usage(app)  # flo usage, flo budget set|list|delete
+register_users(app)  # flo user ..., flo service-account create|list
+register_groups(app)  # flo group create|list|show|delete|add-member|remove-member
+register_projects(app)  # flo project create|list|show|delete|add-member|remove-member
+register_tokens(app)  # flo token create|list|revoke
 
 
 def main() -> None:

@@ -3,12 +3,22 @@ as `ApiError` carrying the server's code and message."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from flotilla.client.connection import Connection, resolve_connection
+from flotilla.client.connection import (
+    Connection,
+    load_profile,
+    profile_lock,
+    resolve_connection,
+    save_profile,
+)
 
 
 class ApiError(Exception):
@@ -36,6 +46,8 @@ class FlotillaClient:
         self.http = httpx.Client(
             base_url=self.connection.url, headers=headers, timeout=timeout, transport=transport
         )
+        if self.connection.refresh_token and _expires_soon(self.connection.token):
+            self._refresh_session()
 
     def close(self) -> None:
         self.http.close()
@@ -49,11 +61,49 @@ class FlotillaClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
+            if response.status_code == 401 and self._refresh_session():
+                response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise ApiError(
                 0, "unreachable", f"cannot reach the Flotilla server at {self.connection.url}: {e}"
             ) from e
         return _decode(response)
+
+    def _refresh_session(self) -> bool:
+        """Renew a session's expired access token with its refresh token, and save the
+        new pair (the old refresh token is spent). False when there is no session to
+        renew or the server refuses (the caller then sees the original 401)."""
+        old = self.connection.refresh_token
+        if not old:
+            return False
+        with profile_lock():
+            saved = load_profile() if self.connection.source == "profile" else None
+            if saved and saved.get("url") != self.connection.url:
+                saved = None  # the profile now names another server: leave it be
+            if saved and saved.get("refresh_token") not in (None, old):
+                # Another `flo` refreshed meanwhile: take its tokens, don't spend ours.
+                self._use(str(saved["token"]), str(saved["refresh_token"]))
+                return True
+            try:
+                response = self.http.post(
+                    "/api/auth/refresh", json={"refresh_token": old}, headers={"Authorization": ""}
+                )
+            except httpx.TransportError:
+                return False  # the request itself will say the server is unreachable
+            if response.status_code != 200:
+                return False
+            body = response.json()
+            self._use(body["access_token"], body["refresh_token"])
+            if saved is not None:
+                extra = {k: str(v) for k, v in (saved or {}).items() if k == "username"}
+                save_profile(
+                    self.connection.url, body["access_token"], body["refresh_token"], **extra
+                )
+        return True
+
+    def _use(self, access_token: str, refresh_token: str) -> None:
+        self.connection = replace(self.connection, token=access_token, refresh_token=refresh_token)
+        self.http.headers["Authorization"] = f"token {access_token}"
 
     # recipes
     def apply(self, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -130,23 +180,49 @@ class FlotillaClient:
             yield from response.iter_text()
 
     # secrets
-    def put_secret(self, name: str, value: str, description: str = "") -> dict[str, Any]:
-        return dict(
-            self._request(
-                "POST",
-                "/api/secrets",
-                json={"name": name, "value": value, "description": description},
-            )
-        )
+    def put_secret(
+        self,
+        name: str,
+        value: str,
+        description: str = "",
+        owner: str | None = None,
+        owner_kind: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"name": name, "value": value, "description": description}
+        body.update({k: v for k, v in (("owner", owner), ("owner_kind", owner_kind)) if v})
+        return dict(self._request("POST", "/api/secrets", json=body))
 
-    def list_secrets(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/api/secrets")["secrets"])
+    def list_secrets(self, owner: str | None = None) -> list[dict[str, Any]]:
+        params = {"owner": owner} if owner else None
+        return list(self._request("GET", "/api/secrets", params=params)["secrets"])
 
-    def delete_secret(self, name: str) -> None:
-        self._request("DELETE", f"/api/secrets/{name}")
+    def delete_secret(
+        self, name: str, owner: str | None = None, owner_kind: str | None = None
+    ) -> None:
+        params = {k: v for k, v in (("owner", owner), ("owner_kind", owner_kind)) if v}
+        self._request("DELETE", f"/api/secrets/{name}", params=params)
+
+    def audit(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return dict(self._request("GET", "/api/audit", params=params))
 
     def status(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/status"))
+
+    # sessions and signing keys
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        body = {"username": username, "password": password}
+        return dict(self._request("POST", "/api/auth/login", json=body))
+
+    def logout(self, session_id: str | None = None) -> dict[str, Any]:
+        body = {"session_id": session_id} if session_id else None
+        return dict(self._request("POST", "/api/auth/logout", json=body))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/auth/sessions")["sessions"])
+
+    def rotate_keys(self) -> dict[str, Any]:
+        return dict(self._request("POST", "/api/auth/keys/rotate"))
 
     # nodes
     def list_nodes(
@@ -192,6 +268,148 @@ class FlotillaClient:
 
     def delete_fleet(self, name: str) -> None:
         self._request("DELETE", f"/api/fleets/{name}")
+
+    # usage, cost and budgets
+    def usage(
+        self, by: str = "user", since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in {"by": by, "since": since, "until": until}.items() if v}
+        return dict(self._request("GET", "/api/usage", params=params))
+
+    def usage_csv(
+        self, by: str = "user", since: str | None = None, until: str | None = None
+    ) -> str:
+        params = {"by": by, "since": since, "until": until, "format": "csv"}
+        response = self.http.get("/api/usage", params={k: v for k, v in params.items() if v})
+        if response.status_code >= 400:
+            _decode(response)
+        return response.text
+
+    def run_cost(self, run_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/usage/runs/{run_id}"))
+
+    def budgets(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/budgets")["budgets"])
+
+    def budget_status(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/budgets/status")["budgets"])
+
+    def put_budget(self, kind: str, name: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PUT", f"/api/budgets/{kind}/{name}", json=limits))
+
+    def get_budget(self, kind: str, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/budgets/{kind}/{name}"))
+
+    def delete_budget(self, kind: str, name: str) -> None:
+        self._request("DELETE", f"/api/budgets/{kind}/{name}")
+
+    # users, service accounts, groups, projects, tokens
+    def create_user(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("POST", "/api/users", json=body))
+
+    def list_users(self, service_accounts: bool | None = None) -> list[dict[str, Any]]:
+        params = {} if service_accounts is None else {"service_accounts": service_accounts}
+        return list(self._request("GET", "/api/users", params=params)["users"])
+
+    def get_user(self, user: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/users/{user}"))
+
+    def update_user(self, user: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PATCH", f"/api/users/{user}", json=changes))
+
+    def delete_user(self, user: str) -> None:
+        self._request("DELETE", f"/api/users/{user}")
+
+    def add_ssh_key(self, user: str, key: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/api/users/{user}/ssh_keys", json={"key": key}))
+
+    def remove_ssh_key(self, user: str, fingerprint: str) -> None:
+        self._request("DELETE", f"/api/users/{user}/ssh_keys/{fingerprint}")
+
+    def create_service_account(self, name: str, full_name: str = "") -> dict[str, Any]:
+        body = {"name": name, "full_name": full_name}
+        return dict(self._request("POST", "/api/service_accounts", json=body)["service_account"])
+
+    def list_service_accounts(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/service_accounts")["service_accounts"])
+
+    def create_group(
+        self, name: str, description: str = "", members: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "description": description, "members": members or []}
+        return dict(self._request("POST", "/api/groups", json=body))
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/groups")["groups"])
+
+    def get_group(self, group: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/groups/{group}"))
+
+    def delete_group(self, group: str) -> None:
+        self._request("DELETE", f"/api/groups/{group}")
+
+    def add_group_member(self, group: str, user: str) -> dict[str, Any]:
+        return dict(self._request("PUT", f"/api/groups/{group}/members/{user}"))
+
+    def remove_group_member(self, group: str, user: str) -> None:
+        self._request("DELETE", f"/api/groups/{group}/members/{user}")
+
+    def create_project(
+        self, name: str, description: str = "", members: list[dict[str, str]] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "description": description, "members": members or []}
+        return dict(self._request("POST", "/api/projects", json=body))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/projects")["projects"])
+
+    def get_project(self, project: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/projects/{project}"))
+
+    def delete_project(self, project: str) -> None:
+        self._request("DELETE", f"/api/projects/{project}")
+
+    def set_project_member(self, project: str, kind: str, name: str, role: str) -> dict[str, Any]:
+        path = f"/api/projects/{project}/members/{kind}/{name}"
+        return dict(self._request("PUT", path, json={"role": role}))
+
+    def remove_project_member(self, project: str, kind: str, name: str) -> None:
+        self._request("DELETE", f"/api/projects/{project}/members/{kind}/{name}")
+
+    def create_token(
+        self,
+        name: str,
+        scopes: list[str],
+        expires_in_days: int | None = None,
+        expires_at: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """A new API token; the response's `token` is the only time it is shown."""
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        path = f"/api/users/{user}/tokens" if user else "/api/tokens"
+        return dict(self._request("POST", path, json=body))
+
+    def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        params = {"user": user} if user else {}
+        return list(self._request("GET", "/api/tokens", params=params)["tokens"])
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/api/tokens/{token_id}")
+
+
+def _expires_soon(token: str | None, margin: float = 30.0) -> bool:
+    """Whether a JWT access token's `exp` is under `margin` seconds away (read, not
+    verified: the server verifies; this only saves a round trip to a 401)."""
+    try:
+        payload = (token or "").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"]) - time.time() < margin
+    except (IndexError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _decode(response: httpx.Response) -> Any:

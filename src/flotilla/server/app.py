@@ -21,25 +21,38 @@ from flotilla.compute.provider import Provider
 from flotilla.compute.sim.provider import SimConfig, SimProvider
 from flotilla.config import Settings
 from flotilla.recipes.envelope import recipe_schema_components
+from flotilla.server.audit import AuditMiddleware
+from flotilla.server.auth.keys import ensure_signing_key
+from flotilla.server.auth.tokens import TokenPolicy
 from flotilla.server.context import ServerContext
 from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
 from flotilla.server.errors import install_error_handlers
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.fleets import Fleets
+from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
 from flotilla.server.routers import (
+    audit,
+    auth,
+    budgets,
     fleets,
+    groups,
     jobs,
+    metrics,
     nodes,
     offers,
     pods,
+    projects,
     queue,
     recipes,
     runs,
     secrets,
     status,
+    tokens,
+    usage,
+    users,
 )
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
@@ -72,16 +85,21 @@ def create_app(
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
             providers=providers if providers is not None else default_providers(settings, local),
             clock=clock or Clock(),
+            metrics_public=os.environ.get("FLOTILLA_METRICS_PUBLIC", "").lower()
+            in ("1", "true", "yes"),
         )
         async with ctx.transaction() as session:
             await bootstrap_admin(
                 session, settings.admin_token, settings.admin_token_file, clock_now
             )
+            await ensure_signing_key(
+                session, ctx.secret_box, clock_now, TokenPolicy.of(settings).access_ttl
+            )
             if settings.local_node:
                 await ensure_local_node(session, local.inventory, clock_now)
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
-        loops = [scheduler, supervision, Cron(ctx), Fleets(ctx)]
+        loops = [scheduler, supervision, Cron(ctx), Fleets(ctx), Metering(ctx)]
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx
         app.state.loops = loops
@@ -110,7 +128,12 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (status, recipes, jobs, pods, runs, secrets, nodes, queue, fleets, offers):
+    app.add_middleware(AuditMiddleware)
+    for module in (audit, status, recipes, jobs, pods, runs, secrets, nodes, queue, fleets, offers):
+        app.include_router(module.router)
+    for module in (usage, budgets, metrics):  # metering, cost, budgets
+        app.include_router(module.router)
+    for module in (users, groups, projects, tokens, auth):  # identity, logins
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from flotilla.clock import Clock
@@ -29,6 +30,7 @@ class Wakers:
     supervision: asyncio.Event = field(default_factory=asyncio.Event)
     cron: asyncio.Event = field(default_factory=asyncio.Event)
     fleets: asyncio.Event = field(default_factory=asyncio.Event)
+    metering: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -42,6 +44,11 @@ class ServerContext:
     providers: dict[str, Provider] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
     wakers: Wakers = field(default_factory=Wakers)
+    # Extra Prometheus collectors served by `GET /metrics` next to the usage ones
+    # (`routers/metrics.py`): a component registers its own here (the load balancer).
+    metrics_collectors: list[Collector] = field(default_factory=list)
+    # Serve `/metrics` without authentication, for scrapers (FLOTILLA_METRICS_PUBLIC=1).
+    metrics_public: bool = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

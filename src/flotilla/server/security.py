@@ -127,9 +127,10 @@ async def current_identity(request: Request) -> Identity:
     token = parse_authorization(request.headers.get("authorization"))
     async with ctx.transaction() as session:
         if looks_like_jwt(token):
-            from flotilla.server.auth.tokens import identity_for_jwt
+            from flotilla.server.auth.tokens import TokenPolicy, identity_for_jwt
 
-            identity = await identity_for_jwt(session, token, ctx.clock.now())
+            policy = TokenPolicy.of(ctx.settings)
+            identity = await identity_for_jwt(session, token, ctx.clock.now(), policy)
         else:
             identity = await identity_for_token(session, token, ctx.clock.now())
     request.state.identity = identity

@@ -15,12 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.cron import decide_tick
+from flotilla.errors import ClientError
 from flotilla.recipes.job import ConcurrencyPolicy
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
-from flotilla.server.services.runs import active_runs, create_run, request_stop
+from flotilla.server.services.jobs import trigger_run
+from flotilla.server.services.runs import active_runs, request_stop
 
 log = logging.getLogger("flotilla.cron")
 ACTOR = "cron"
@@ -93,5 +95,17 @@ class Cron(ReconcileLoop):
                 request_stop(
                     session, run, reason="replaced by a newer scheduled run", actor=ACTOR, now=now
                 )
-        create_run(session, recipe, trigger="cron", actor=ACTOR, now=now)
+        try:
+            # The owner's budgets apply to the runs their schedule starts.
+            await trigger_run(session, recipe, recipe.owner, "cron", now, actor=ACTOR)
+        except ClientError as refused:
+            record_event(
+                session,
+                kind="cron",
+                actor=ACTOR,
+                now=now,
+                recipe_id=recipe.id,
+                message=f"tick skipped: {refused.message}",
+            )
+            return False
         return True

@@ -101,6 +101,8 @@ class Supervision(ReconcileLoop):
             await self.scheduler.launch(relaunch)
         if requeued or finished:
             self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
+        if events:
+            self.ctx.wakers.metering.set()  # tasks may have started or ended: meter them
 
     async def _load(
         self, session: AsyncSession, scope: set[str] | None = None

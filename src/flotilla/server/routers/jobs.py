@@ -96,10 +96,13 @@ async def start_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Trigger a run. Returns once the run is queued; never waits for it to finish."""
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
-        run = await job_service.start_job(ctx, session, job, caller)
+        run, warnings = await job_service.trigger_run(
+            session, job, caller.name, "manual", ctx.clock.now()
+        )
         summary = run_summary(run)
     ctx.wakers.scheduler.set()
-    return {"id": job_id, "run": summary, "status": "pending"}
+    # `warnings`: budgets nearly used up (also kept as events on the run).
+    return {"id": job_id, "run": summary, "status": "pending", "warnings": warnings}
 
 
 @router.post("/{job_id}/stop")

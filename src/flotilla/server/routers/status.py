@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from flotilla import __version__
 from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services.users import get_user, user_view
 from flotilla.server.services.views import API_VERSION
 
 router = APIRouter(prefix="/api", tags=["status"])
@@ -25,16 +26,13 @@ async def status(ctx: Ctx, caller: Caller) -> dict[str, Any]:
 
 
 @router.get("/user")
-async def user(caller: Caller) -> dict[str, Any]:
-    return {
-        "id": caller.user_id,
-        "username": caller.name,
-        "admin": caller.is_admin,
-        "full_name": caller.name,
-        "email": None,
-        "locked": False,
-        "active": True,
-    }
+async def user(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """The caller (Saturn's shape), with their groups, project roles and what this
+    credential may do (`scopes`; `admin` is true only with the admin scope)."""
+    async with ctx.sessions() as session:
+        view = await user_view(session, await get_user(session, caller.user_id))
+    view.update(admin=caller.is_admin, scopes=sorted(caller.scopes), auth_method=caller.auth_method)
+    return view
 
 
 @router.get("/info/servers")

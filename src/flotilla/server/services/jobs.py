@@ -3,6 +3,7 @@ reconcilers (woken through `ctx.wakers`) do the process work."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,7 @@ from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel
 from flotilla.server.identity import Identity
 from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.budgets import check_new_run
 from flotilla.server.services.events import record_event
 from flotilla.server.services.runs import create_run, stop_active_runs
 
@@ -24,8 +26,29 @@ async def start_job(
     caller: Identity,
     trigger: str = "manual",
 ) -> RunModel:
-    run = create_run(session, job, trigger=trigger, actor=caller.name, now=ctx.clock.now())
+    run, _ = await trigger_run(session, job, caller.name, trigger, ctx.clock.now())
     return run
+
+
+async def trigger_run(
+    session: AsyncSession, job: RecipeModel, user: str, trigger: str, now: datetime, actor: str = ""
+) -> tuple[RunModel, list[str]]:
+    """Every way a run starts (start, restart, cron, HTTP trigger) comes through
+    here: budgets that apply refuse it (403 budget_exceeded) or warn on it, and the
+    warnings are kept as events on the run. `user` is whose budget applies."""
+    warnings = await check_new_run(session, job, user, now)
+    run = create_run(session, job, trigger=trigger, actor=actor or user, now=now)
+    for warning in warnings:
+        record_event(
+            session,
+            kind="budget_warning",
+            message=warning,
+            actor=actor or user,
+            now=now,
+            recipe_id=job.id,
+            run_id=run.id,
+        )
+    return run, warnings
 
 
 async def stop_job(

@@ -1,0 +1,212 @@
+"""The metering reconciler: keeps the `usage` table in step with tasks.
+
+Every task that has started on a node gets one usage row (unique per task), opened
+with who it is billed to (the run's user, the recipe's owner and project), what
+it holds (node, instance type, GPUs, spot, its share of the node) and the price in
+force at that moment (the node's price times the share). The row closes when the
+task finishes, at the task's own `finished_at` (now if the task row is gone).
+
+Level-triggered, so crash-safe: each step compares tasks with rows rather than
+acting on events. Woken by the supervision reconciler when tasks change, a step
+looks at the runs that hold nodes or finished lately and at the open rows (cost
+O(work in flight)); every `FULL_EVERY` seconds, and on the first step, it looks at
+every task, which catches whatever a crash or a short-lived run slipped past.
+Several servers may meter at once: opening inserts with ON CONFLICT DO NOTHING on
+the task id, and closing writes the same end whoever does it.
+
+Share and billing rules: `core.metering`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.core.metering import node_share
+from flotilla.core.status import RunStatus, TaskStatus
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import (
+    GroupModel,
+    NodeModel,
+    RecipeModel,
+    RunModel,
+    TaskModel,
+    UsageModel,
+)
+from flotilla.server.reconcilers.loop import ReconcileLoop
+
+log = logging.getLogger("flotilla.metering")
+FULL_EVERY = 60.0
+# Runs that finished this long before the previous step are still looked at: the
+# clocks of the writer and of this step may differ a little.
+RECENT_SLACK = timedelta(seconds=30)
+BATCH = 500
+WATCHED = [
+    s.value for s in RunStatus if s.holds_resources() or s == RunStatus.PENDING
+]  # pending: a requeued run's earlier attempt may still need its row
+
+
+class Metering(ReconcileLoop):
+    name = "metering"
+
+    def __init__(self, ctx: ServerContext, full_every: float = FULL_EVERY) -> None:
+        super().__init__(ctx.wakers.metering, ctx.settings.resync_seconds, min_gap=0.05)
+        self.ctx = ctx
+        self.full_every = full_every
+        self._last_full = -1e9
+        self._watermark: datetime | None = None  # when the last successful step began
+
+    async def step(self) -> None:
+        full = time.monotonic() - self._last_full >= self.full_every
+        began = self.ctx.clock.now()
+        since = None if full or self._watermark is None else self._watermark - RECENT_SLACK
+        async with self.ctx.transaction() as session:
+            opened = await open_rows(session, since)
+            closed = await close_rows(session, began)
+        if opened or closed:
+            log.debug("metering: %d rows opened, %d closed", opened, closed)
+        self._watermark = began
+        if full:
+            self._last_full = time.monotonic()
+
+    async def drain(self) -> None:
+        """A full step now (tests, shutdown)."""
+        self._last_full = -1e9
+        await self.step()
+
+
+async def open_rows(session: AsyncSession, finished_since: datetime | None) -> int:
+    """A usage row for every started, placed task that has none. With
+    `finished_since`, only tasks of runs that are watched or finished after it."""
+    query = (
+        select(TaskModel, RunModel, RecipeModel)
+        .join(RunModel, RunModel.id == TaskModel.run_id)
+        .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
+        .outerjoin(UsageModel, UsageModel.task_id == TaskModel.id)
+        .where(
+            TaskModel.started_at.is_not(None),
+            TaskModel.node.is_not(None),
+            UsageModel.id.is_(None),
+        )
+    )
+    if finished_since is not None:
+        query = query.where(
+            or_(RunModel.status.in_(WATCHED), RunModel.finished_at >= finished_since)
+        )
+    found = (await session.execute(query)).all()
+    if not found:
+        return 0
+    node_names = {task.node for task, _, _ in found if task.node}
+    nodes = {
+        n.name: n
+        for n in (
+            await session.execute(select(NodeModel).where(NodeModel.name.in_(node_names)))
+        ).scalars()
+    }
+    owners = {recipe.owner for _, _, recipe in found}
+    groups = set(
+        (await session.execute(select(GroupModel.name).where(GroupModel.name.in_(owners))))
+        .scalars()
+        .all()
+    )
+    values = [
+        usage_values(task, run, recipe, nodes.get(task.node or ""), recipe.owner in groups)
+        for task, run, recipe in found
+    ]
+    await _insert_ignoring_duplicates(session, values)
+    return len(values)
+
+
+def usage_values(
+    task: TaskModel,
+    run: RunModel,
+    recipe: RecipeModel,
+    node: NodeModel | None,
+    owner_is_group: bool,
+) -> dict[str, Any]:
+    """The row that meters `task`. A node row that is gone (it should not be: nodes
+    are kept after termination) leaves the share unpriced."""
+    assert task.started_at is not None
+    task_gpus = len(task.gpus or [])
+    resources = run.spec.get("resources") or {}
+    cpus = resources.get("cpu") if isinstance(resources, dict) else None
+    if node is not None:
+        share = node_share(task_gpus, len(node.gpus or []), cpus, node.cpus)
+        price = node.price_per_hour * share
+    else:
+        share, price = 0.0, 0.0
+    return {
+        "task_id": task.id,
+        "run_id": run.id,
+        "recipe_type": recipe.type,
+        "recipe_name": recipe.name,
+        "user": run.created_by,
+        "owner": recipe.owner,
+        "owner_kind": "group" if owner_is_group else "user",
+        "project": recipe.project,
+        "node": task.node or "",
+        "instance_type": node.instance_type if node else "unknown",
+        "gpu_type": node.gpu_type if node else None,
+        "gpus": task_gpus,
+        "spot": bool(node.spot) if node else False,
+        "share": share,
+        "price_per_hour": price,
+        "started_at": task.started_at,
+        "ended_at": task.finished_at if _task_done(task) else None,
+    }
+
+
+async def _insert_ignoring_duplicates(
+    session: AsyncSession, values: Sequence[dict[str, Any]]
+) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    for i in range(0, len(values), BATCH):
+        statement = insert(UsageModel).values(list(values[i : i + BATCH]))
+        await session.execute(statement.on_conflict_do_nothing(index_elements=["task_id"]))
+
+
+def _task_done(task: TaskModel) -> bool:
+    return task.finished_at is not None and TaskStatus(task.status).is_finished()
+
+
+async def close_rows(session: AsyncSession, now: datetime) -> int:
+    """End the open rows whose task finished (or vanished)."""
+    query = (
+        select(UsageModel, TaskModel, RunModel)
+        .outerjoin(TaskModel, TaskModel.id == UsageModel.task_id)
+        .outerjoin(RunModel, RunModel.id == TaskModel.run_id)
+        .where(UsageModel.ended_at.is_(None))
+    )
+    closed = 0
+    for row, task, run in (await session.execute(query)).all():
+        end = end_of(task, run, now)
+        if end is not None:
+            row.ended_at = max(end, row.started_at)
+            closed += 1
+    return closed
+
+
+def end_of(task: TaskModel | None, run: RunModel | None, now: datetime) -> datetime | None:
+    """When a metered task ended, or None while it runs."""
+    if task is None or run is None:
+        return now  # deleted with its run: it ran until we noticed
+    if task.finished_at is not None:
+        return task.finished_at
+    if TaskStatus(task.status).is_finished():
+        return now
+    # Safety nets: supervision finishes tasks before their run, and a requeue
+    # starts a new attempt only after the old one's tasks ended.
+    if RunStatus(run.status).is_finished():
+        return run.finished_at or now
+    if task.attempt != run.attempt:
+        return now
+    return None
