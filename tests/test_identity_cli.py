@@ -142,7 +142,7 @@ spec:
     )
     out = flo(server, "apply", str(recipes)).stdout
     assert "applied user dana (version 1)" in out and "applied project atlas" in out
-    assert flo(server, "apply", str(recipes)).stdout == out  # idempotent
+    assert flo(server, "apply", "-f", str(recipes)).stdout == out  # idempotent, kubectl-style -f
     recipes.write_text(recipes.read_text().replace("[dana, eli]", "[eli]"))
     flo(server, "apply", str(recipes))
     assert flo_json(server, "group", "show", "research")["members"] == ["eli"]

@@ -75,6 +75,7 @@ async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, tmp_path: 
     _, second = await apply_and_start(client, job("second", "true", resources={"gpu": "H100:1"}))
     quota = "user quota: admin holds 1 GPUs, this run needs 1, the limit is 1"
     await wait_for(lambda: _reason_has(client, second, quota), what="user quota reason")
+    assert (await client.post("/api/projects", json={"name": "vision"})).status_code == 201
     _, vision = await apply_and_start(
         client, job("vis", "true", resources={"gpu": "H100:1"}, project="vision", owner="carol")
     )

@@ -85,10 +85,16 @@ def server(
 @app.command()
 @api_errors
 def apply(
-    file: Annotated[Path, typer.Argument(help="YAML or JSON recipe ('-' for stdin)")],
+    file: Annotated[Path | None, typer.Argument(help="YAML or JSON recipe ('-' for stdin)")] = None,
+    file_option: Annotated[
+        Path | None, typer.Option("--file", "-f", help="the same, kubectl-style")
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="start a run after applying")] = False,
 ) -> None:
     """Create or update resources from a recipe file (several YAML documents allowed)."""
+    file = file or file_option
+    if file is None:
+        fail("give a recipe file: flo apply FILE (or -f FILE; '-' reads stdin)")
     text = sys.stdin.read() if str(file) == "-" else _read(file)
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]

@@ -172,12 +172,17 @@ async def verification_key(
 async def public_jwks(
     session: AsyncSession, now: datetime, access_ttl: timedelta
 ) -> dict[str, Any]:
-    """The JWKS document: every key that verifies at `now`, newest first."""
+    """The JWKS document: every key that verifies at `now`, the signing key first,
+    then the most recently retired."""
     rows = (
         await session.execute(
             select(SigningKeyModel)
             .where(_still_verifying(now, access_ttl))
-            .order_by(SigningKeyModel.created_at.desc(), SigningKeyModel.kid)
+            .order_by(
+                SigningKeyModel.retired_at.desc().nulls_first(),
+                SigningKeyModel.created_at.desc(),
+                SigningKeyModel.kid,
+            )
         )
     ).scalars()
     return {"keys": [dict(row.public_jwk) for row in rows]}

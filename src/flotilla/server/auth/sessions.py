@@ -146,16 +146,17 @@ async def password_login(
     a user without a password and a wrong password alike."""
     async with ctx.transaction() as session:
         user = await _user_by_name(session, username)
+        user_id = user.id if user is not None else None
         stored = user.password_hash if user is not None else None
     # argon2 burns CPU on purpose: in a thread, and outside the transaction.
     check = await asyncio.to_thread(verify_password, stored, password)
-    if user is None or not check.ok:
-        reason = "unknown user" if user is None else "no password set" if not stored else None
+    if user_id is None or not check.ok:
+        reason = "unknown user" if user_id is None else "no password set" if not stored else None
         raise LoginRefused(BAD_LOGIN, reason or "bad password")
     policy = TokenPolicy.of(ctx.settings)
     now = ctx.clock.now()
     async with ctx.transaction() as session:
-        fresh = await session.get(UserModel, user.id)
+        fresh = await session.get(UserModel, user_id)
         if fresh is None or fresh.password_hash != stored:
             raise LoginRefused(BAD_LOGIN, "user deleted or password changed meanwhile")
         check_can_log_in(fresh)
