@@ -20,11 +20,14 @@ from pydantic import BaseModel, ValidationError
 
 from flotilla.errors import FieldProblem, InvalidRecipe
 from flotilla.recipes.fleet import FleetSpec
+from flotilla.recipes.identity import IDENTITY_SPECS
 from flotilla.recipes.job import JobSpec
 
 SCHEMA_VERSION = "2025.10.01"
 _ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
-_SPEC_MODELS: dict[str, type[BaseModel]] = {"fleet": FleetSpec, "job": JobSpec}
+# One spec model per recipe type. user, group and project recipes are applied to
+# the identity tables (see recipes/identity.py), the others stored as recipes.
+_SPEC_MODELS: dict[str, type[BaseModel]] = {"fleet": FleetSpec, "job": JobSpec, **IDENTITY_SPECS}
 
 
 def recipe_types() -> list[str]:
