@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.factories import add_user, job, ssh_public_key, wait_run
+from tests.factories import add_user, free_port, job, ssh_public_key, wait_run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,6 +24,13 @@ SIM_FLEET = {
         "nodes": "0..1",
     },
 }
+
+
+VICTIM_LB = {
+    "type": "load_balancer",
+    "spec": {"name": "victim-lb", "listeners": [{"port": free_port(), "host": "127.0.0.1"}]},
+}
+VICTIM_DEPLOYMENT = {"type": "deployment", "spec": {"name": "victim-web", "command": "sleep 60"}}
 
 
 class Victim:
@@ -50,6 +57,8 @@ class Victim:
         run = await self.call("GET", f"/api/runs/{self.ids['run_id']}")
         self.ids["pod"] = run["tasks"][0]["name"] if "tasks" in run else "victim-job-1-0"
         await self.call("PUT", "/api/recipes", json=SIM_FLEET)
+        for recipe in (VICTIM_LB, VICTIM_DEPLOYMENT):
+            await self.call("PUT", "/api/recipes", json=recipe)
         key = await self.call("POST", "/api/users/victim/ssh_keys", json={"key": ssh_public_key()})
         self.ids["fingerprint"] = key["fingerprint"]
         token = await self.call("POST", "/api/tokens", json={"name": "ci"})
@@ -87,6 +96,10 @@ def fill(path: str, victim: Victim) -> str | None:
         values["name"] = "victim-job"
     elif path.startswith("/api/nodes/"):
         values["name"] = "local"
+    elif path.startswith("/api/load_balancers/"):
+        values["name"] = "victim-lb"
+    elif path.startswith("/api/deployments/"):
+        values["name"] = "victim-web"
     elif path.startswith("/api/projects/"):
         values["name"] = "victim"
     out = path
@@ -196,6 +209,8 @@ async def test_a_foreign_user_can_touch_nothing_of_anothers(api: Api) -> None:
                         "victim-job",
                         "victim-key",
                         "victim-pool",
+                        "victim-lb",
+                        "victim-web",
                         "victims",
                         '"victim"',
                         victim.ids["run_id"],

@@ -210,9 +210,11 @@ async def test_openapi_is_valid_and_documents_the_recipe(api: Api) -> None:
     body = spec["paths"]["/api/recipes"]["put"]["requestBody"]["content"]["application/json"]
     branches = body["schema"]["oneOf"]  # one per recipe type
     assert [b["properties"]["type"]["enum"] for b in branches] == [
+        ["deployment"],
         ["fleet"],
         ["group"],
         ["job"],
+        ["load_balancer"],
         ["project"],
         ["user"],
     ]

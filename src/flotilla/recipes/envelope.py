@@ -19,15 +19,23 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flotilla.errors import FieldProblem, InvalidRecipe
+from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.recipes.fleet import FleetSpec
 from flotilla.recipes.identity import IDENTITY_SPECS
 from flotilla.recipes.job import JobSpec
+from flotilla.recipes.load_balancer import LoadBalancerSpec
 
 SCHEMA_VERSION = "2025.10.01"
 _ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
 # One spec model per recipe type. user, group and project recipes are applied to
 # the identity tables (see recipes/identity.py), the others stored as recipes.
-_SPEC_MODELS: dict[str, type[BaseModel]] = {"fleet": FleetSpec, "job": JobSpec, **IDENTITY_SPECS}
+_SPEC_MODELS: dict[str, type[BaseModel]] = {
+    "deployment": DeploymentSpec,
+    "fleet": FleetSpec,
+    "job": JobSpec,
+    "load_balancer": LoadBalancerSpec,
+    **IDENTITY_SPECS,
+}
 
 
 def recipe_types() -> list[str]:

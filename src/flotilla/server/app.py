@@ -28,8 +28,11 @@ from flotilla.server.context import ServerContext
 from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
 from flotilla.server.errors import install_error_handlers
+from flotilla.server.frontdoor import router as frontdoor_router
 from flotilla.server.reconcilers.cron import Cron
+from flotilla.server.reconcilers.deployments import Deployments
 from flotilla.server.reconcilers.fleets import Fleets
+from flotilla.server.reconcilers.load_balancers import LoadBalancers
 from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
@@ -37,9 +40,11 @@ from flotilla.server.routers import (
     audit,
     auth,
     budgets,
+    deployments,
     fleets,
     groups,
     jobs,
+    load_balancers,
     metrics,
     nodes,
     offers,
@@ -99,7 +104,16 @@ def create_app(
                 await ensure_local_node(session, local.inventory, clock_now)
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
-        loops = [scheduler, supervision, Cron(ctx), Fleets(ctx), Metering(ctx)]
+        loops = [
+            scheduler,
+            supervision,
+            Cron(ctx),
+            Fleets(ctx),
+            Metering(ctx),
+            LoadBalancers(ctx),
+            Deployments(ctx),
+        ]
+        ctx.metrics_collectors.append(ctx.lb_plane.collector)
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx
         app.state.loops = loops
@@ -118,6 +132,9 @@ def create_app(
         finally:
             for loop in loops:
                 await loop.stop()
+            await ctx.lb_plane.close()
+            if (client := getattr(app.state, "frontdoor_client", None)) is not None:
+                await client.aclose()
             await ctx.backend.close()
             await engine.dispose()
 
@@ -129,8 +146,23 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for module in (audit, status, recipes, jobs, pods, runs, secrets, nodes, queue, fleets, offers):
+    for module in (
+        audit,
+        status,
+        load_balancers,
+        deployments,
+        recipes,
+        jobs,
+        pods,
+        runs,
+        secrets,
+        nodes,
+        queue,
+        fleets,
+        offers,
+    ):
         app.include_router(module.router)
+    app.include_router(frontdoor_router)
     for module in (usage, budgets, metrics):  # metering, cost, budgets
         app.include_router(module.router)
     for module in (users, groups, projects, tokens, auth):  # identity, logins

@@ -18,7 +18,9 @@ from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.provider import Provider
 from flotilla.config import Settings
+from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
+from flotilla.server.traffic import RequestMeter
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Wakers:
     cron: asyncio.Event = field(default_factory=asyncio.Event)
     fleets: asyncio.Event = field(default_factory=asyncio.Event)
     metering: asyncio.Event = field(default_factory=asyncio.Event)
+    load_balancers: asyncio.Event = field(default_factory=asyncio.Event)
+    deployments: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -49,6 +53,12 @@ class ServerContext:
     metrics_collectors: list[Collector] = field(default_factory=list)
     # Serve `/metrics` without authentication, for scrapers (FLOTILLA_METRICS_PUBLIC=1).
     metrics_public: bool = False
+    # The load balancers this process serves (load_balancer recipes, deployments).
+    lb_plane: LoadBalancerPlane = field(default_factory=LoadBalancerPlane)
+    # Requests per second through the deployments' front door (`frontdoor.py`).
+    request_meter: RequestMeter = field(default_factory=lambda: RequestMeter())
+    # Deployment replicas (run ids) whose port has answered: the ones routed to.
+    ready_replicas: set[str] = field(default_factory=set)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -121,6 +121,15 @@ async def current_identity(request: Request) -> Identity:
     """FastAPI dependency: the caller's identity, or 401; 403 when the credential's
     scopes do not cover the request's method. The identity is left on
     `request.state` for the audit log."""
+    identity = await authenticate(request)
+    needed = Scope.READ if request.method in ("GET", "HEAD", "OPTIONS") else Scope.WRITE
+    if needed not in identity.scopes:
+        raise Forbidden(f"this credential lacks the {needed.value!r} scope")
+    return identity
+
+
+async def authenticate(request: Request) -> Identity:
+    """Who the request's credential (API token or session JWT) belongs to, or 401."""
     from flotilla.server.context import ServerContext
 
     ctx: ServerContext = request.app.state.ctx
@@ -134,7 +143,4 @@ async def current_identity(request: Request) -> Identity:
         else:
             identity = await identity_for_token(session, token, ctx.clock.now())
     request.state.identity = identity
-    needed = Scope.READ if request.method in ("GET", "HEAD", "OPTIONS") else Scope.WRITE
-    if needed not in identity.scopes:
-        raise Forbidden(f"this credential lacks the {needed.value!r} scope")
     return identity

@@ -307,6 +307,10 @@ class RunModel(Base):
     # Requeues after the user's own failures (non-zero exit), bounded by `retries`;
     # infrastructure requeues do not count.
     retries_used: Mapped[int] = mapped_column(Integer, default=0)
+    # A deployment replica: the recipe version it runs and its host port per route
+    # ({"8000": 41234}); None for job runs.
+    recipe_version: Mapped[int | None]
+    replica_ports: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class TaskModel(Base):
@@ -397,3 +401,24 @@ class SettingModel(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime]
+
+
+class DeploymentStateModel(Base):
+    """What the deployment reconciler keeps between steps: the replica count the
+    autoscaler wants, since when load has been above or below target, the load
+    balancer port of each route, and when a client last asked for a scaled-to-zero
+    deployment."""
+
+    __tablename__ = "deployment_states"
+    recipe_id: Mapped[str] = mapped_column(
+        ForeignKey("recipes.id", ondelete="CASCADE"), primary_key=True
+    )
+    desired_replicas: Mapped[int]
+    # container port (as text) -> the load balancer's listener port
+    route_ports: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    above_since: Mapped[datetime | None]
+    below_since: Mapped[datetime | None]
+    last_scaled_at: Mapped[datetime | None]
+    demand_at: Mapped[datetime | None]
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_restart_at: Mapped[datetime | None]

@@ -16,9 +16,16 @@ from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.fleet_checks import check_fleet
 from flotilla.server.services.fleet_views import fleet_recipe_states
 from flotilla.server.services.fleets import FLEET
+from flotilla.server.services.load_balancers import (
+    LOAD_BALANCER,
+    check_ports,
+    load_balancer_state,
+    plane_key,
+)
 from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
+DEPLOYMENT = "deployment"
 
 # The body is validated by `recipes.parse_recipe` (for its field-path errors and
 # "did you mean" hints); this documents its shape in the OpenAPI schema.
@@ -42,10 +49,14 @@ def singular(recipe_type: str) -> str:
 async def _states(
     ctx: Ctx, session: AsyncSession, recipes: Sequence[RecipeModel]
 ) -> dict[str, dict[str, Any]]:
-    """Each recipe's `state`: a job's runs, a fleet's size and reason."""
+    """Each recipe's `state`: a job's runs, a fleet's size and reason, a load
+    balancer's listeners and backends."""
     states = await recipe_states(session, recipes)
     fleets = {r.id for r in recipes if r.type == FLEET}
     states.update(await fleet_recipe_states(session, ctx.providers, fleets))
+    for recipe in recipes:
+        if recipe.type == LOAD_BALANCER:
+            states[recipe.id].update(load_balancer_state(ctx.lb_plane, plane_key(recipe)))
     return states
 
 
@@ -59,15 +70,28 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
         recipe, changed = await recipe_service.apply_recipe(
             session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
         )
+        # These raise before the commit: a resource that cannot work is not stored.
         if recipe.type == FLEET and changed:
-            # Raises before the commit: a fleet that cannot work is not stored.
             await check_fleet(session, ctx.providers, recipe)
+        if changed and (ports := declared_ports(recipe)):
+            await check_ports(session, ctx.settings, recipe, ports)
         states = await _states(ctx, session, [recipe])
-    if recipe.type == FLEET:
-        ctx.wakers.fleets.set()
-    else:
-        ctx.wakers.cron.set()
+    wakers = ctx.wakers
+    {
+        FLEET: wakers.fleets,
+        LOAD_BALANCER: wakers.load_balancers,
+        DEPLOYMENT: wakers.deployments,
+    }.get(recipe.type, wakers.cron).set()
     return recipe_view(recipe, states[recipe.id])
+
+
+def declared_ports(recipe: RecipeModel) -> list[int]:
+    """The TCP ports a load balancer or a deployment asks to listen on."""
+    if recipe.type == LOAD_BALANCER:
+        return [int(listener["port"]) for listener in recipe.spec.get("listeners", [])]
+    if recipe.type == DEPLOYMENT:
+        return [int(r["port"]) for r in recipe.spec.get("routes", []) if r.get("port")]
+    return []
 
 
 @router.put("", status_code=201, openapi_extra=_RECIPE_BODY)

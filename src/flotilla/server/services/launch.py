@@ -33,8 +33,8 @@ async def resolve_secrets(
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
     env: dict[str, str] = {}
     files: list[tuple[str, str]] = []
-    for index, ref in enumerate(spec.secrets):
-        secret = await attached_secret(session, spec, index, recipe.owner, recipe.project)
+    for ref in spec.secrets:
+        secret = await attached_secret(session, ref, recipe.owner, recipe.project)
         if secret is None:
             raise ClientError(
                 f"secret {ref.name!r} (attached as {ref.location}) does not exist",

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.core.cron import next_tick
 from flotilla.errors import Conflict, FieldProblem, Forbidden, InvalidRecipe, NotFound
 from flotilla.recipes import Recipe, parse_recipe
-from flotilla.recipes.job import JobSpec
 from flotilla.server.db.models import ProjectModel, RecipeModel, RecipeVersionModel
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
@@ -50,8 +49,9 @@ async def apply_recipe(
         identity.require_write(existing.owner, existing.project, what)
     if not identity.can_write(owner, project):
         raise Forbidden(identity.write_refusal(owner, project, what))
-    if isinstance(recipe.spec, JobSpec):
-        await check_attachments(session, identity, recipe.spec, owner, project)
+    refs = getattr(recipe.spec, "secrets", None)
+    if refs:
+        await check_attachments(session, identity, refs, owner, project)
     if existing is None:
         model = _create(session, recipe, spec, owner, identity, now)
         model.project = project

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,8 +54,16 @@ def new_tasks(run: RunModel, job_name: str) -> list[TaskModel]:
 
 
 def create_run(
-    session: AsyncSession, recipe: RecipeModel, *, trigger: str, actor: str, now: datetime
+    session: AsyncSession,
+    recipe: RecipeModel,
+    *,
+    trigger: str,
+    actor: str,
+    now: datetime,
+    spec: dict[str, Any] | None = None,
 ) -> RunModel:
+    """A pending run of `recipe` with its spec as it is now (or `spec`: what a
+    deployment replica runs)."""
     if recipe.deleted_at is not None:
         raise Conflict(f"{recipe.type} {recipe.name} is deleted")
     recipe.run_counter += 1
@@ -67,7 +76,7 @@ def create_run(
         reason="queued",
         trigger=trigger,
         created_by=actor,
-        spec=dict(recipe.spec),
+        spec=dict(spec if spec is not None else recipe.spec),
         exit_code=None,
         leader_port=None,
         queued_at=now,

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.redact import Redactor
 from flotilla.errors import ClientError, FieldProblem, Forbidden, InvalidRecipe, NotFound
-from flotilla.recipes.job import JobSpec
+from flotilla.recipes.job import JobSpec, SecretRef
 from flotilla.server.db.models import GroupModel, ProjectModel, RecipeModel, SecretModel
 from flotilla.server.identity import Identity, Role
 from flotilla.server.secretbox import SecretBox
@@ -151,11 +151,10 @@ async def delete_secret(
 
 
 async def attached_secret(
-    session: AsyncSession, spec: JobSpec, index: int, recipe_owner: str, project: str | None
+    session: AsyncSession, ref: SecretRef, recipe_owner: str, project: str | None
 ) -> SecretModel | None:
-    """The secret `spec.secrets[index]` names: by its explicit owner, else the
-    recipe owner's (a user or a group), else the recipe's project's."""
-    ref = spec.secrets[index]
+    """The secret `ref` names: by its explicit owner, else the recipe owner's (a
+    user or a group), else the recipe's project's."""
     candidates: list[tuple[str, str]] = []
     if ref.owner:
         candidates = [("user", ref.owner), ("group", ref.owner), ("project", ref.owner)]
@@ -171,15 +170,19 @@ async def attached_secret(
 
 
 async def check_attachments(
-    session: AsyncSession, identity: Identity, spec: JobSpec, owner: str, project: str | None
+    session: AsyncSession,
+    identity: Identity,
+    refs: Sequence[SecretRef],
+    owner: str,
+    project: str | None,
 ) -> None:
     """At apply: every attached secret exists and the recipe may use it (it belongs
     to the recipe's owner, one of the applying user's groups, or its project).
     At launch the same lookup (`attached_secret`) finds it again.
     Errors name the field, never a value."""
     problems = []
-    for index, ref in enumerate(spec.secrets):
-        found = await attached_secret(session, spec, index, owner, project)
+    for index, ref in enumerate(refs):
+        found = await attached_secret(session, ref, owner, project)
         path = f"spec.secrets[{index}].name"
         if found is None:
             problems.append(FieldProblem(path, f"no secret named {ref.name!r} is visible here"))
@@ -206,8 +209,8 @@ async def log_redactor(
         return Redactor([])
     spec = JobSpec.model_validate(run_spec)
     values = []
-    for index in range(len(spec.secrets)):
-        secret = await attached_secret(session, spec, index, recipe.owner, recipe.project)
+    for ref in spec.secrets:
+        secret = await attached_secret(session, ref, recipe.owner, recipe.project)
         if secret is not None:
             values.append(box.decrypt(secret.ciphertext))
     return Redactor(values)

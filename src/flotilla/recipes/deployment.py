@@ -1,0 +1,189 @@
+"""The deployment recipe (`type: deployment`): a long-running service of `replicas`
+copies of `command`, behind a load balancer, with Saturn's fields (`command`,
+`scale`, `routes` with `container_port`, `start_ssh`, `viewers`) plus a replica
+range, a health check and autoscaling.
+
+Each replica is a run. A replica listens on one port per route; it finds them in
+`$PORT` (the first route) and `$FLOTILLA_PORT_<container_port>` (each route), since
+replicas sharing a machine cannot share a port. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from flotilla.core.units import parse_duration
+from flotilla.lb.config import Algorithm, HealthCheck
+from flotilla.recipes.job import (
+    NAME_PATTERN,
+    GitRepository,
+    JobSpec,
+    Resources,
+    SecretRef,
+    Strict,
+)
+
+_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+MAX_REPLICAS = 1000
+
+
+class Visibility(StrEnum):
+    OWNER = "owner"  # the owner, their groups, the project's members, viewers
+    ORG = "org"  # anyone signed in to this Flotilla
+    PUBLIC = "public"  # anyone who can reach it: no authentication
+
+    @classmethod
+    def _missing_(cls, value: object) -> Visibility | None:
+        return cls.PUBLIC if value == "unauthenticated" else None  # Saturn's word
+
+
+class Route(Strict):
+    container_port: int = Field(8000, gt=0, lt=65536, description="the port the command serves")
+    visibility: Visibility = Visibility.OWNER
+    protocol: str = Field("http", pattern="^(http|tcp)$")
+    port: int | None = Field(
+        None, gt=0, lt=65536, description="the load balancer's TCP port (default: any free one)"
+    )
+    allow: list[str] = Field(default_factory=list, description="source CIDRs for the TCP port")
+    subdomain: str | None = None
+
+
+class Viewer(Strict):
+    """Saturn's viewer grant: a user or group who may use a route (all by default)."""
+
+    user: str | None = None
+    group: str | None = None
+    route: dict[str, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_principal(self) -> Viewer:
+        if (self.user is None) == (self.group is None):
+            raise ValueError("give exactly one of user or group")
+        return self
+
+
+class Autoscale(Strict):
+    target_connections: float | None = Field(
+        None, gt=0, description="concurrent connections per replica to aim for"
+    )
+    target_rps: float | None = Field(None, gt=0, description="requests per second per replica")
+    scale_up_delay: str | int = Field("30s", description="load above target this long: grow")
+    scale_down_delay: str | int = Field("5m", description="load below target this long: shrink")
+
+    @field_validator("scale_up_delay", "scale_down_delay")
+    @classmethod
+    def _duration(cls, value: str | int) -> str | int:
+        parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Autoscale:
+        if self.target_connections is None and self.target_rps is None:
+            raise ValueError("give target_connections or target_rps")
+        return self
+
+    def delays(self) -> tuple[float, float]:
+        return parse_duration(self.scale_up_delay), parse_duration(self.scale_down_delay)
+
+
+class DeploymentSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
+    owner: str | None = None
+    project: str = Field("default", pattern=NAME_PATTERN)
+    description: str = Field("", max_length=2048)
+    tags: dict[str, str] | None = None
+    image: str | dict[str, Any] | None = None
+    instance_type: str | None = None
+    command: str | list[str]
+    working_directory: str | None = None
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    git_repositories: list[GitRepository] = Field(default_factory=list)
+    secrets: list[SecretRef] = Field(default_factory=list)
+    start_script: str | None = None
+    resources: Resources = Field(default_factory=lambda: Resources())
+    use_spot_instance: bool = False
+    scale: int = Field(1, ge=0, le=MAX_REPLICAS, description="replicas, when `replicas` is unset")
+    replicas: str | int | None = Field(None, description="a count, or MIN..MAX to autoscale")
+    routes: list[Route] = Field(default_factory=lambda: [Route()])
+    viewers: list[Viewer] = Field(default_factory=list)
+    start_ssh: bool = False
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    algorithm: Algorithm = Algorithm.SOURCE_IP_HASH
+    autoscale: Autoscale | None = None
+    # Saturn fields kept so existing recipes apply; recorded, not acted on here.
+    extra_packages: dict[str, Any] | None = None
+    shared_folders: list[dict[str, Any]] = Field(default_factory=list)
+    token_scope: str | None = None
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            low, high = _bounds(value)
+            if not 0 <= low <= high <= MAX_REPLICAS:
+                raise ValueError(
+                    f"must be a count or MIN..MAX with 0 <= MIN <= MAX <= {MAX_REPLICAS}"
+                )
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: list[Route]) -> list[Route]:
+        if not routes:
+            raise ValueError("a deployment needs at least one route")
+        for field in ("container_port", "port"):
+            values = [getattr(r, field) for r in routes if getattr(r, field) is not None]
+            if len(values) != len(set(values)):
+                raise ValueError(f"two routes share a {field}")
+        return routes
+
+    @model_validator(mode="after")
+    def _autoscale_needs_a_range(self) -> DeploymentSpec:
+        low, high = self.replica_range()
+        if self.autoscale is None and low != high:
+            raise ValueError("replicas MIN..MAX needs `autoscale` with a target")
+        return self
+
+    def replica_range(self) -> tuple[int, int]:
+        return _bounds(self.replicas) if self.replicas is not None else (self.scale, self.scale)
+
+    def replica_job(self, ports: dict[int, int]) -> dict[str, Any]:
+        """The spec one replica runs with: a single-task job serving on `ports`
+        (container port -> host port), restarted by the deployment, not by retries."""
+        env = dict(self.environment_variables)
+        first = self.routes[0].container_port
+        env["PORT"] = str(ports[first])
+        for container_port, host_port in ports.items():
+            env[f"FLOTILLA_PORT_{container_port}"] = str(host_port)
+        job = JobSpec(
+            name=self.name,
+            owner=self.owner,
+            project=self.project,
+            description=self.description,
+            image=self.image,
+            instance_type=self.instance_type,
+            command=self.command,
+            working_directory=self.working_directory,
+            environment_variables=env,
+            git_repositories=self.git_repositories,
+            secrets=self.secrets,
+            start_script=self.start_script,
+            resources=self.resources,
+            use_spot_instance=self.use_spot_instance,
+        )
+        return job.model_dump(mode="json", exclude_none=True)
+
+
+def _bounds(value: str | int) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if value.strip().isdigit():
+        return int(value), int(value)
+    match = _RANGE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a count or MIN..MAX")
+    return int(match.group(1)), int(match.group(2))

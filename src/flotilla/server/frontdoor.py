@@ -1,0 +1,266 @@
+"""The HTTP front door of deployments: `/d/{name}/…` on the Flotilla server.
+
+It authenticates the caller unless the deployment's route is public, checks that
+they may use it (route `visibility`: `owner` — the owner, their groups, the
+project's members and the `viewers`; `org` — anyone signed in; `public`), counts
+the request for autoscaling, and proxies it to one of the ready replicas its load
+balancer routes to (picked with the deployment's algorithm), streaming both ways.
+The caller's Flotilla credential is not passed on. A deployment scaled to zero is
+asked for a replica and the request waits for it instead of failing.
+
+TCP routes have no front door: their load balancer port is reached directly and
+guarded by the route's `allow` list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from flotilla.errors import ClientError, NotFound, Unauthorized
+from flotilla.lb.choice import Selector, make_selector
+from flotilla.recipes.deployment import DeploymentSpec, Route, Visibility
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import DeploymentStateModel, RecipeModel
+from flotilla.server.identity import Identity
+from flotilla.server.security import authenticate
+from flotilla.server.services.deployments import DEPLOYMENT, plane_key
+
+router = APIRouter(include_in_schema=False)
+
+WAIT_FOR_REPLICA = 120.0
+# Not forwarded: hop-by-hop headers, and the caller's Flotilla credential.
+_DROPPED = {
+    "authorization",
+    "connection",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+
+
+def may_use(identity: Identity | None, recipe: RecipeModel, spec: DeploymentSpec) -> bool:
+    route = http_route(spec)
+    if route.visibility == Visibility.PUBLIC:
+        return True
+    if identity is None:
+        return False
+    if route.visibility == Visibility.ORG or identity.can_read(recipe.owner, recipe.project):
+        return True
+    for viewer in spec.viewers:
+        if viewer.route and viewer.route.get("container_port") != route.container_port:
+            continue
+        if viewer.user == identity.name or (viewer.group and viewer.group in identity.groups):
+            return True
+    return False
+
+
+def http_route(spec: DeploymentSpec) -> Route:
+    for route in spec.routes:
+        if route.protocol == "http":
+            return route
+    raise NotFound(f"an HTTP route of deployment {spec.name!r}")
+
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@router.api_route("/d/{name}", methods=METHODS)
+@router.api_route("/d/{name}/{path:path}", methods=METHODS)
+async def front_door(request: Request, name: str, path: str = "") -> StreamingResponse:
+    ctx: ServerContext = request.app.state.ctx
+    identity = await authenticate(request) if request.headers.get("authorization") else None
+    recipe, spec, state = await _find(ctx, name, identity)
+    ctx.request_meter.hit(recipe.id)
+    port = int(state.route_ports[str(http_route(spec).container_port)])
+    await _wait_for_replica(ctx, recipe, port)
+    selector = _routes(request).selector(ctx, recipe, spec, port)
+    return await _forward(request, ctx, recipe.id, selector, path)
+
+
+async def _find(
+    ctx: ServerContext, name: str, identity: Identity | None
+) -> tuple[RecipeModel, DeploymentSpec, DeploymentStateModel]:
+    async with ctx.sessions() as session:
+        rows = await session.execute(
+            select(RecipeModel, DeploymentStateModel)
+            .join(DeploymentStateModel, DeploymentStateModel.recipe_id == RecipeModel.id)
+            .where(
+                RecipeModel.type == DEPLOYMENT,
+                RecipeModel.name == name,
+                RecipeModel.deleted_at.is_(None),
+            )
+            .order_by(RecipeModel.created_at)
+        )
+        found = [(recipe, state) for recipe, state in rows]
+    for recipe, state in found:
+        spec = DeploymentSpec.model_validate(recipe.spec)
+        if may_use(identity, recipe, spec):
+            return recipe, spec, state
+    if identity is None and found:
+        raise Unauthorized("this deployment needs an API token (Authorization: token …)")
+    raise NotFound(f"deployment {name!r}")
+
+
+async def _wait_for_replica(ctx: ServerContext, recipe: RecipeModel, port: int) -> None:
+    """Return once the route's listener has a backend; ask for one if there is none
+    (a deployment scaled to zero)."""
+    asked = False
+    deadline = time.monotonic() + WAIT_FOR_REPLICA
+    while not _has_backend(ctx, recipe, port):
+        if not asked:
+            async with ctx.transaction() as session:
+                state = await session.get(DeploymentStateModel, recipe.id)
+                if state is not None:
+                    state.demand_at = ctx.clock.now()
+            ctx.wakers.deployments.set()
+            asked = True
+        if time.monotonic() > deadline:
+            raise ClientError(
+                f"deployment {recipe.name} has no replica ready yet", "unavailable", 503
+            )
+        await asyncio.sleep(0.1)
+
+
+def _online_backends(ctx: ServerContext, recipe: RecipeModel, port: int) -> list[tuple[str, int]]:
+    """The ready replicas of one route, as the load balancer sees them now."""
+    snapshot = ctx.lb_plane.snapshot(plane_key(recipe))
+    if snapshot is None:
+        return []
+    return [
+        (backend["address"], backend["port"])
+        for listener in snapshot["listeners"]
+        if listener["port"] == port
+        for backend in listener["backends"]
+        if backend["state"] == "online"
+    ]
+
+
+def _has_backend(ctx: ServerContext, recipe: RecipeModel, port: int) -> bool:
+    return bool(_online_backends(ctx, recipe, port))
+
+
+@dataclass(eq=False)
+class Target:
+    """A replica as the front door picks it (the data plane's selector protocol)."""
+
+    key: str
+    address: str
+    port: int
+    online: bool = True
+    active: int = 0  # requests in flight
+
+
+class Routes:
+    """The front door balances requests itself, with the deployment's algorithm
+    (source-IP hashing on the *client's* address): proxying through the load
+    balancer would make every request come from this server's address and ride one
+    pooled connection, i.e. land on one replica."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[str, ...], Selector[Target]]] = {}
+        self.in_flight: dict[str, int] = {}
+
+    def selector(
+        self, ctx: ServerContext, recipe: RecipeModel, spec: DeploymentSpec, port: int
+    ) -> Selector[Target]:
+        backends = _online_backends(ctx, recipe, port)
+        keys = (*sorted(f"{a}:{p}" for a, p in backends), spec.algorithm.value)
+        cached = self._cache.get(recipe.id)
+        if cached is None or cached[0] != keys:
+            targets = [Target(f"{a}:{p}", a, p) for a, p in backends]
+            cached = self._cache[recipe.id] = (keys, make_selector(spec.algorithm, targets))
+        return cached[1]
+
+
+def _routes(request: Request) -> Routes:
+    routes: Routes | None = getattr(request.app.state, "frontdoor_routes", None)
+    if routes is None:
+        routes = request.app.state.frontdoor_routes = Routes()
+    return routes
+
+
+async def _forward(
+    request: Request,
+    ctx: ServerContext,
+    deployment_id: str,
+    selector: Selector[Target],
+    path: str,
+) -> StreamingResponse:
+    """Send the request to a replica; on a refused connection try the next one (the
+    request never left), and a request without side effects also after a failure on
+    the way (a pooled connection the replica had just closed)."""
+    meter = ctx.request_meter
+    meter.started(deployment_id)  # in flight from now: a slow answer is load too
+    try:
+        upstream, target = await _send(request, selector, path)
+    except BaseException:
+        meter.finished(deployment_id)
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            target.active -= 1
+            meter.finished(deployment_id)
+            await upstream.aclose()
+
+    response_headers: dict[str, Any] = {
+        k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED
+    }
+    return StreamingResponse(body(), status_code=upstream.status_code, headers=response_headers)
+
+
+async def _send(
+    request: Request, selector: Selector[Target], path: str
+) -> tuple[httpx.Response, Target]:
+    client = _client(request)
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROPPED]
+    content = await request.body()
+    ip = request.client.host if request.client else ""
+    tried: list[Target] = []
+    target = selector.pick(ip)
+    while target is not None:
+        url = httpx.URL(
+            f"http://{target.address}:{target.port}/{path}", query=request.url.query.encode()
+        )
+        target.active += 1
+        try:
+            upstream = await client.send(
+                client.build_request(request.method, url, headers=headers, content=content),
+                stream=True,
+            )
+            return upstream, target
+        except httpx.TransportError as e:
+            target.active -= 1
+            tried.append(target)
+            if not isinstance(e, httpx.ConnectError) and (
+                request.method not in RETRYABLE or len(tried) > 1
+            ):
+                raise ClientError(f"the deployment did not answer: {e}", "bad_gateway", 502) from e
+            target = selector.fallback(ip, tried)
+    raise ClientError("no replica of the deployment answered", "bad_gateway", 502)
+
+
+def _client(request: Request) -> httpx.AsyncClient:
+    """One pooled client per app: keep-alive connections to the replicas."""
+    client: httpx.AsyncClient | None = getattr(request.app.state, "frontdoor_client", None)
+    if client is None:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        request.app.state.frontdoor_client = client
+    return client

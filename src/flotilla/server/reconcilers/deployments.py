@@ -1,0 +1,229 @@
+"""Keeps every deployment's replicas running and its load balancer routing to the
+ready ones.
+
+Each step, per deployment: decide the replica count (autoscaling on the load
+balancer's connections or the front door's requests per second, and scale from
+zero when a client waits); start replicas up to it (a replica that exited is
+replaced, with back-off when they keep exiting); probe new replicas and route to
+them once their port answers; replace a replica whose health check took it
+Offline; on a new recipe version, start new replicas and drain the old ones only
+once as many new ones are ready (a rolling update); stop surplus replicas.
+Removing a replica from the load balancer drains its connections; it is stopped
+at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.core.replicas import ScalePolicy, ScaleState, decide_scale, restart_backoff
+from flotilla.recipes.deployment import DeploymentSpec
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import DeploymentStateModel, RecipeModel
+from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.deployments import (
+    ACTOR,
+    DEPLOYMENT,
+    Replica,
+    active_replicas,
+    balancer_config,
+    deployment_state,
+    live_deployments,
+    plane_key,
+    recent_exits,
+    spec_of,
+    start_replica,
+)
+from flotilla.server.services.runs import request_stop
+
+PROBE_TIMEOUT = 1.0
+# A client waiting on a scaled-to-zero deployment keeps it wanted this long.
+DEMAND_HOLD = 60.0
+
+
+class Deployments(ReconcileLoop):
+    name = "deployments"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.wakers.deployments, min(1.0, ctx.settings.resync_seconds))
+        self.ctx = ctx
+        self.ready = ctx.ready_replicas  # replica runs whose port has answered
+        self.unrouted: set[str] = set()  # taken out of the load balancer last step
+
+    async def step(self) -> None:
+        now = self.ctx.clock.now()
+        wanted: set[str] = set()
+        async with self.ctx.transaction() as session:
+            for recipe in await live_deployments(session):
+                wanted.add(plane_key(recipe))
+                await self._reconcile(session, recipe, now)
+        for key in self.ctx.lb_plane.running_keys():
+            if key.startswith(f"{DEPLOYMENT}:") and key not in wanted:
+                await self.ctx.lb_plane.remove(key)
+        self.ctx.wakers.scheduler.set()
+        self.ctx.wakers.supervision.set()
+
+    async def _reconcile(self, session: AsyncSession, recipe: RecipeModel, now: datetime) -> None:
+        spec = spec_of(recipe)
+        state = await deployment_state(session, recipe, spec)
+        replicas = [r for r in await active_replicas(session, recipe) if not r.stopping]
+        await self._probe(replicas)
+        key = plane_key(recipe)
+        self._scale(recipe, spec, state, now)
+        current = [r for r in replicas if r.run.recipe_version == recipe.version]
+        old = [r for r in replicas if r.run.recipe_version != recipe.version]
+        current = self._replace_unhealthy(session, key, current, now)
+        # Ready replicas first, oldest first: a scale-down stops the others.
+        current.sort(key=lambda r: (r.run.id not in self.ready, r.run.number))
+        surplus = current[state.desired_replicas :]
+        current = current[: state.desired_replicas]
+        await self._fill(session, recipe, spec, state, current, now)
+        ready_current = [r for r in current if r.run.id in self.ready]
+        # Old replicas keep serving until as many new ones are ready.
+        rolled = len(ready_current) >= min(state.desired_replicas, len(old))
+        routed = ready_current + ([] if rolled else [r for r in old if r.run.id in self.ready])
+        config = balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
+        await self.ctx.lb_plane.put(key, config)
+        self._retire(session, surplus + (old if rolled else []), now)
+
+    def _scale(
+        self,
+        recipe: RecipeModel,
+        spec: DeploymentSpec,
+        state: DeploymentStateModel,
+        now: datetime,
+    ) -> None:
+        low, high = spec.replica_range()
+        auto = spec.autoscale
+        target = None
+        if auto is not None:
+            target = auto.target_connections or auto.target_rps
+        up, down = auto.delays() if auto is not None else (0.0, 0.0)
+        policy = ScalePolicy(low, high, target, up, down)
+        load = self._load(recipe, spec)
+        demand = state.demand_at is not None and (now - state.demand_at).total_seconds() < (
+            DEMAND_HOLD
+        )
+        decided = decide_scale(
+            policy,
+            ScaleState(state.desired_replicas, state.above_since, state.below_since),
+            load,
+            demand,
+            now,
+        )
+        if decided.desired != state.desired_replicas:
+            state.last_scaled_at = now
+        state.desired_replicas = decided.desired
+        state.above_since, state.below_since = decided.above_since, decided.below_since
+        if decided.desired > 0:
+            state.demand_at = None
+
+    def _load(self, recipe: RecipeModel, spec: DeploymentSpec) -> float:
+        auto = spec.autoscale
+        if auto is None:
+            return 0.0
+        if auto.target_rps is not None:
+            return self.ctx.request_meter.rate(recipe.id)
+        # Connections straight to the load balancer, plus requests through the
+        # front door (which routes to the replicas itself).
+        in_flight = self.ctx.request_meter.in_flight(recipe.id)
+        snapshot = self.ctx.lb_plane.snapshot(plane_key(recipe))
+        if snapshot is None:
+            return float(in_flight)
+        direct = sum(listener["active_connections"] for listener in snapshot["listeners"])
+        return float(direct + in_flight)
+
+    async def _probe(self, replicas: list[Replica]) -> None:
+        """Ready = the replica's first port accepts a TCP connection."""
+        live = {r.run.id for r in replicas}
+        self.ready.intersection_update(live)
+        pending = [r for r in replicas if r.running and r.run.id not in self.ready]
+        results = await asyncio.gather(*(_answers(r) for r in pending))
+        self.ready.update(r.run.id for r, ok in zip(pending, results, strict=True) if ok)
+
+    def _replace_unhealthy(
+        self, session: AsyncSession, key: str, replicas: list[Replica], now: datetime
+    ) -> list[Replica]:
+        """Stop ready replicas the load balancer's health check took Offline; the
+        fill that follows starts their replacements."""
+        snapshot = self.ctx.lb_plane.snapshot(key)
+        if snapshot is None:
+            return replicas
+        offline = {
+            backend["key"]
+            for listener in snapshot["listeners"]
+            for backend in listener["backends"]
+            if backend["state"] == "offline"
+        }
+        keep = []
+        for replica in replicas:
+            ports = (replica.run.replica_ports or {}).values()
+            backends = {f"{replica.address}:{p}" for p in ports}
+            if replica.run.id in self.ready and backends & offline:
+                request_stop(
+                    session,
+                    replica.run,
+                    reason="failed its health check; replaced",
+                    actor=ACTOR,
+                    now=now,
+                )
+                self.ready.discard(replica.run.id)
+            else:
+                keep.append(replica)
+        return keep
+
+    async def _fill(
+        self,
+        session: AsyncSession,
+        recipe: RecipeModel,
+        spec: DeploymentSpec,
+        state: DeploymentStateModel,
+        current: list[Replica],
+        now: datetime,
+    ) -> None:
+        missing = state.desired_replicas - len(current)
+        if missing <= 0:
+            return
+        exits = await recent_exits(session, recipe, now)
+        if exits and state.last_restart_at is not None:
+            wait = restart_backoff(exits)
+            if (now - state.last_restart_at).total_seconds() < wait:
+                return
+        for _ in range(missing):
+            current.append(Replica(start_replica(session, recipe, spec, now), None))
+        if exits:
+            state.restarts += missing
+            state.last_restart_at = now
+
+    def _retire(self, session: AsyncSession, leaving: list[Replica], now: datetime) -> None:
+        """Stop replicas that were already out of the load balancer last step (their
+        connections had a step to drain); mark the others for the next one."""
+        for replica in leaving:
+            if replica.run.id in self.unrouted or replica.run.id not in self.ready:
+                request_stop(
+                    session, replica.run, reason="replica no longer needed", actor=ACTOR, now=now
+                )
+                self.unrouted.discard(replica.run.id)
+                self.ready.discard(replica.run.id)
+            else:
+                self.unrouted.add(replica.run.id)
+
+
+async def _answers(replica: Replica) -> bool:
+    ports = list((replica.run.replica_ports or {}).values())
+    if not replica.address or not ports:
+        return False
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(replica.address, int(ports[0])), PROBE_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,0 +1,219 @@
+"""Deployments' pieces the reconciler and the API share: their stored state, their
+replica runs, the load balancer config that routes to the ready replicas, and
+their views.
+
+A replica is a run of the deployment's recipe whose spec is `replica_job(ports)`:
+one task serving on host ports chosen for it (`replica_ports`), tagged with the
+recipe version it runs (`recipe_version`) so a rolling update can tell old from new.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.core.status import RunStatus
+from flotilla.lb import Backend, Listener, LoadBalancerConfig
+from flotilla.recipes.deployment import DeploymentSpec
+from flotilla.server.db.models import DeploymentStateModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.services.runs import create_run
+
+DEPLOYMENT = "deployment"
+ACTOR = "deployments"
+RECENT = timedelta(minutes=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def spec_of(recipe: RecipeModel) -> DeploymentSpec:
+    return DeploymentSpec.model_validate(recipe.spec)
+
+
+def plane_key(recipe: RecipeModel) -> str:
+    return f"{DEPLOYMENT}:{recipe.id}"
+
+
+async def live_deployments(session: AsyncSession) -> Sequence[RecipeModel]:
+    query = select(RecipeModel).where(
+        RecipeModel.type == DEPLOYMENT, RecipeModel.deleted_at.is_(None)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def deployment_state(
+    session: AsyncSession, recipe: RecipeModel, spec: DeploymentSpec
+) -> DeploymentStateModel:
+    """The stored state, created on first sight with the low replica count and a
+    load balancer port for every route (the route's own `port`, else a free one)."""
+    state = await session.get(DeploymentStateModel, recipe.id)
+    if state is None:
+        state = DeploymentStateModel(
+            recipe_id=recipe.id,
+            desired_replicas=spec.replica_range()[0],
+            route_ports={},
+            restarts=0,
+        )
+        session.add(state)
+    ports = dict(state.route_ports or {})
+    for route in spec.routes:
+        key = str(route.container_port)
+        if route.port is not None:
+            ports[key] = route.port
+        elif key not in ports:
+            ports[key] = free_port()
+    ports = {k: v for k, v in ports.items() if int(k) in {r.container_port for r in spec.routes}}
+    if ports != state.route_ports:
+        state.route_ports = ports
+    return state
+
+
+@dataclass
+class Replica:
+    run: RunModel
+    task: TaskModel | None
+
+    @property
+    def address(self) -> str | None:
+        return self.task.address if self.task is not None and self.task.address else None
+
+    def port(self, container_port: int) -> int | None:
+        ports = self.run.replica_ports or {}
+        value = ports.get(str(container_port))
+        return int(value) if value is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.run.status == RunStatus.RUNNING.value and self.address is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self.run.stop_requested_at is not None
+
+
+async def active_replicas(session: AsyncSession, recipe: RecipeModel) -> list[Replica]:
+    runs = (
+        (
+            await session.execute(
+                select(RunModel).where(
+                    RunModel.recipe_id == recipe.id,
+                    RunModel.status.in_([s.value for s in RunStatus if s.is_active()]),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    tasks: dict[str, TaskModel] = {}
+    if runs:
+        rows = await session.execute(
+            select(TaskModel).where(TaskModel.run_id.in_([r.id for r in runs]))
+        )
+        for task in rows.scalars():
+            run = next(r for r in runs if r.id == task.run_id)
+            if task.attempt == run.attempt:
+                tasks[run.id] = task
+    return [Replica(run, tasks.get(run.id)) for run in sorted(runs, key=lambda r: r.number)]
+
+
+async def recent_exits(session: AsyncSession, recipe: RecipeModel, now: datetime) -> int:
+    """Replicas of this version that ended on their own (not stopped) lately."""
+    rows = await session.execute(
+        select(RunModel.id).where(
+            RunModel.recipe_id == recipe.id,
+            RunModel.recipe_version == recipe.version,
+            RunModel.finished_at > now - RECENT,
+            RunModel.stop_reason.is_(None),
+            RunModel.status.in_(
+                [RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.ERROR.value]
+            ),
+        )
+    )
+    return len(rows.all())
+
+
+def start_replica(
+    session: AsyncSession, recipe: RecipeModel, spec: DeploymentSpec, now: datetime
+) -> RunModel:
+    ports = {route.container_port: free_port() for route in spec.routes}
+    run = create_run(
+        session,
+        recipe,
+        trigger=DEPLOYMENT,
+        actor=ACTOR,
+        now=now,
+        spec=spec.replica_job(ports),
+    )
+    run.recipe_version = recipe.version
+    run.replica_ports = {str(k): v for k, v in ports.items()}
+    return run
+
+
+def balancer_config(
+    recipe: RecipeModel,
+    spec: DeploymentSpec,
+    state: DeploymentStateModel,
+    routed: Sequence[Replica],
+    host: str,
+) -> LoadBalancerConfig:
+    """One listener per route, on the route's load balancer port, to the replicas
+    now taking traffic."""
+    listeners = []
+    for route in spec.routes:
+        backends = []
+        for replica in routed:
+            port = replica.port(route.container_port)
+            if replica.address and port:
+                backends.append(Backend(address=_ip(replica.address), port=port))
+        listeners.append(
+            Listener(
+                port=int(state.route_ports[str(route.container_port)]),
+                host=host,
+                backends=backends,
+                algorithm=spec.algorithm,
+                allow=route.allow,
+                health_check=spec.health_check,
+            )
+        )
+    return LoadBalancerConfig(name=recipe.name, listeners=listeners)
+
+
+def _ip(address: str) -> str:
+    """Nodes' addresses are IPs; `localhost` names this machine."""
+    return "127.0.0.1" if address in ("localhost", "") else address
+
+
+def deployment_view_state(
+    state: DeploymentStateModel | None,
+    replicas: Sequence[Replica],
+    ready: set[str],
+    lb: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "desired_replicas": state.desired_replicas if state else None,
+        "replicas": [
+            {
+                "run_id": r.run.id,
+                "number": r.run.number,
+                "status": r.run.status,
+                "version": r.run.recipe_version,
+                "address": r.address,
+                "ports": r.run.replica_ports,
+                "ready": r.run.id in ready,
+                "stopping": r.stopping,
+            }
+            for r in replicas
+        ],
+        "route_ports": state.route_ports if state else {},
+        "load_balancer": lb,
+    }

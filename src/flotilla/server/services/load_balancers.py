@@ -1,0 +1,83 @@
+"""Load balancer resources (`type: load_balancer` recipes): the configs the data
+plane should run, the port checks made when one is applied, and their views
+(listeners, backends with state, connections, bytes and health history).
+
+Deployments' own load balancers run in the same data plane under keys of their
+own (see `services/deployments.py`); ports are checked across both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from flotilla.config import Settings
+from flotilla.errors import Conflict
+from flotilla.lb import LoadBalancerConfig
+from flotilla.recipes.load_balancer import LoadBalancerSpec
+from flotilla.server.db.models import DeploymentStateModel, RecipeModel
+from flotilla.server.lbplane import LoadBalancerPlane
+
+LOAD_BALANCER = "load_balancer"
+
+
+def plane_key(recipe: RecipeModel) -> str:
+    return f"{recipe.type}:{recipe.id}"
+
+
+def config_of(recipe: RecipeModel, settings: Settings) -> LoadBalancerConfig:
+    spec = LoadBalancerSpec.model_validate(recipe.spec)
+    return spec.to_config(settings.host)
+
+
+async def live_load_balancers(session: AsyncSession) -> Sequence[RecipeModel]:
+    query = select(RecipeModel).where(
+        RecipeModel.type == LOAD_BALANCER, RecipeModel.deleted_at.is_(None)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def ports_in_use(
+    session: AsyncSession, settings: Settings, other_than: str
+) -> dict[int, str]:
+    """Listener ports taken, by port: the API's own, every other load balancer's,
+    every deployment's."""
+    taken = {settings.port: "the Flotilla API"}
+    for recipe in await live_load_balancers(session):
+        if recipe.id != other_than:
+            for listener in recipe.spec.get("listeners", []):
+                taken[int(listener["port"])] = f"load balancer {recipe.name}"
+    rows = await session.execute(
+        select(RecipeModel.name, DeploymentStateModel.route_ports)
+        .join(DeploymentStateModel, DeploymentStateModel.recipe_id == RecipeModel.id)
+        .where(RecipeModel.deleted_at.is_(None), RecipeModel.id != other_than)
+    )
+    for name, route_ports in rows:
+        for port in (route_ports or {}).values():
+            taken[int(port)] = f"deployment {name}"
+    return taken
+
+
+async def check_ports(
+    session: AsyncSession, settings: Settings, recipe: RecipeModel, ports: Sequence[int]
+) -> None:
+    """At apply: a port another resource listens on is a conflict, named."""
+    taken = await ports_in_use(session, settings, recipe.id)
+    for port in ports:
+        if port in taken:
+            raise Conflict(f"port {port} is already used by {taken[port]}")
+
+
+def load_balancer_state(plane: LoadBalancerPlane, key: str) -> dict[str, Any]:
+    """What the data plane reports for one load balancer."""
+    snapshot = plane.snapshot(key)
+    error = plane.errors.get(key)
+    status = "error" if error else ("serving" if snapshot else "starting")
+    return {
+        "status": status,
+        "error": error,
+        "listeners": snapshot["listeners"] if snapshot else [],
+    }

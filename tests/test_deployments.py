@@ -1,0 +1,215 @@
+"""Deployments: replicas of a small HTTP server behind their load balancer and the
+front door; a killed replica replaced without a failed request (the client retries
+once), rolling updates, authentication, scale from zero and autoscaling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Api, make_settings, open_api
+from tests.factories import add_user, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+SERVER = Path(__file__).resolve().parents[1] / "examples" / "http_replica.py"
+
+
+def deployment(name: str = "web", **spec: Any) -> dict[str, Any]:
+    return {
+        "type": "deployment",
+        "spec": {
+            "name": name,
+            "command": f"{sys.executable} {SERVER}",
+            "algorithm": "round_robin",
+            "health_check": {"interval": 0.2, "timeout": 0.5, "failure_count": 2},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+async def api(data_dir: Path) -> AsyncIterator[Api]:
+    async for item in open_api(make_settings(data_dir, stop_grace_seconds=1.0)):
+        yield item
+
+
+async def view(api: Api, name: str = "web") -> dict[str, Any]:
+    response = await api.client.get(f"/api/deployments/{name}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def ready_replicas(api: Api, count: int, version: int | None = None) -> list[dict[str, Any]]:
+    async def check() -> list[dict[str, Any]] | None:
+        replicas = [r for r in (await view(api))["replicas"] if r["ready"] and not r["stopping"]]
+        if version is not None:
+            replicas = [r for r in replicas if r["version"] == version]
+        return replicas if len(replicas) == count else None
+
+    found: list[dict[str, Any]] = await wait_for(check, timeout=60, what=f"{count} ready replicas")
+    return found
+
+
+async def get(api: Api, path: str = "", **kwargs: Any) -> httpx.Response:
+    return await api.client.get(f"/d/web/{path}", **kwargs)
+
+
+async def direct(api: Api) -> httpx.AsyncClient:
+    """A client for the deployment's load balancer port itself: unlike the front
+    door, which holds a request until a replica is ready, it fails at once when
+    nothing is routed, so it shows every gap in service."""
+    port = (await view(api))["route_ports"]["8000"]
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+
+async def ok_retrying_once(client: httpx.AsyncClient) -> bool:
+    for _ in range(2):
+        try:
+            # A new connection each time: each one is routed afresh.
+            if (await client.get("/", headers={"Connection": "close"})).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+    return False
+
+
+async def replica_pid(api: Api, run_id: str) -> int:
+    run = (await api.client.get(f"/api/runs/{run_id}")).json()
+    return int(run["tasks"][0]["pid"])
+
+
+async def test_replicas_serve_and_a_killed_one_is_replaced_without_failed_requests(
+    api: Api,
+) -> None:
+    applied = await api.client.put("/api/recipes", json=deployment(scale=2))
+    assert applied.status_code == 201, applied.text
+    first = await ready_replicas(api, 2)
+    responses = [await get(api) for _ in range(6)]
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    answers = Counter(r.text.split()[2] for r in responses)
+    assert len(answers) == 2, answers  # round robin over both replicas
+
+    failures = 0
+    stop = asyncio.Event()
+    tcp = await direct(api)
+
+    async def client() -> None:
+        nonlocal failures
+        while not stop.is_set():
+            if not await ok_retrying_once(tcp):
+                failures += 1
+            await asyncio.sleep(0.02)
+
+    load = asyncio.create_task(client())
+    victim = first[0]["run_id"]
+    os.kill(await replica_pid(api, victim), signal.SIGKILL)
+
+    async def replaced() -> bool:
+        replicas = await ready_replicas(api, 2)
+        return victim not in {r["run_id"] for r in replicas}
+
+    await wait_for(replaced, timeout=60, what="a replacement replica")
+    stop.set()
+    await load
+    await tcp.aclose()
+    assert failures == 0
+    lb = (await view(api))["load_balancer"]
+    assert lb["status"] == "serving" and len(lb["listeners"][0]["backends"]) == 2
+
+
+async def test_rolling_update_serves_throughout_and_ends_on_the_new_version(api: Api) -> None:
+    await api.client.put("/api/recipes", json=deployment(scale=2))
+    await ready_replicas(api, 2)
+    failures = 0
+    seen: list[str] = []
+    stop = asyncio.Event()
+    tcp = await direct(api)
+
+    async def client() -> None:
+        nonlocal failures
+        while not stop.is_set():
+            try:
+                response = await tcp.get("/", headers={"Connection": "close"})
+                seen.append(response.text.split()[-1])
+            except httpx.TransportError:
+                failures += 1
+            await asyncio.sleep(0.02)
+
+    load = asyncio.create_task(client())
+    updated = deployment(scale=2, environment_variables={"VERSION": "2"})
+    assert (await api.client.put("/api/recipes", json=updated)).status_code == 201
+    await ready_replicas(api, 2, version=2)
+
+    async def only_new() -> bool:
+        replicas = (await view(api))["replicas"]
+        return all(r["version"] == 2 for r in replicas)
+
+    await wait_for(only_new, timeout=60, what="the old replicas to stop")
+    await asyncio.sleep(0.3)
+    stop.set()
+    await load
+    await tcp.aclose()
+    assert failures == 0
+    assert seen[0] == "v1" and seen[-1] == "v2"
+    # Once the first v2 answer came, the old version was draining, not flapping.
+    assert "v1" not in seen[len(seen) - 5 :]
+
+
+async def test_front_door_needs_a_token_unless_the_route_is_public(api: Api) -> None:
+    viewer = await add_user(api.ctx, "vera")
+    stranger = await add_user(api.ctx, "sam")
+    spec = deployment(viewers=[{"user": "vera"}])
+    await api.client.put("/api/recipes", json=spec)
+    await ready_replicas(api, 1)
+    anonymous = await api.client.get("/d/web/", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    assert (await get(api)).status_code == 200  # the owner's (admin's) token
+    assert (await get(api, headers=viewer)).status_code == 200
+    assert (await get(api, headers=stranger)).status_code == 404
+    public = deployment("open", routes=[{"container_port": 8000, "visibility": "public"}])
+    await api.client.put("/api/recipes", json=public)
+
+    async def served() -> bool:
+        response = await api.client.get("/d/open/", headers={"Authorization": ""})
+        return response.status_code == 200
+
+    await wait_for(served, timeout=60, what="the public deployment")
+
+
+async def test_scale_from_zero_on_the_first_request_and_autoscale_up_and_down(api: Api) -> None:
+    spec = deployment(
+        replicas="0..3",
+        autoscale={"target_connections": 1, "scale_up_delay": 0, "scale_down_delay": "2s"},
+    )
+    await api.client.put("/api/recipes", json=spec)
+    await asyncio.sleep(1)
+    assert (await view(api))["desired_replicas"] == 0
+    assert (await view(api))["replicas"] == []
+    first = await get(api)  # waits for a replica instead of failing
+    assert first.status_code == 200 and first.text.startswith("hello")
+
+    # Three slow requests at once: three concurrent connections, target one each.
+    slow = [asyncio.create_task(get(api, "slow", params={"s": 4})) for _ in range(3)]
+
+    async def grew() -> bool:
+        return int((await view(api))["desired_replicas"]) >= 2
+
+    await wait_for(grew, timeout=30, what="a scale-up")
+    assert all(r.status_code == 200 for r in await asyncio.gather(*slow))
+
+    async def shrank() -> bool:
+        state = await view(api)
+        return state["desired_replicas"] == 0 and not state["replicas"]
+
+    await wait_for(shrank, timeout=60, what="a scale-down to zero")
