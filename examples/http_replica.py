@@ -1,5 +1,7 @@
 """A tiny HTTP service for deployment examples and tests: answers every GET with
-`hello from <pid> v<VERSION>` on $PORT, and `/slow?s=N` after N seconds."""
+`hello from <pid> v<VERSION>` on $PORT, `/slow?s=N` after N seconds, and on
+`/hang` stops accepting connections while the process lives on (a hung server,
+for health-check tests)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/slow":
             time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
+        if url.path == "/hang":
+            self.server.socket.close()  # new connections are refused from now on
         body = f"hello from {os.getpid()} v{os.environ.get('VERSION', '1')}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -5,6 +5,7 @@ once), rolling updates, authentication, scale from zero and autoscaling."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -15,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from flotilla.server.db.models import RecipeModel, RunModel
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, wait_for
 
@@ -128,6 +131,31 @@ async def test_replicas_serve_and_a_killed_one_is_replaced_without_failed_reques
     assert lb["status"] == "serving" and len(lb["listeners"][0]["backends"]) == 2
 
 
+async def test_a_replica_failing_its_health_check_is_replaced(api: Api) -> None:
+    await api.client.put("/api/recipes", json=deployment())
+    (first,) = await ready_replicas(api, 1)
+    pid = await replica_pid(api, first["run_id"])
+    assert (await get(api, "hang")).status_code == 200  # it stops listening, but runs on
+
+    async def replaced() -> bool:
+        replicas = await ready_replicas(api, 1)
+        return replicas[0]["run_id"] != first["run_id"]
+
+    await wait_for(replaced, timeout=60, what="the hung replica's replacement")
+    events = (await api.client.get(f"/api/runs/{first['run_id']}/events")).json()["events"]
+    assert any("failed its health check" in e["message"] for e in events), events
+    assert (await get(api)).status_code == 200
+    await wait_for(lambda: _gone(pid), timeout=30, what="the hung replica to be stopped")
+
+
+async def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 async def test_rolling_update_serves_throughout_and_ends_on_the_new_version(api: Api) -> None:
     await api.client.put("/api/recipes", json=deployment(scale=2))
     await ready_replicas(api, 2)
@@ -213,3 +241,34 @@ async def test_scale_from_zero_on_the_first_request_and_autoscale_up_and_down(ap
         return state["desired_replicas"] == 0 and not state["replicas"]
 
     await wait_for(shrank, timeout=60, what="a scale-down to zero")
+
+
+async def test_a_replica_that_keeps_exiting_is_restarted_with_back_off(api: Api) -> None:
+    await api.client.put("/api/recipes", json=deployment(command="exit 3"))
+
+    async def runs() -> list[RunModel]:
+        async with api.ctx.sessions() as session:
+            query = (
+                select(RunModel)
+                .join(RecipeModel)
+                .where(RecipeModel.name == "web")
+                .order_by(RunModel.number)
+            )
+            return list((await session.execute(query)).scalars())
+
+    async def restarted_thrice() -> bool:
+        return (await view(api))["restarts"] >= 3
+
+    await wait_for(restarted_thrice, timeout=30, what="three restarts")
+    await asyncio.sleep(4)
+    # Back-off of 1, 2, 4 … s: a few restarts in these seconds, not one per step.
+    history = await runs()
+    assert 4 <= len(history) <= 8
+    assert all(r.exit_code == 3 for r in history if r.finished_at is not None)
+    # The time from one replica's exit to its replacement grows.
+    gaps = [
+        (later.queued_at - earlier.finished_at).total_seconds()
+        for earlier, later in itertools.pairwise(history)
+        if earlier.finished_at is not None
+    ]
+    assert gaps[0] < 1.0 and max(gaps) >= 1.9, gaps

@@ -269,6 +269,29 @@ class FlotillaClient:
     def delete_fleet(self, name: str) -> None:
         self._request("DELETE", f"/api/fleets/{name}")
 
+    # load balancers and deployments (created with `apply`, like any recipe)
+    def list_load_balancers(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/load_balancers")["load_balancers"])
+
+    def get_load_balancer(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        params = {"owner_name": owner} if owner else {}
+        return dict(self._request("GET", f"/api/load_balancers/{name}", params=params))
+
+    def delete_load_balancer(self, name: str, owner: str | None = None) -> None:
+        params = {"owner_name": owner} if owner else {}
+        self._request("DELETE", f"/api/load_balancers/{name}", params=params)
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/deployments")["deployments"])
+
+    def get_deployment(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        params = {"owner_name": owner} if owner else {}
+        return dict(self._request("GET", f"/api/deployments/{name}", params=params))
+
+    def delete_deployment(self, name: str, owner: str | None = None) -> None:
+        params = {"owner_name": owner} if owner else {}
+        self._request("DELETE", f"/api/deployments/{name}", params=params)
+
     # usage, cost and budgets
     def usage(
         self, by: str = "user", since: str | None = None, until: str | None = None

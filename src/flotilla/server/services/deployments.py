@@ -201,6 +201,7 @@ def deployment_view_state(
 ) -> dict[str, Any]:
     return {
         "desired_replicas": state.desired_replicas if state else None,
+        "restarts": state.restarts if state else 0,
         "replicas": [
             {
                 "run_id": r.run.id,
