@@ -272,3 +272,22 @@ async def test_a_replica_that_keeps_exiting_is_restarted_with_back_off(api: Api)
         if earlier.finished_at is not None
     ]
     assert gaps[0] < 1.0 and max(gaps) >= 1.9, gaps
+
+
+async def test_the_first_tcp_connection_to_a_deployment_at_zero_waits_for_a_replica(
+    api: Api,
+) -> None:
+    spec = deployment(replicas="0..1", autoscale={"target_connections": 1})
+    await api.client.put("/api/recipes", json=spec)
+
+    async def state() -> dict[str, Any] | None:
+        found = await view(api)
+        return found if found["route_ports"] else None
+
+    found = await wait_for(state, what="the deployment's load balancer port")
+    assert found["desired_replicas"] == 0 and found["replicas"] == []
+    port = found["route_ports"]["8000"]
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")  # no front door: raw TCP
+    assert response.status_code == 200 and response.text.startswith("hello")
+    assert (await view(api))["desired_replicas"] == 1

@@ -134,7 +134,7 @@ def test_load_balancer_list_describe_delete(
     assert seen["total_connections"] >= 1 and seen["bytes_in"] >= 4
 
     listed = flo(server, "lb", "list").stdout
-    assert "edge" in listed and "serving" in listed and f"{port}→1 backends (1 online)" in listed
+    assert "edge" in listed and "serving" in listed and f"{port}→1 backend (1 online)" in listed
 
     described = flo(server, "lb", "describe", "edge").stdout
     assert f"listener 127.0.0.1:{port}: source_ip_hash, allow 127.0.0.0/8" in described

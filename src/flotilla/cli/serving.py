@@ -243,14 +243,18 @@ def listener_summary(lb: dict[str, Any]) -> str:
     """`8080→2 backends (1 online)` per listener; from the spec while still starting."""
     if lb["listeners"]:
         return ", ".join(
-            f"{ls['port']}→{len(ls['backends'])} backends"
+            f"{ls['port']}→{_backends(len(ls['backends']))}"
             f" ({sum(b['state'] == 'online' for b in ls['backends'])} online)"
             for ls in lb["listeners"]
         )
     return ", ".join(
-        f"{ls['port']}→{len(ls.get('backends') or [])} backends"
+        f"{ls['port']}→{_backends(len(ls.get('backends') or []))}"
         for ls in lb["spec"].get("listeners", [])
     )
+
+
+def _backends(count: int) -> str:
+    return f"{count} backend" + ("" if count == 1 else "s")
 
 
 def ready_count(deployment: dict[str, Any]) -> int:

@@ -78,6 +78,12 @@ class Listener(BaseModel):
         default_factory=list, description="source CIDRs allowed in; empty allows everyone"
     )
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    hold_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="with no backend online, hold a new connection this long for one "
+        "(a deployment scaling from zero) instead of closing it",
+    )
 
     @field_validator("host")
     @classmethod

@@ -69,6 +69,9 @@ class ClientSide(asyncio.Protocol):
             return
         backend = listener.selector.pick(ip)
         if backend is None:
+            if listener.config.hold_seconds > 0:
+                self._hold_for_backend()
+                return
             listener.no_backend += 1
             self.closed = True
             client.abort()
@@ -81,6 +84,37 @@ class ClientSide(asyncio.Protocol):
         self.connecting = asyncio.get_running_loop().create_task(
             self._connect(backend), name="lb-connect"
         )
+
+    def _hold_for_backend(self) -> None:
+        """No backend is online: keep the client (what it sends is buffered) while
+        the listener's owner is asked for one, up to `hold_seconds`."""
+        assert self.client is not None
+        self.client.set_write_buffer_limits(WRITE_HIGH_WATER)
+        self.listener.connections.add(self)
+        self.connecting = asyncio.get_running_loop().create_task(
+            self._wait_then_connect(), name="lb-hold"
+        )
+
+    async def _wait_then_connect(self) -> None:
+        listener = self.listener
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener.waiters.append(waiter)
+        if listener.on_demand is not None:
+            listener.on_demand()
+        try:
+            await asyncio.wait_for(waiter, listener.config.hold_seconds)
+        except TimeoutError:
+            if waiter in listener.waiters:
+                listener.waiters.remove(waiter)
+        backend = listener.selector.pick(self.ip)
+        if backend is None or self.closed:
+            if backend is None:
+                listener.no_backend += 1
+            self._close(None)
+            return
+        backend.active += 1
+        self.backend = backend
+        await self._connect(backend)
 
     async def _connect(self, backend: BackendRuntime) -> None:
         """Connect to `backend`, or on refusal/timeout to the selector's next choice.

@@ -87,6 +87,10 @@ class ListenerRuntime:
         self.connections: set[ClientSide] = set()
         self.draining = False  # removed from the config
         self.on_empty: Callable[[], None] | None = None  # called when the last connection ends
+        # Called when a connection is held for want of a backend (`hold_seconds`):
+        # the owner starts one (a deployment scaled to zero).
+        self.on_demand: Callable[[], None] | None = None
+        self.waiters: list[asyncio.Future[None]] = []  # held connections
         self.accepted = 0
         self.refused = 0  # by the allow-list
         self.no_backend = 0  # closed because no backend was Online or reachable
@@ -109,11 +113,21 @@ class ListenerRuntime:
             backend.sync_online()
         serving = [b for b in self.backends.values() if not b.draining]
         self.selector = make_selector(self.config.algorithm, serving)
+        self._wake_waiters()
 
     def health_changed(self) -> None:
         for backend in self.backends.values():
             backend.sync_online()
         self.selector.refresh()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Let held connections try again once some backend is online."""
+        if self.waiters and any(b.online for b in self.backends.values()):
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.waiters.clear()
 
     def allowed(self, ip: str) -> bool:
         if not self._networks:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flotilla.lb import ListenError, LoadBalancer, LoadBalancerCollector, LoadBalancerConfig
 from flotilla.lb.snapshot import LoadBalancerSnapshot
@@ -30,24 +30,28 @@ class LoadBalancerPlane:
         self._draining: set[asyncio.Task[bool]] = set()
         self.collector = LoadBalancerCollector(lambda: list(self.balancers.values()))
 
-    async def put(self, key: str, config: LoadBalancerConfig) -> None:
+    async def put(
+        self, key: str, config: LoadBalancerConfig, on_demand: Callable[[], None] | None = None
+    ) -> None:
         """Run `config` under `key`: start it, or move the running one to it without
-        dropping connections. A bind failure is kept in `errors[key]`."""
+        dropping connections. A bind failure is kept in `errors[key]`. `on_demand`
+        is called when a listener holds a connection for want of a backend."""
         balancer = self.balancers.get(key)
         if balancer is not None and balancer.config == config and key not in self.errors:
             return
+        fresh = balancer is None
+        if balancer is None:
+            balancer = self.balancers[key] = LoadBalancer(config)
         try:
-            if balancer is None:
-                balancer = self.balancers[key] = LoadBalancer(config)
-                await balancer.start()
-            else:
-                await balancer.apply(config)
+            await (balancer.start() if fresh else balancer.apply(config))
         except ListenError as e:
             if self.errors.get(key) != str(e):
                 log.warning("load balancer %s: %s", config.name, e)
             self.errors[key] = str(e)
-            return
-        self.errors.pop(key, None)
+        else:
+            self.errors.pop(key, None)
+        for runtime in balancer.listeners.values():
+            runtime.on_demand = on_demand
 
     async def remove(self, key: str) -> None:
         balancer = self.balancers.pop(key, None)

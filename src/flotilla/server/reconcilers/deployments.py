@@ -53,6 +53,7 @@ class Deployments(ReconcileLoop):
         self.ctx = ctx
         self.ready = ctx.ready_replicas  # replica runs whose port has answered
         self.unrouted: set[str] = set()  # taken out of the load balancer last step
+        self.demanded: set[str] = set()  # deployments a held TCP connection waits on
 
     async def step(self) -> None:
         now = self.ctx.clock.now()
@@ -87,8 +88,13 @@ class Deployments(ReconcileLoop):
         rolled = len(ready_current) >= min(state.desired_replicas, len(old))
         routed = ready_current + ([] if rolled else [r for r in old if r.run.id in self.ready])
         config = balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
-        await self.ctx.lb_plane.put(key, config)
+        await self.ctx.lb_plane.put(key, config, on_demand=lambda: self._demand(recipe.id))
         self._retire(session, surplus + (old if rolled else []), now)
+
+    def _demand(self, recipe_id: str) -> None:
+        """A connection waits at the load balancer for a replica: scale from zero."""
+        self.demanded.add(recipe_id)
+        self.wake.set()
 
     def _scale(
         self,
@@ -105,6 +111,9 @@ class Deployments(ReconcileLoop):
         up, down = auto.delays() if auto is not None else (0.0, 0.0)
         policy = ScalePolicy(low, high, target, up, down)
         load = self._load(recipe, spec)
+        if recipe.id in self.demanded:
+            self.demanded.discard(recipe.id)
+            state.demand_at = now
         demand = state.demand_at is not None and (now - state.demand_at).total_seconds() < (
             DEMAND_HOLD
         )

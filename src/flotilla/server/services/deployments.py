@@ -27,6 +27,8 @@ from flotilla.server.services.runs import create_run
 DEPLOYMENT = "deployment"
 ACTOR = "deployments"
 RECENT = timedelta(minutes=5)
+# A connection to a deployment with no replica ready waits this long for one.
+HOLD_SECONDS = 120.0
 
 
 def free_port() -> int:
@@ -183,6 +185,7 @@ def balancer_config(
                 algorithm=spec.algorithm,
                 allow=route.allow,
                 health_check=spec.health_check,
+                hold_seconds=HOLD_SECONDS,
             )
         )
     return LoadBalancerConfig(name=recipe.name, listeners=listeners)
