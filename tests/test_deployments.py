@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from flotilla.recipes import parse_recipe_text
 from flotilla.server.db.models import RecipeModel, RunModel
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, wait_for
@@ -25,6 +26,7 @@ from tests.factories import add_user, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SERVER = Path(__file__).resolve().parents[1] / "examples" / "http_replica.py"
+EXAMPLE = SERVER.with_name("deployment.yaml")
 
 
 def deployment(name: str = "web", **spec: Any) -> dict[str, Any]:
@@ -291,3 +293,17 @@ async def test_the_first_tcp_connection_to_a_deployment_at_zero_waits_for_a_repl
         response = await client.get(f"http://127.0.0.1:{port}/")  # no front door: raw TCP
     assert response.status_code == 200 and response.text.startswith("hello")
     assert (await view(api))["desired_replicas"] == 1
+
+
+async def test_the_readme_example_serves(api: Api) -> None:
+    recipe = parse_recipe_text(EXAMPLE.read_text())
+    applied = await api.client.put(
+        "/api/recipes", json={"type": recipe.type, "spec": recipe.spec_dict()}
+    )
+    assert applied.status_code == 201, applied.text
+
+    async def served() -> bool:
+        response = await api.client.get("/d/hello-api/")
+        return response.status_code == 200 and "Directory listing" in response.text
+
+    await wait_for(served, timeout=60, what="the example deployment")
