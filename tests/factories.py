@@ -20,14 +20,13 @@ from sqlalchemy import select
 
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import (
-    ApiTokenModel,
     GroupMemberModel,
     GroupModel,
     ProjectMemberModel,
     ProjectModel,
     UserModel,
 )
-from flotilla.server.security import hash_token, new_token
+from flotilla.server.security import new_token, token_row
 
 ADMIN_TOKEN = "flo_test-admin-token"
 AUTH = {"Authorization": f"token {ADMIN_TOKEN}"}
@@ -247,18 +246,7 @@ async def add_user(
                     project_id=project.id, principal_kind="user", principal_id=user.id, role=role
                 )
             )
-        session.add(
-            ApiTokenModel(
-                id=uuid.uuid4().hex,
-                user_id=user.id,
-                name="test",
-                token_hash=hash_token(token),
-                scopes=list(scopes),
-                created_at=now,
-                expires_at=None,
-                revoked_at=None,
-            )
-        )
+        session.add(token_row(user.id, "test", token, scopes, now))
     return httpx.Headers({"Authorization": f"token {token}"})
 
 

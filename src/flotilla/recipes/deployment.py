@@ -18,14 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from flotilla.core.units import parse_duration
 from flotilla.lb.config import Algorithm, HealthCheck
-from flotilla.recipes.job import (
-    NAME_PATTERN,
-    GitRepository,
-    JobSpec,
-    Resources,
-    SecretRef,
-    Strict,
-)
+from flotilla.recipes.job import JobSpec, Strict, Workload
 
 _RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
 MAX_REPLICAS = 1000
@@ -90,22 +83,10 @@ class Autoscale(Strict):
         return parse_duration(self.scale_up_delay), parse_duration(self.scale_down_delay)
 
 
-class DeploymentSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
-    owner: str | None = None
-    project: str = Field("default", pattern=NAME_PATTERN)
-    description: str = Field("", max_length=2048)
-    tags: dict[str, str] | None = None
-    image: str | dict[str, Any] | None = None
-    instance_type: str | None = None
-    command: str | list[str]
-    working_directory: str | None = None
-    environment_variables: dict[str, str] = Field(default_factory=dict)
-    git_repositories: list[GitRepository] = Field(default_factory=list)
-    secrets: list[SecretRef] = Field(default_factory=list)
-    start_script: str | None = None
-    resources: Resources = Field(default_factory=lambda: Resources())
-    use_spot_instance: bool = False
+class DeploymentSpec(Workload):
+    """Saturn's deployment fields (`scale`, `routes`, `viewers`, `start_ssh`) on top
+    of the common workload ones, plus replicas, health check and autoscaling."""
+
     scale: int = Field(1, ge=0, le=MAX_REPLICAS, description="replicas, when `replicas` is unset")
     replicas: str | int | None = Field(None, description="a count, or MIN..MAX to autoscale")
     routes: list[Route] = Field(default_factory=lambda: [Route()])
@@ -114,10 +95,6 @@ class DeploymentSpec(Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     algorithm: Algorithm = Algorithm.SOURCE_IP_HASH
     autoscale: Autoscale | None = None
-    # Saturn fields kept so existing recipes apply; recorded, not acted on here.
-    extra_packages: dict[str, Any] | None = None
-    shared_folders: list[dict[str, Any]] = Field(default_factory=list)
-    token_scope: str | None = None
 
     @field_validator("replicas")
     @classmethod
@@ -159,22 +136,8 @@ class DeploymentSpec(Strict):
         env["PORT"] = str(ports[first])
         for container_port, host_port in ports.items():
             env[f"FLOTILLA_PORT_{container_port}"] = str(host_port)
-        job = JobSpec(
-            name=self.name,
-            owner=self.owner,
-            project=self.project,
-            description=self.description,
-            image=self.image,
-            instance_type=self.instance_type,
-            command=self.command,
-            working_directory=self.working_directory,
-            environment_variables=env,
-            git_repositories=self.git_repositories,
-            secrets=self.secrets,
-            start_script=self.start_script,
-            resources=self.resources,
-            use_spot_instance=self.use_spot_instance,
-        )
+        shared = self.model_dump(include=set(Workload.model_fields), exclude_none=True)
+        job = JobSpec.model_validate({**shared, "environment_variables": env})
         return job.model_dump(mode="json", exclude_none=True)
 
 

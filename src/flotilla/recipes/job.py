@@ -122,7 +122,10 @@ class Resources(Strict):
 EnvValue = Annotated[str, Field()]
 
 
-class JobSpec(Strict):
+class Workload(Strict):
+    """What every kind of work states the same way (a job, a deployment): Saturn's
+    common fields, the resources it needs and the project it is charged to."""
+
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
     owner: str | None = None
     description: str = Field("", max_length=2048)
@@ -135,24 +138,14 @@ class JobSpec(Strict):
     git_repositories: list[GitRepository] = Field(default_factory=list)
     secrets: list[SecretRef] = Field(default_factory=list)
     start_script: str | None = None
-    scale: int = Field(1, ge=1, le=10_000)
-    nprocs: int = Field(1, ge=1, le=1024)
     use_spot_instance: bool = False
-    priority: int = Field(
-        0, ge=-1000, le=1000, description="higher runs first; may preempt lower priorities"
-    )
     project: str = Field(
         "default", pattern=NAME_PATTERN, description="the project charged; quotas apply to it"
     )
-    schedule: str | None = None
-    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
-    retries: int = Field(0, ge=0, le=100)
     resources: Resources = Field(default_factory=lambda: Resources())
-    max_duration: str | int | None = None
     # Saturn fields kept for compatibility of existing recipes; honoured by the
     # backends that have the concept (a container backend), recorded by the others.
     extra_packages: dict[str, Any] | None = None
-    start_dind: bool = False
     token_scope: str | None = None
     shared_folders: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -199,6 +192,19 @@ class JobSpec(Strict):
                 item = "true" if item else "false"
             out[key] = str(item) if isinstance(item, int | float) else item
         return out
+
+
+class JobSpec(Workload):
+    scale: int = Field(1, ge=1, le=10_000)
+    nprocs: int = Field(1, ge=1, le=1024)
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="higher runs first; may preempt lower priorities"
+    )
+    schedule: str | None = None
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
+    retries: int = Field(0, ge=0, le=100)
+    max_duration: str | int | None = None
+    start_dind: bool = False
 
     @field_validator("schedule")
     @classmethod

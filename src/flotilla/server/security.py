@@ -9,6 +9,7 @@ import hashlib
 import os
 import secrets
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +31,28 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_row(
+    user_id: str,
+    name: str,
+    plaintext: str,
+    scopes: Iterable[str],
+    now: datetime,
+    expires_at: datetime | None = None,
+) -> ApiTokenModel:
+    """The stored form of an API token: its hash, never the token."""
+    return ApiTokenModel(
+        id=uuid.uuid4().hex,
+        user_id=user_id,
+        name=name,
+        token_hash=hash_token(plaintext),
+        scopes=sorted(scopes),
+        created_at=now,
+        expires_at=expires_at,
+        revoked_at=None,
+        last_used_at=None,
+    )
 
 
 def parse_authorization(header: str | None) -> str:
@@ -89,18 +112,7 @@ async def bootstrap_admin(
         )
     ).first()
     if not known:
-        session.add(
-            ApiTokenModel(
-                id=uuid.uuid4().hex,
-                user_id=admin.id,
-                name="bootstrap admin",
-                token_hash=hash_token(token),
-                scopes=sorted(ALL_SCOPES),
-                created_at=now,
-                expires_at=None,
-                revoked_at=None,
-            )
-        )
+        session.add(token_row(admin.id, "bootstrap admin", token, ALL_SCOPES, now))
     write_secret_file(token_file, token)
 
 

@@ -81,13 +81,8 @@ class Cron(ReconcileLoop):
         policy = ConcurrencyPolicy(recipe.spec.get("concurrency_policy", "Allow"))
         running = await active_runs(session, recipe.id)
         if running and policy == ConcurrencyPolicy.FORBID:
-            record_event(
-                session,
-                kind="cron",
-                actor=ACTOR,
-                now=now,
-                recipe_id=recipe.id,
-                message=f"tick skipped: {len(running)} run(s) active (concurrency_policy Forbid)",
+            _skipped(
+                session, recipe, now, f"{len(running)} run(s) active (concurrency_policy Forbid)"
             )
             return False
         if running and policy == ConcurrencyPolicy.REPLACE:
@@ -99,13 +94,17 @@ class Cron(ReconcileLoop):
             # The owner's budgets apply to the runs their schedule starts.
             await trigger_run(session, recipe, recipe.owner, "cron", now, actor=ACTOR)
         except ClientError as refused:
-            record_event(
-                session,
-                kind="cron",
-                actor=ACTOR,
-                now=now,
-                recipe_id=recipe.id,
-                message=f"tick skipped: {refused.message}",
-            )
+            _skipped(session, recipe, now, refused.message)
             return False
         return True
+
+
+def _skipped(session: AsyncSession, recipe: RecipeModel, now: datetime, why: str) -> None:
+    record_event(
+        session,
+        kind="cron",
+        actor=ACTOR,
+        now=now,
+        recipe_id=recipe.id,
+        message=f"tick skipped: {why}",
+    )

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.replicas import ScalePolicy, ScaleState, decide_scale, restart_backoff
+from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
@@ -54,25 +56,42 @@ class Deployments(ReconcileLoop):
         self.ready = ctx.ready_replicas  # replica runs whose port has answered
         self.unrouted: set[str] = set()  # taken out of the load balancer last step
         self.demanded: set[str] = set()  # deployments a held TCP connection waits on
+        self.changed = False  # this step started or stopped replicas
 
     async def step(self) -> None:
+        # Probing is network work: done before the transaction, never inside it.
+        async with self.ctx.sessions() as session:
+            replicas = [
+                replica
+                for recipe in await live_deployments(session)
+                for replica in await active_replicas(session, recipe)
+            ]
+        await self._probe(replicas)
+        self.changed = False
         now = self.ctx.clock.now()
-        wanted: set[str] = set()
+        configs: dict[str, tuple[LoadBalancerConfig, str]] = {}
         async with self.ctx.transaction() as session:
             for recipe in await live_deployments(session):
-                wanted.add(plane_key(recipe))
-                await self._reconcile(session, recipe, now)
-        for key in self.ctx.lb_plane.running_keys():
-            if key.startswith(f"{DEPLOYMENT}:") and key not in wanted:
-                await self.ctx.lb_plane.remove(key)
-        self.ctx.wakers.scheduler.set()
-        self.ctx.wakers.supervision.set()
+                config = await self._reconcile(session, recipe, now)
+                configs[plane_key(recipe)] = (config, recipe.id)
+        # The load balancers follow what was committed.
+        plane = self.ctx.lb_plane
+        for key, (config, recipe_id) in configs.items():
+            await plane.put(key, config, on_demand=functools.partial(self._demand, recipe_id))
+        for key in plane.running_keys():
+            if key.startswith(f"{DEPLOYMENT}:") and key not in configs:
+                await plane.remove(key)
+        if self.changed:  # replicas to place or to stop
+            self.ctx.wakers.scheduler.set()
+            self.ctx.wakers.supervision.set()
 
-    async def _reconcile(self, session: AsyncSession, recipe: RecipeModel, now: datetime) -> None:
+    async def _reconcile(
+        self, session: AsyncSession, recipe: RecipeModel, now: datetime
+    ) -> LoadBalancerConfig:
+        """Decide one deployment's replicas; returns its load balancer's config."""
         spec = spec_of(recipe)
         state = await deployment_state(session, recipe, spec)
         replicas = [r for r in await active_replicas(session, recipe) if not r.stopping]
-        await self._probe(replicas)
         key = plane_key(recipe)
         self._scale(recipe, spec, state, now)
         current = [r for r in replicas if r.run.recipe_version == recipe.version]
@@ -87,9 +106,8 @@ class Deployments(ReconcileLoop):
         # Old replicas keep serving until as many new ones are ready.
         rolled = len(ready_current) >= min(state.desired_replicas, len(old))
         routed = ready_current + ([] if rolled else [r for r in old if r.run.id in self.ready])
-        config = balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
-        await self.ctx.lb_plane.put(key, config, on_demand=lambda: self._demand(recipe.id))
         self._retire(session, surplus + (old if rolled else []), now)
+        return balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
 
     def _demand(self, recipe_id: str) -> None:
         """A connection waits at the load balancer for a replica: scale from zero."""
@@ -147,8 +165,9 @@ class Deployments(ReconcileLoop):
         return float(direct + in_flight)
 
     async def _probe(self, replicas: list[Replica]) -> None:
-        """Ready = the replica's first port accepts a TCP connection."""
-        live = {r.run.id for r in replicas}
+        """Ready = the replica's first port accepts a TCP connection. `replicas` are
+        all the active ones: readiness of the others is forgotten."""
+        live = {r.run.id for r in replicas if not r.stopping}
         self.ready.intersection_update(live)
         pending = [r for r in replicas if r.running and r.run.id not in self.ready]
         results = await asyncio.gather(*(_answers(r) for r in pending))
@@ -173,6 +192,7 @@ class Deployments(ReconcileLoop):
             ports = (replica.run.replica_ports or {}).values()
             backends = {f"{replica.address}:{p}" for p in ports}
             if replica.run.id in self.ready and backends & offline:
+                self.changed = True
                 request_stop(
                     session,
                     replica.run,
@@ -202,6 +222,7 @@ class Deployments(ReconcileLoop):
             wait = restart_backoff(exits)
             if (now - state.last_restart_at).total_seconds() < wait:
                 return
+        self.changed = True
         for _ in range(missing):
             current.append(Replica(start_replica(session, recipe, spec, now), None))
         if exits:
@@ -213,6 +234,7 @@ class Deployments(ReconcileLoop):
         connections had a step to drain); mark the others for the next one."""
         for replica in leaving:
             if replica.run.id in self.unrouted or replica.run.id not in self.ready:
+                self.changed = True
                 request_stop(
                     session, replica.run, reason="replica no longer needed", actor=ACTOR, now=now
                 )

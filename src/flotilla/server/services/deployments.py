@@ -22,6 +22,7 @@ from flotilla.core.status import RunStatus
 from flotilla.lb import Backend, Listener, LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.services.recipes import live_recipes
 from flotilla.server.services.runs import create_run
 
 DEPLOYMENT = "deployment"
@@ -47,10 +48,7 @@ def plane_key(recipe: RecipeModel) -> str:
 
 
 async def live_deployments(session: AsyncSession) -> Sequence[RecipeModel]:
-    query = select(RecipeModel).where(
-        RecipeModel.type == DEPLOYMENT, RecipeModel.deleted_at.is_(None)
-    )
-    return (await session.execute(query)).scalars().all()
+    return await live_recipes(session, DEPLOYMENT)
 
 
 async def deployment_state(

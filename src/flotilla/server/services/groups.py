@@ -16,15 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.errors import NotFound
 from flotilla.recipes.identity import GroupSpec, check_name, invalid
 from flotilla.server.db.models import (
-    BudgetModel,
     GroupMemberModel,
     GroupModel,
     ProjectMemberModel,
-    SecretModel,
     UserModel,
 )
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
+from flotilla.server.services.owners import forget_owner
 from flotilla.server.services.users import (
     ensure_name_free,
     find_user_by_name,
@@ -163,16 +162,7 @@ async def delete_group(session: AsyncSession, group: GroupModel, actor: str, now
         )
     )
     await session.execute(delete(GroupMemberModel).where(GroupMemberModel.group_id == group.id))
-    await session.execute(
-        delete(BudgetModel).where(
-            BudgetModel.scope_kind == "group", BudgetModel.scope_name == group.name
-        )
-    )
-    await session.execute(
-        delete(SecretModel).where(
-            SecretModel.owner_kind == "group", SecretModel.owner == group.name
-        )
-    )
+    await forget_owner(session, "group", group.name)
     await session.delete(group)
     record_event(
         session, kind="identity", message=f"group {group.name} deleted", actor=actor, now=now

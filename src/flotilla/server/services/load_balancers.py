@@ -20,6 +20,7 @@ from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.load_balancer import LoadBalancerSpec
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.lbplane import LoadBalancerPlane
+from flotilla.server.services.recipes import live_recipes
 
 LOAD_BALANCER = "load_balancer"
 
@@ -34,10 +35,7 @@ def config_of(recipe: RecipeModel, settings: Settings) -> LoadBalancerConfig:
 
 
 async def live_load_balancers(session: AsyncSession) -> Sequence[RecipeModel]:
-    query = select(RecipeModel).where(
-        RecipeModel.type == LOAD_BALANCER, RecipeModel.deleted_at.is_(None)
-    )
-    return (await session.execute(query)).scalars().all()
+    return await live_recipes(session, LOAD_BALANCER)
 
 
 async def ports_in_use(

@@ -17,17 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.errors import Conflict, Forbidden, NotFound
 from flotilla.recipes.identity import ProjectMemberSpec, ProjectSpec, check_name, invalid
 from flotilla.server.db.models import (
-    BudgetModel,
     GroupModel,
     ProjectMemberModel,
     ProjectModel,
     RecipeModel,
-    SecretModel,
     UserModel,
 )
 from flotilla.server.identity import Identity, Role
 from flotilla.server.services.events import record_event
 from flotilla.server.services.groups import find_group_by_name
+from flotilla.server.services.owners import forget_owner
 from flotilla.server.services.users import find_user_by_name, flush_or_conflict
 from flotilla.server.services.views import iso
 
@@ -227,16 +226,7 @@ async def delete_project(
     await session.execute(
         delete(ProjectMemberModel).where(ProjectMemberModel.project_id == project.id)
     )
-    await session.execute(
-        delete(BudgetModel).where(
-            BudgetModel.scope_kind == "project", BudgetModel.scope_name == project.name
-        )
-    )
-    await session.execute(
-        delete(SecretModel).where(
-            SecretModel.owner_kind == "project", SecretModel.owner == project.name
-        )
-    )
+    await forget_owner(session, "project", project.name)
     await session.delete(project)
     record_event(
         session, kind="identity", message=f"project {project.name} deleted", actor=actor, now=now

@@ -252,6 +252,14 @@ async def list_recipes(
     return (await session.execute(query.order_by(RecipeModel.name))).scalars().all()
 
 
+async def live_recipes(session: AsyncSession, recipe_type: str) -> Sequence[RecipeModel]:
+    """Every recipe of a type that is not deleted, for the reconcilers."""
+    query = select(RecipeModel).where(
+        RecipeModel.type == recipe_type, RecipeModel.deleted_at.is_(None)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
 async def recipe_versions(session: AsyncSession, recipe_id: str) -> Sequence[RecipeVersionModel]:
     query = (
         select(RecipeVersionModel)

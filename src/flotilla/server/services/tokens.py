@@ -9,7 +9,6 @@ that token has (a read-only token cannot mint a writable one).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from flotilla.errors import Conflict, Forbidden, NotFound
 from flotilla.recipes.identity import invalid
 from flotilla.server.db.models import ApiTokenModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, Scope
-from flotilla.server.security import hash_token, new_token
+from flotilla.server.security import new_token, token_row
 from flotilla.server.services.events import record_event
 from flotilla.server.services.views import iso
 
@@ -87,17 +86,7 @@ async def create_token(
         raise invalid("name", "must be 1-128 characters")
     granted = check_scopes(caller, user, scopes)
     plaintext = new_token()
-    token = ApiTokenModel(
-        id=uuid.uuid4().hex,
-        user_id=user.id,
-        name=name,
-        token_hash=hash_token(plaintext),
-        scopes=granted,
-        created_at=now,
-        expires_at=expires_at,
-        revoked_at=None,
-        last_used_at=None,
-    )
+    token = token_row(user.id, name, plaintext, granted, now, expires_at)
     session.add(token)
     record_event(
         session,

@@ -30,19 +30,18 @@ from flotilla.recipes.identity import (
 from flotilla.server.auth import passwords
 from flotilla.server.db.models import (
     ApiTokenModel,
-    BudgetModel,
     GroupMemberModel,
     GroupModel,
     ProjectMemberModel,
     ProjectModel,
     RecipeModel,
-    SecretModel,
     SessionModel,
     UserModel,
 )
 from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
 from flotilla.server.security import ADMIN_USER
 from flotilla.server.services.events import record_event
+from flotilla.server.services.owners import forget_owner
 from flotilla.server.services.views import iso
 
 MIN_PASSWORD_LENGTH = 8
@@ -224,14 +223,7 @@ async def delete_user(session: AsyncSession, user: UserModel, actor: str, now: d
     )
     for model in (GroupMemberModel, ApiTokenModel, SessionModel):
         await session.execute(delete(model).where(model.user_id == user.id))
-    await session.execute(
-        delete(BudgetModel).where(
-            BudgetModel.scope_kind == "user", BudgetModel.scope_name == user.name
-        )
-    )
-    await session.execute(
-        delete(SecretModel).where(SecretModel.owner_kind == "user", SecretModel.owner == user.name)
-    )
+    await forget_owner(session, "user", user.name)
     await session.delete(user)
     record_event(
         session, kind="identity", message=f"user {user.name} deleted", actor=actor, now=now
