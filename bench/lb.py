@@ -312,8 +312,17 @@ def wait_port(port: int, within: float = 15.0) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU time of the process and of its live children (the proxy's workers)."""
+    total = 0.0
+    for each in [pid, *child_pids(pid)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
 
 
 def own_cpu_seconds() -> float:
@@ -378,7 +387,7 @@ def start_haproxy(
     return Proxy("haproxy", port, proc, lambda k: status(k) == "DOWN", lambda k: status(k) == "UP")
 
 
-def start_flotilla(port: int, backends: list[Backend], root: Path) -> Proxy:
+def start_flotilla(port: int, backends: list[Backend], root: Path, workers: int) -> Proxy:
     stats_port = free_port()
     (root / "flotilla.json").write_text(lb_config(port, backends).model_dump_json())
     log = open(root / "flotilla.log", "ab")  # noqa: SIM115
@@ -386,6 +395,7 @@ def start_flotilla(port: int, backends: list[Backend], root: Path) -> Proxy:
         [
             sys.executable, "-m", "flotilla.lb.serve", str(root / "flotilla.json"),
             "--stats-port", str(stats_port), "--log-level", "WARNING",
+            "--workers", str(workers),
         ],
         stdout=log,
         stderr=log,
@@ -576,7 +586,7 @@ def run(args: argparse.Namespace, binary: str, root: Path) -> dict[str, Any]:
     try:
         proxies = [
             start_haproxy(binary, free_port(), backends, root, args.haproxy_threads),
-            start_flotilla(free_port(), backends, root),
+            start_flotilla(free_port(), backends, root, args.flotilla_workers),
         ]
         for proxy in proxies:
             for backend in backends:
@@ -619,6 +629,12 @@ def main() -> None:
     parser.add_argument(
         "--haproxy-threads", type=int, default=None, help="HAProxy nbthread (default: its own)"
     )
+    parser.add_argument(
+        "--flotilla-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Flotilla data plane processes (default: one per CPU, as HAProxy's threads)",
+    )
     parser.add_argument("--backend", help=argparse.SUPPRESS)  # NAME:PORT, internal
     args = parser.parse_args()
     if args.backend:
@@ -652,6 +668,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "haproxy_version": version,
         "haproxy_threads": args.haproxy_threads or "default (one per CPU)",
+        "flotilla_workers": args.flotilla_workers,
         **figures,
     }
     for name in ("haproxy", "flotilla"):

@@ -107,6 +107,9 @@ def lb_serve(
     ] = None,
     stats_host: Annotated[str, typer.Option(help="address of the stats port")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ...")] = "INFO",
+    workers: Annotated[
+        int, typer.Option(min=1, help="processes serving the same ports (one per core)")
+    ] = 1,
 ) -> None:
     """Run one load balancer from a config file in the foreground, without a server.
 
@@ -127,7 +130,7 @@ def lb_serve(
     ports = ", ".join(f"{ls.host}:{ls.port}" for ls in parsed.listeners) or "no listeners"
     print(f"serving load balancer {parsed.name} on {ports}", flush=True)
     try:
-        run_forever(config, stats_host=stats_host, stats_port=stats_port)
+        run_forever(config, stats_host=stats_host, stats_port=stats_port, workers=workers)
     except OSError as e:
         fail(f"cannot listen: {e.strerror or e}", "is another process using the port?")
 

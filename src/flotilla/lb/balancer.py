@@ -49,8 +49,12 @@ class LoadBalancer:
         prober: Prober = tcp_probe,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        # Several processes serving the same ports (`serve --workers`): the kernel
+        # spreads new connections over their sockets (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.listeners: dict[int, ListenerRuntime] = {}  # by port
         self.retired: list[ListenerRuntime] = []  # removed, draining their connections
         self._prober = prober
@@ -151,6 +155,7 @@ class LoadBalancer:
             config.port,
             backlog=BACKLOG,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
 
     async def _retire(self, runtime: ListenerRuntime) -> None:

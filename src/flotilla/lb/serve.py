@@ -1,8 +1,13 @@
 """Run one load balancer from a YAML/JSON file until SIGTERM/SIGINT, on uvloop when
 it is installed. SIGHUP re-reads the file and applies it live. With a stats port,
-`GET /metrics` answers Prometheus text and `GET /stats` the JSON snapshot.
+`GET /metrics` answers Prometheus text and `GET /stats` the JSON snapshot (of the
+first worker).
 
-    python -m flotilla.lb.serve lb.yaml [--stats-port 9100]
+    python -m flotilla.lb.serve lb.yaml [--stats-port 9100] [--workers 2]
+
+With `--workers N`, N processes serve the same ports (SO_REUSEPORT: the kernel
+spreads new connections over them), each with its own health checks; one Python
+process tops out at one core, and accepting connections is where it spends most.
 
 `run_forever` is what a future `flo lb serve` command calls; `serve` is the same
 as a coroutine for callers that own a loop.
@@ -13,8 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -28,6 +35,7 @@ from flotilla.lb.config import read_config
 
 log = logging.getLogger("flotilla.lb")
 DRAIN_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent dies
 
 
 async def serve(
@@ -36,10 +44,11 @@ async def serve(
     stats_host: str = "127.0.0.1",
     stats_port: int | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain connections."""
     stop = stop or asyncio.Event()
-    balancer = LoadBalancer(read_config(config_path))
+    balancer = LoadBalancer(read_config(config_path), reuse_port=reuse_port)
     await balancer.start()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
@@ -120,11 +129,50 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run_forever(
-    config_path: str | Path, *, stats_host: str = "127.0.0.1", stats_port: int | None = None
+    config_path: str | Path,
+    *,
+    stats_host: str = "127.0.0.1",
+    stats_port: int | None = None,
+    workers: int = 1,
 ) -> None:
-    """Blocking entry point: serve `config_path` until SIGTERM/SIGINT."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config_path, stats_host=stats_host, stats_port=stats_port))
+    """Blocking entry point: serve `config_path` until SIGTERM/SIGINT, in `workers`
+    processes (this one and `workers - 1` forked before any event loop exists)."""
+    children = [_fork_worker(config_path) for _ in range(workers - 1)]
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(
+                serve(
+                    config_path,
+                    stats_host=stats_host,
+                    stats_port=stats_port,
+                    reuse_port=workers > 1,
+                )
+            )
+    finally:
+        for pid in children:  # they drain like this one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _fork_worker(config_path: str | Path) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # The worker: ends with its parent, serves the same ports, exits without
+    # running the parent's cleanup.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    code = 0
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(config_path, reuse_port=True))
+    except BaseException:
+        log.exception("load balancer worker %d failed", os.getpid())
+        code = 1
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,10 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", type=Path, help="YAML or JSON LoadBalancerConfig")
     parser.add_argument("--stats-host", default="127.0.0.1")
     parser.add_argument("--stats-port", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="processes serving the ports")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    run_forever(args.config, stats_host=args.stats_host, stats_port=args.stats_port)
+    run_forever(
+        args.config, stats_host=args.stats_host, stats_port=args.stats_port, workers=args.workers
+    )
 
 
 if __name__ == "__main__":
