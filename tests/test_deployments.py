@@ -11,6 +11,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import pytest
 from sqlalchemy import select
 
 from flotilla.recipes import parse_recipe_text
-from flotilla.server.db.models import RecipeModel, RunModel
+from flotilla.server.db.models import EventModel, RecipeModel, RunModel
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import add_user, wait_for
+from tests.factories import add_usage, add_user, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -307,3 +308,23 @@ async def test_the_readme_example_serves(api: Api) -> None:
         return response.status_code == 200 and "Directory listing" in response.text
 
     await wait_for(served, timeout=60, what="the example deployment")
+
+
+async def test_a_spent_budget_starts_no_replica_and_says_why(api: Api) -> None:
+    assert (
+        await api.client.put("/api/budgets/user/admin", json={"dollars_per_month": 1})
+    ).status_code == 200
+    now = api.ctx.clock.now()
+    await add_usage(api.ctx, user="admin", started_at=now - timedelta(hours=1), ended_at=now)
+    await api.client.put("/api/recipes", json=deployment())
+
+    async def said_why() -> list[str] | None:
+        async with api.ctx.sessions() as session:
+            query = select(EventModel.message).where(EventModel.kind == "deployment")
+            messages = list((await session.execute(query)).scalars())
+        return messages or None
+
+    (message,) = await wait_for(said_why, what="the refusal event")
+    assert message.startswith("no new replica: user admin has used $")
+    await asyncio.sleep(1)
+    assert (await view(api))["replicas"] == []

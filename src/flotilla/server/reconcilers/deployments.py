@@ -22,11 +22,13 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.replicas import ScalePolicy, ScaleState, decide_scale, restart_backoff
+from flotilla.errors import ClientError
 from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.budgets import check_new_run
 from flotilla.server.services.deployments import (
     ACTOR,
     DEPLOYMENT,
@@ -40,6 +42,7 @@ from flotilla.server.services.deployments import (
     spec_of,
     start_replica,
 )
+from flotilla.server.services.events import record_event
 from flotilla.server.services.runs import request_stop
 
 PROBE_TIMEOUT = 1.0
@@ -57,6 +60,7 @@ class Deployments(ReconcileLoop):
         self.unrouted: set[str] = set()  # taken out of the load balancer last step
         self.demanded: set[str] = set()  # deployments a held TCP connection waits on
         self.changed = False  # this step started or stopped replicas
+        self.refused: dict[str, str] = {}  # deployment -> why a budget refuses replicas
 
     async def step(self) -> None:
         # Probing is network work: done before the transaction, never inside it.
@@ -222,6 +226,22 @@ class Deployments(ReconcileLoop):
             wait = restart_backoff(exits)
             if (now - state.last_restart_at).total_seconds() < wait:
                 return
+        try:
+            # A replica is a new run: the owner's budgets apply (running ones stay).
+            await check_new_run(session, recipe, recipe.owner, now)
+        except ClientError as refused:
+            if self.refused.get(recipe.id) != refused.message:  # said once, not every step
+                self.refused[recipe.id] = refused.message
+                record_event(
+                    session,
+                    kind="deployment",
+                    message=f"no new replica: {refused.message}",
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=recipe.id,
+                )
+            return
+        self.refused.pop(recipe.id, None)
         self.changed = True
         for _ in range(missing):
             current.append(Replica(start_replica(session, recipe, spec, now), None))
