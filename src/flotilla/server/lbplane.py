@@ -27,7 +27,7 @@ class LoadBalancerPlane:
         self.balancers: dict[str, LoadBalancer] = {}
         self.errors: dict[str, str] = {}
         self.drain_seconds = drain_seconds
-        self._draining: set[asyncio.Task[bool]] = set()
+        self._draining: dict[asyncio.Task[bool], LoadBalancer] = {}
         self.collector = LoadBalancerCollector(lambda: list(self.balancers.values()))
 
     async def put(
@@ -58,8 +58,8 @@ class LoadBalancerPlane:
         self.errors.pop(key, None)
         if balancer is not None:
             task = asyncio.create_task(balancer.drain(self.drain_seconds))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._draining[task] = balancer
+            task.add_done_callback(lambda done: self._draining.pop(done, None))
 
     def running_keys(self) -> Iterator[str]:
         return iter(list(self.balancers))
@@ -69,9 +69,11 @@ class LoadBalancerPlane:
         return balancer.snapshot() if balancer is not None else None
 
     async def close(self) -> None:
-        """Stop everything now (server shutdown)."""
-        for task in list(self._draining):
+        """Stop everything now (server shutdown), draining ones included."""
+        draining = list(self._draining.items())
+        for task, _ in draining:
             task.cancel()
-        for balancer in list(self.balancers.values()):
+        await asyncio.gather(*(task for task, _ in draining), return_exceptions=True)
+        for balancer in [*self.balancers.values(), *(b for _, b in draining)]:
             await balancer.stop()
         self.balancers.clear()
