@@ -60,6 +60,12 @@ class ClientSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         client = self.client = cast(asyncio.Transport, transport)
         listener = self.listener
+        if listener.draining:
+            # Accepted by the kernel just before the listener closed, and handed to
+            # us after: nobody would ever close it (a stopped balancer included).
+            self.closed = True
+            client.abort()
+            return
         listener.accepted += 1
         ip = self.ip = client.get_extra_info("peername")[0]
         if not listener.allowed(ip):

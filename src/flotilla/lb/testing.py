@@ -52,10 +52,10 @@ class TagBackend:
         if self._server is not None:
             self._server.close()
             self._server = None
-        # A connection accepted just now has a handler task that has not run yet:
-        # let it start and register, or its socket would outlive the test.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        # A connection accepted just now reaches its handler a few loop turns later
+        # (transport, then protocol, then the handler task): let it register, or
+        # its socket would outlive the test.
+        await asyncio.sleep(0.05)
         if drop:
             for writer in list(self._writers):
                 writer.transport.abort()
