@@ -18,6 +18,7 @@ from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.provider import Provider
 from flotilla.config import Settings
+from flotilla.server.auth.throttle import LoginThrottle
 from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.traffic import RequestMeter
@@ -57,6 +58,8 @@ class ServerContext:
     lb_plane: LoadBalancerPlane = field(default_factory=LoadBalancerPlane)
     # Requests per second through the deployments' front door (`frontdoor.py`).
     request_meter: RequestMeter = field(default_factory=lambda: RequestMeter())
+    # Failed password logins, to refuse guessing (`auth/throttle.py`).
+    login_throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle())
     # Deployment replicas (run ids) whose port has answered: the ones routed to.
     ready_replicas: set[str] = field(default_factory=set)
 

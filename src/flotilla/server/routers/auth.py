@@ -20,6 +20,7 @@ from flotilla.server.auth import sso
 from flotilla.server.auth.keys import public_jwks, rotate_signing_key
 from flotilla.server.auth.oidc import OidcClient, OidcConfig, sso_failed
 from flotilla.server.auth.sessions import IssuedTokens, LoginRefused
+from flotilla.server.auth.throttle import TooManyAttempts
 from flotilla.server.auth.tokens import TokenPolicy, unverified_session_id
 from flotilla.server.context import ServerContext
 from flotilla.server.routers.deps import Caller, Ctx
@@ -67,13 +68,19 @@ def _tokens(request: Request, tokens: IssuedTokens, detail: str) -> TokenRespons
 async def login(request: Request, ctx: Ctx, body: LoginRequest) -> TokenResponse:
     """Log in with a user name and password; returns an access and a refresh token."""
     request.state.audit_actor = body.username
+    address = _source_ip(request)
     try:
-        tokens = await session_service.password_login(
-            ctx, body.username, body.password, _source_ip(request)
-        )
+        ctx.login_throttle.check(body.username, address)
+    except TooManyAttempts:
+        request.state.audit_detail = "login refused: too many failed attempts"
+        raise
+    try:
+        tokens = await session_service.password_login(ctx, body.username, body.password, address)
     except LoginRefused as e:
+        ctx.login_throttle.failed(body.username, address)
         request.state.audit_detail = f"login failed: {e.reason}"
         raise
+    ctx.login_throttle.succeeded(body.username)
     return _tokens(request, tokens, "password login")
 
 
