@@ -32,7 +32,8 @@ from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.identity import Identity
 from flotilla.server.security import authenticate
-from flotilla.server.services.deployments import DEPLOYMENT, plane_key
+from flotilla.server.services.deployments import DEPLOYMENT
+from flotilla.server.services.load_balancers import plane_key
 
 router = APIRouter(include_in_schema=False)
 
@@ -172,7 +173,6 @@ class Routes:
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[tuple[str, ...], Selector[Target]]] = {}
-        self.in_flight: dict[str, int] = {}
 
     def selector(
         self, ctx: ServerContext, recipe: RecipeModel, spec: DeploymentSpec, port: int

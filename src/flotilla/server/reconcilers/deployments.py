@@ -37,12 +37,12 @@ from flotilla.server.services.deployments import (
     balancer_config,
     deployment_state,
     live_deployments,
-    plane_key,
     recent_exits,
     spec_of,
     start_replica,
 )
 from flotilla.server.services.events import record_event
+from flotilla.server.services.load_balancers import plane_key
 from flotilla.server.services.runs import request_stop
 
 PROBE_TIMEOUT = 1.0

@@ -17,9 +17,8 @@ from flotilla.server.services.deployments import (
     DEPLOYMENT,
     active_replicas,
     deployment_view_state,
-    plane_key,
 )
-from flotilla.server.services.load_balancers import load_balancer_state
+from flotilla.server.services.load_balancers import load_balancer_state, plane_key
 from flotilla.server.services.runs import stop_active_runs
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])

@@ -13,6 +13,7 @@ from flotilla.recipes.envelope import recipe_json_schema
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.deployments import DEPLOYMENT
 from flotilla.server.services.fleet_checks import check_fleet
 from flotilla.server.services.fleet_views import fleet_recipe_states
 from flotilla.server.services.fleets import FLEET
@@ -25,7 +26,6 @@ from flotilla.server.services.load_balancers import (
 from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
-DEPLOYMENT = "deployment"
 
 # The body is validated by `recipes.parse_recipe` (for its field-path errors and
 # "did you mean" hints); this documents its shape in the OpenAPI schema.

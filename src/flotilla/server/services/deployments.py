@@ -9,7 +9,6 @@ recipe version it runs (`recipe_version`) so a rolling update can tell old from 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from flotilla.core.status import RunStatus
 from flotilla.lb import Backend, Listener, LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.services.launch import free_port
 from flotilla.server.services.recipes import live_recipes
 from flotilla.server.services.runs import create_run
 
@@ -32,19 +32,8 @@ RECENT = timedelta(minutes=5)
 HOLD_SECONDS = 120.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def spec_of(recipe: RecipeModel) -> DeploymentSpec:
     return DeploymentSpec.model_validate(recipe.spec)
-
-
-def plane_key(recipe: RecipeModel) -> str:
-    return f"{DEPLOYMENT}:{recipe.id}"
 
 
 async def live_deployments(session: AsyncSession) -> Sequence[RecipeModel]:

@@ -26,6 +26,7 @@ LOAD_BALANCER = "load_balancer"
 
 
 def plane_key(recipe: RecipeModel) -> str:
+    """The data plane's key for a recipe's load balancer (its own, or a deployment's)."""
     return f"{recipe.type}:{recipe.id}"
 
 

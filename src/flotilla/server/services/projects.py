@@ -27,7 +27,11 @@ from flotilla.server.identity import Identity, Role
 from flotilla.server.services.events import record_event
 from flotilla.server.services.groups import find_group_by_name
 from flotilla.server.services.owners import forget_owner
-from flotilla.server.services.users import find_user_by_name, flush_or_conflict
+from flotilla.server.services.users import (
+    find_user_by_name,
+    flush_or_conflict,
+    refuse_while_live,
+)
 from flotilla.server.services.views import iso
 
 PRINCIPAL_KINDS = ("user", "group")
@@ -210,19 +214,12 @@ async def delete_project(
 ) -> None:
     """Delete a project with its members, budgets and secrets; refused while live
     recipes are in it (their usage is billed to it)."""
-    live = (
-        await session.execute(
-            select(RecipeModel.type, RecipeModel.name)
-            .where(RecipeModel.project == project.name, RecipeModel.deleted_at.is_(None))
-            .order_by(RecipeModel.type, RecipeModel.name)
-        )
-    ).all()
-    if live:
-        listed = ", ".join(f"{t} {n}" for t, n in live[:5]) + (" ..." if len(live) > 5 else "")
-        raise Conflict(
-            f"project {project.name} has {len(live)} live recipe(s) ({listed}): "
-            "delete them or move them to another project first"
-        )
+    await refuse_while_live(
+        session,
+        RecipeModel.project == project.name,
+        f"project {project.name} has",
+        "delete them or move them to another project first",
+    )
     await session.execute(
         delete(ProjectMemberModel).where(ProjectMemberModel.project_id == project.id)
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -232,19 +232,28 @@ async def delete_user(session: AsyncSession, user: UserModel, actor: str, now: d
 
 async def refuse_if_owner(session: AsyncSession, kind: str, name: str) -> None:
     """409 while `name` owns live recipes (jobs, fleets...)."""
-    owned = (
+    await refuse_while_live(
+        session,
+        RecipeModel.owner == name,
+        f"{kind} {name} owns",
+        "delete them or apply them with another owner first",
+    )
+
+
+async def refuse_while_live(
+    session: AsyncSession, where: ColumnElement[bool], who: str, advice: str
+) -> None:
+    """409 while live recipes match `where`, naming up to five of them."""
+    rows = (
         await session.execute(
             select(RecipeModel.type, RecipeModel.name)
-            .where(RecipeModel.owner == name, RecipeModel.deleted_at.is_(None))
+            .where(where, RecipeModel.deleted_at.is_(None))
             .order_by(RecipeModel.type, RecipeModel.name)
         )
     ).all()
-    if owned:
-        listed = ", ".join(f"{t} {n}" for t, n in owned[:5]) + (" ..." if len(owned) > 5 else "")
-        raise Conflict(
-            f"{kind} {name} owns {len(owned)} live recipe(s) ({listed}): "
-            "delete them or apply them with another owner first"
-        )
+    if rows:
+        listed = ", ".join(f"{t} {n}" for t, n in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        raise Conflict(f"{who} {len(rows)} live recipe(s) ({listed}): {advice}")
 
 
 def add_ssh_key(user: UserModel, text: str) -> dict[str, Any]:
