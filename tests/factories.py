@@ -151,6 +151,7 @@ class ServerProcess:
             "FLOTILLA_ADMIN_TOKEN": ADMIN_TOKEN,
             "FLOTILLA_PORT": str(self.port),
             "FLOTILLA_STOP_GRACE": "2",
+            "FLOTILLA_SSH_PORT": "0",  # servers run side by side: any free port
             **env,
         }
         if database_url:

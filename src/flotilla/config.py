@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8765
+DEFAULT_SSH_PORT = 2222
 
 
 def default_data_dir() -> Path:
@@ -53,6 +54,10 @@ class Settings:
     oidc_client_secret: str | None = None
     oidc_redirect_url: str | None = None
     oidc_scopes: str = "openid email profile"
+    # The SSH gateway's port (`server/ssh`): 0 for any free one, None for no gateway.
+    # Off unless asked for here; `from_env` (what `flo server` uses) turns it on at
+    # DEFAULT_SSH_PORT unless FLOTILLA_SSH_PORT says otherwise.
+    ssh_port: int | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -68,6 +73,7 @@ class Settings:
             values["host"] = env["FLOTILLA_HOST"]
         if env.get("FLOTILLA_PORT"):
             values["port"] = int(env["FLOTILLA_PORT"])
+        values["ssh_port"] = _ssh_port(env.get("FLOTILLA_SSH_PORT", ""))
         if env.get("FLOTILLA_LOCAL_NODE"):
             values["local_node"] = env["FLOTILLA_LOCAL_NODE"].lower() not in ("0", "false", "no")
         if env.get("FLOTILLA_SIM_PROVISIONING_DELAY"):
@@ -117,3 +123,15 @@ class Settings:
     @property
     def agent_socket(self) -> Path:
         return self.data_dir / "agent.sock"
+
+
+def _ssh_port(text: str) -> int | None:
+    """FLOTILLA_SSH_PORT: a port, 0 for any free one, or off."""
+    text = text.strip().lower()
+    if not text:
+        return DEFAULT_SSH_PORT
+    if text in ("off", "no", "false", "none"):
+        return None
+    if not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"FLOTILLA_SSH_PORT must be a port number, 0 or 'off', not {text!r}")
+    return int(text)

@@ -28,6 +28,7 @@ from flotilla.cli.projects import register as register_projects
 from flotilla.cli.queue import register as register_queue
 from flotilla.cli.serving import register as register_serving
 from flotilla.cli.simulate import simulate_command, trace_command
+from flotilla.cli.ssh import register as register_ssh
 from flotilla.cli.tokens import register as register_tokens
 from flotilla.cli.usage import register as register_usage
 from flotilla.cli.users import register as register_users
@@ -401,6 +402,7 @@ register_groups(app)  # flo group create|list|show|delete|add-member|remove-memb
 register_projects(app)  # flo project create|list|show|delete|add-member|remove-member
 register_tokens(app)  # flo token create|list|revoke
 register_serving(app)  # flo lb list|describe|delete|serve, flo deployments, flo deployment ...
+register_ssh(app)  # flo ssh TARGET
 
 
 def main() -> None:

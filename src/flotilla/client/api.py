@@ -209,6 +209,9 @@ class FlotillaClient:
     def status(self) -> dict[str, Any]:
         return dict(self._request("GET", "/api/status"))
 
+    def ssh_info(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/ssh"))
+
     # sessions and signing keys
     def login(self, username: str, password: str) -> dict[str, Any]:
         body = {"username": username, "password": password}

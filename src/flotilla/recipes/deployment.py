@@ -91,7 +91,6 @@ class DeploymentSpec(Workload):
     replicas: str | int | None = Field(None, description="a count, or MIN..MAX to autoscale")
     routes: list[Route] = Field(default_factory=lambda: [Route()])
     viewers: list[Viewer] = Field(default_factory=list)
-    start_ssh: bool = False
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     algorithm: Algorithm = Algorithm.SOURCE_IP_HASH
     autoscale: Autoscale | None = None

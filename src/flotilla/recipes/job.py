@@ -139,6 +139,9 @@ class Workload(Strict):
     secrets: list[SecretRef] = Field(default_factory=list)
     start_script: str | None = None
     use_spot_instance: bool = False
+    start_ssh: bool = Field(
+        False, description="allow SSH into its running tasks through the server's SSH gateway"
+    )
     project: str = Field(
         "default", pattern=NAME_PATTERN, description="the project charged; quotas apply to it"
     )

@@ -62,6 +62,7 @@ from flotilla.server.routers import (
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
 from flotilla.server.services.nodes import ensure_local_node
+from flotilla.server.ssh.gateway import SshGateway
 
 log = logging.getLogger("flotilla.server")
 
@@ -117,6 +118,9 @@ def create_app(
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx
         app.state.loops = loops
+        if settings.ssh_port is not None:
+            ctx.ssh_gateway = SshGateway(ctx)
+            await ctx.ssh_gateway.start(settings.host, settings.ssh_port)
         # Re-adopt whatever ran while we were down before taking new work.
         await supervision.step()
         for loop in loops:
@@ -133,6 +137,8 @@ def create_app(
             for loop in loops:
                 await loop.stop()
             await ctx.lb_plane.close()
+            if ctx.ssh_gateway is not None:
+                await ctx.ssh_gateway.close()
             if (client := getattr(app.state, "frontdoor_client", None)) is not None:
                 await client.aclose()
             await ctx.backend.close()

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,6 +23,9 @@ from flotilla.server.auth.throttle import LoginThrottle
 from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.traffic import RequestMeter
+
+if TYPE_CHECKING:
+    from flotilla.server.ssh.gateway import SshGateway
 
 
 @dataclass
@@ -62,6 +66,8 @@ class ServerContext:
     login_throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle())
     # Deployment replicas (run ids) whose port has answered: the ones routed to.
     ready_replicas: set[str] = field(default_factory=set)
+    # SSH access to tasks that allow it (`start_ssh`); None when the port is off.
+    ssh_gateway: SshGateway | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -1,5 +1,5 @@
-"""Server status, the caller's identity and the instance sizes (`/api/info/servers`,
-which saturn-client reads for `sc options`)."""
+"""Server status, the caller's identity, the instance sizes (`/api/info/servers`,
+which saturn-client reads for `sc options`) and where the SSH gateway listens."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flotilla import __version__
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.users import get_user, user_view
 from flotilla.server.services.views import API_VERSION
+from flotilla.server.ssh.gateway import gateway_info
 
 router = APIRouter(prefix="/api", tags=["status"])
 
@@ -53,3 +54,10 @@ async def servers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
             "description": "this machine",
         }
     return {"sizes": sizes, "auto_shutoff": ["Never"], "disk_space": []}
+
+
+@router.get("/ssh")
+async def ssh(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """The SSH gateway: its port and host key, so `flo ssh` can connect and check
+    the host without trusting it on first use."""
+    return gateway_info(ctx.ssh_gateway)

@@ -1,0 +1,84 @@
+"""What a running task's processes hold, read from Linux's /proc: their environment,
+working directory, session, and the TCP ports they listen on.
+
+The SSH gateway (`server/ssh`) uses it to open a shell *inside* a task (same
+environment, same directory) and to allow port forwarding only to sockets the
+task's own processes listen on. Reads only; never signals anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
+
+
+def environment(pid: int) -> dict[str, str] | None:
+    """The environment the process was started with, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    env: dict[str, str] = {}
+    for entry in raw.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and name:
+            env[name.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def working_directory(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def session_id(pid: int) -> int | None:
+    """The process's session id (what `setsid` starts), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; split after it.
+    return int(stat[stat.rindex(")") + 2 :].split()[3])
+
+
+def processes_in_sessions(sessions: Iterable[int]) -> list[int]:
+    """Every live process whose session is one of `sessions`."""
+    wanted = set(sessions)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and session_id(int(entry)) in wanted:
+            found.append(int(entry))
+    return found
+
+
+def listening_ports(pids: Iterable[int]) -> set[int]:
+    """The TCP ports (IPv4 and IPv6) on which one of `pids` holds a listening socket."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

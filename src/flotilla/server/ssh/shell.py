@@ -1,0 +1,315 @@
+"""One SSH session inside a running task: a shell, a command or SFTP, started with
+the task's own environment and working directory, its bytes carried both ways.
+
+With a terminal the process gets a pseudo-terminal (and job control); without one,
+plain pipes, stderr kept apart. Output is read only while the client's window has
+room, and input stops being read from the client while the process does not read
+it, so neither side can make the gateway buffer without bound. Created by the
+gateway's `session_requested`; the gateway ends sessions whose task has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import sys
+import termios
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from flotilla.runtime import proctree
+from flotilla.server.ssh.targets import Target
+
+# Become the session leader with the terminal on fd 0 as the controlling terminal,
+# then become the shell. A separate tiny program because the server process must
+# not fork Python itself (threads, event loop).
+_LOGIN_TTY = "import os,sys; os.login_tty(0); os.execvp(sys.argv[1], sys.argv[1:])"
+_CLIENT_ENV = ("LANG", "LC_")  # what a client may set, as OpenSSH's AcceptEnv default
+_INPUT_HIGH_WATER = 1 << 20
+_READ_SIZE = 65536
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
+
+
+def sftp_server() -> str | None:
+    return next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
+
+
+class TaskShell(asyncssh.SSHServerSession[bytes]):
+    def __init__(self, target: Target, on_change: Callable[[TaskShell, bool], None]) -> None:
+        self.target = target
+        self.on_change = on_change  # (shell, alive): the gateway keeps the live ones
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.argv: list[str] | None = None  # None: the login shell
+        self.terminal: tuple[str, tuple[int, int, int, int]] | None = None
+        self.master: int | None = None  # the pseudo-terminal, when there is one
+        self.stdin: int | None = None
+        self.outputs: dict[int, int | None] = {}  # fd -> SSH data type
+        self.input = bytearray()
+        self.input_eof = False
+        self.paused = False
+        self.outputs_closed = asyncio.Event()
+
+    # -- requests from the client ------------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self.terminal = (term_type, term_size)
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        # The user's own command in their own task: handing it to the task's shell
+        # is what SSH means, and runs with no more power than the task has.
+        self.argv = [_shell(self._task_env()), "-c", command]
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        server = sftp_server() if subsystem == "sftp" else None
+        if server is not None:
+            self.argv = [server]
+        return server is not None
+
+    def session_started(self) -> None:
+        asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.input.extend(data)
+        self._write_input()
+
+    def eof_received(self) -> bool:
+        self.input_eof = True
+        self._write_input()
+        return True  # keep sending the process's output
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self.master is not None:
+            _set_size(self.master, (width, height, pixwidth, pixheight))
+
+    def signal_received(self, signame: str) -> None:
+        number = getattr(signal, f"SIG{signame}", None)
+        if number is not None:
+            self._signal(number)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for fd in self.outputs:
+            asyncio.get_running_loop().remove_reader(fd)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for fd in self.outputs:
+            asyncio.get_running_loop().add_reader(fd, self._read_output, fd)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end("")
+
+    # -- the process -------------------------------------------------------------
+
+    def end(self, message: str) -> None:
+        """Stop the process (hang up, then kill) and close the channel."""
+        if message and self.chan is not None and not self.chan.is_closing():
+            with contextlib.suppress(Exception):
+                self.chan.write_stderr(f"\r\nflotilla: {message}\r\n".encode())
+        if self.paused:  # keep draining, so the process's exit is seen
+            self.resume_writing()
+        self._signal(signal.SIGHUP)
+        if self.process is not None and self.process.returncode is None:
+            asyncio.get_running_loop().call_later(2.0, self._signal, signal.SIGKILL)
+        if self.chan is not None:
+            self.chan.close()
+
+    @property
+    def session_id(self) -> int | None:
+        """The process's session: it leads one, so its children are found by it."""
+        return self.process.pid if self.process is not None else None
+
+    async def _run(self) -> None:
+        assert self.chan is not None
+        try:
+            self.process = await self._spawn()
+        except OSError as e:
+            self.chan.write_stderr(f"flotilla: cannot start {self.argv}: {e}\r\n".encode())
+            self.chan.exit(127)
+            return
+        self.on_change(self, True)
+        try:
+            code = await self.process.wait()
+            if self.master is not None:  # the terminal may hold unread output
+                self._read_output(self.master, final=True)
+            await self.outputs_closed.wait()
+        finally:
+            self.on_change(self, False)
+            self._close_fds()
+        # The exit status goes after the output: clients may stop reading once it is in.
+        # Polled: asyncssh reports a buffer below its low-water mark, never an empty one.
+        while self.chan.get_write_buffer_size() and not self.chan.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        if self.chan.is_closing():
+            return
+        if code < 0:
+            self.chan.exit_with_signal(signal.Signals(-code).name.removeprefix("SIG"))
+        else:
+            self.chan.exit(code)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        env = self._task_env()
+        assert self.chan is not None
+        for name, value in self.chan.get_environment().items():
+            if name.startswith(_CLIENT_ENV):
+                env[name] = value
+        peer, sock = self.chan.get_extra_info("peername"), self.chan.get_extra_info("sockname")
+        if peer and sock:
+            env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {sock[0]} {sock[1]}"
+        argv = self.argv or [_shell(env), "-l"]
+        cwd = proctree.working_directory(self.target.pid) or env.get("HOME") or "/"
+        if self.terminal is not None:
+            env["TERM"] = self.terminal[0] or "xterm"
+            self.master, slave = os.openpty()
+            _set_size(self.master, self.terminal[1])
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *[sys.executable, "-I", "-S", "-c", _LOGIN_TTY, *argv],
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    cwd=cwd,
+                    env=env,
+                )
+            finally:
+                os.close(slave)
+            self.stdin = self.master
+            self._watch({self.master: None})
+            return process
+        stdin_r, self.stdin = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        self._watch({stdout_r: None, stderr_r: asyncssh.EXTENDED_DATA_STDERR})
+        return process
+
+    def _task_env(self) -> dict[str, str]:
+        env = proctree.environment(self.target.pid) or {}
+        # The task's GPUs, not one process's share of them (`nprocs`).
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.target.gpus)
+        return env
+
+    def _watch(self, outputs: dict[int, int | None]) -> None:
+        self.outputs = outputs
+        assert self.stdin is not None
+        os.set_blocking(self.stdin, False)
+        for fd in outputs:
+            os.set_blocking(fd, False)
+            if not self.paused:
+                asyncio.get_running_loop().add_reader(fd, self._read_output, fd)
+        self._write_input()
+
+    def _read_output(self, fd: int, final: bool = False) -> None:
+        assert self.chan is not None
+        while fd in self.outputs:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                if final:
+                    self._output_closed(fd)
+                return
+            except OSError as e:  # EIO: the terminal's last holder closed it
+                if e.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:
+                self._output_closed(fd)
+                return
+            if not self.chan.is_closing():
+                self.chan.write(data, self.outputs[fd])
+            if not final:
+                return  # one read per wake-up keeps other sessions moving
+
+    def _output_closed(self, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        del self.outputs[fd]
+        if fd != self.master:
+            os.close(fd)
+        if not self.outputs:
+            self.outputs_closed.set()
+
+    def _write_input(self) -> None:
+        if self.stdin is None or self.chan is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            while self.input:
+                written = os.write(self.stdin, self.input)
+                del self.input[:written]
+        except BlockingIOError:
+            loop.add_writer(self.stdin, self._write_input)
+            if len(self.input) > _INPUT_HIGH_WATER:
+                self.chan.pause_reading()
+            return
+        except OSError:  # the process closed its input: drop what it will never read
+            self.input.clear()
+        loop.remove_writer(self.stdin)
+        if self.input_eof and self.master is None:
+            os.close(self.stdin)
+            self.stdin = None
+        # Last: resuming may deliver buffered input at once, re-entering this method.
+        self.chan.resume_reading()
+
+    def _signal(self, number: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, number)
+
+    def _close_fds(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in list(self.outputs):
+            loop.remove_reader(fd)
+            if fd != self.master:
+                os.close(fd)
+        self.outputs.clear()
+        for held in {self.stdin, self.master}:
+            if held is not None:
+                loop.remove_writer(held)
+                with contextlib.suppress(OSError):
+                    os.close(held)
+        self.stdin = self.master = None
+
+
+def _shell(env: dict[str, str]) -> str:
+    """The task's shell: its $SHELL, else bash, else sh."""
+    for candidate in (env.get("SHELL"), "bash", "sh"):
+        if candidate and (found := shutil.which(candidate, path=env.get("PATH"))):
+            return found
+    return "/bin/sh"
+
+
+def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
+    width, height, pixwidth, pixheight = size
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
