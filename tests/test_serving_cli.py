@@ -157,6 +157,7 @@ def test_deployment_list_describe_delete(server: ServerProcess, tmp_path: Path) 
         "command": f"{sys.executable} {REPLICA}",
         "scale": 1,
         "health_check": QUICK_CHECKS,
+        "start_ssh": True,
     }
     applied = flo(
         server, "apply", write_yaml(tmp_path / "d.yaml", {"type": "deployment", "spec": spec})
@@ -180,6 +181,7 @@ def test_deployment_list_describe_delete(server: ServerProcess, tmp_path: Path) 
     assert "deployment hello (owner admin), version 1: 1/1 replicas ready" in described
     assert f"http  {endpoint}" in described and "tcp " in described
     assert "load balancer: serving" in described and "online" in described
+    assert "ssh   flo ssh admin/hello" in described
     (replica,) = flo_json(server, "deployment", "describe", "hello")["replicas"]
     assert f"{replica['address']}:{replica['ports']['8000']}" in described
 

@@ -192,6 +192,8 @@ def deployment_describe(
     print(f"  http  {d['endpoints']['http']}")
     for container_port, where in sorted(d["endpoints"]["tcp"].items()):
         print(f"  tcp   {where} (container port {container_port})")
+    if d["spec"].get("start_ssh"):
+        print(f"  ssh   flo ssh {d['owner']}/{d['name']}  (or NAME.RUN for one replica)")
 
 
 @deployment_app.command("delete")
