@@ -158,6 +158,19 @@ async def test_a_rank_of_a_running_job(api: Api) -> None:
     async with connect(api, "train", alice.key) as conn:  # the newest run, rank 0
         assert (await conn.run("echo $FLOTILLA_RANK")).stdout.decode().strip() == "0"
 
+    async def audited() -> list[tuple[str, str, str, str]] | None:
+        async with api.ctx.sessions() as session:
+            rows = (
+                await session.execute(select(AuditModel).where(AuditModel.action == "SSH login"))
+            ).scalars()
+            found = [(r.actor, r.path, r.outcome, r.detail) for r in rows]
+        return found if len(found) == 2 else None
+
+    assert await wait_for(audited, what="two audited logins") == [
+        ("alice", f"train.{run['number']}.1", "success", f"job train run {run['number']} rank 1"),
+        ("alice", "train", "success", f"job train run {run['number']} rank 0"),
+    ]
+
 
 async def test_port_forwarding_reaches_only_the_tasks_own_ports(api: Api) -> None:
     alice = await person(api, "alice")

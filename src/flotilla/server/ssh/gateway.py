@@ -61,6 +61,7 @@ class SshGateway:
         self.host_key = load_host_key(ctx.settings.data_dir)
         self.connections: set[GatewayConnection] = set()
         self._server: asyncssh.SSHAcceptor | None = None
+        self._audits: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -77,6 +78,8 @@ class SshGateway:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
+        # asyncssh narrates every connection at INFO; the audit log has what matters.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         try:
             self._server = await asyncssh.create_server(
                 lambda: GatewayConnection(self),
@@ -119,19 +122,25 @@ class SshGateway:
                 if target and not is_task_process(target.pid, target.run_id, target.rank):
                     connection.end(f"{target.label} has stopped")
 
-    async def audit(self, actor: str, source_ip: str, login: str, status: int, detail: str) -> None:
+    def audit(self, actor: str, source_ip: str, login: str, status: int, detail: str) -> None:
+        """Record a login attempt, in the background (called from asyncssh callbacks)."""
+        entry = AuditEntry(
+            at=self.ctx.clock.now(),
+            actor=actor,
+            auth_method="ssh_key",
+            source_ip=source_ip,
+            method="SSH",
+            path=login,
+            action="SSH login",
+            status_code=status,
+            detail=detail,
+        )
+        task = asyncio.get_running_loop().create_task(self._record(entry))
+        self._audits.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._audits.discard)
+
+    async def _record(self, entry: AuditEntry) -> None:
         async with self.ctx.transaction() as session:
-            entry = AuditEntry(
-                at=self.ctx.clock.now(),
-                actor=actor,
-                auth_method="ssh_key",
-                source_ip=source_ip,
-                method="SSH",
-                path=login,
-                action="SSH login",
-                status_code=status,
-                detail=detail,
-            )
             record_audit(session, entry)
 
 
@@ -160,9 +169,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.gateway.connections.discard(self)
         if self.target is None and self.refusal:
             username = self.conn.get_extra_info("username", "") if self.conn else ""
-            asyncio.get_running_loop().create_task(
-                self.gateway.audit(self.actor, self.source_ip, username, 403, self.refusal)
-            )
+            self.gateway.audit(self.actor, self.source_ip, username, 403, self.refusal)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -196,9 +203,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self.target is not None
         username = self.conn.get_extra_info("username", "") if self.conn else ""
-        asyncio.get_running_loop().create_task(
-            self.gateway.audit(self.actor, self.source_ip, username, 200, self.target.label)
-        )
+        self.gateway.audit(self.actor, self.source_ip, username, 200, self.target.label)
 
     def _refuse(self, reason: str) -> None:
         """Say why in the authentication banner (OpenSSH prints it), once."""

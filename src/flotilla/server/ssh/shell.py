@@ -26,7 +26,7 @@ from typing import Any
 import asyncssh
 
 from flotilla.runtime import proctree
-from flotilla.server.ssh.targets import Target
+from flotilla.server.ssh.targets import Target, is_task_process
 
 # Become the session leader with the terminal on fd 0 as the controlling terminal,
 # then become the shell. A separate tiny program because the server process must
@@ -140,6 +140,10 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
 
     async def _run(self) -> None:
         assert self.chan is not None
+        if not is_task_process(self.target.pid, self.target.run_id, self.target.rank):
+            self.chan.write_stderr(f"flotilla: {self.target.label} has stopped\r\n".encode())
+            self.chan.exit(255)
+            return
         try:
             self.process = await self._spawn()
         except OSError as e:
