@@ -121,6 +121,9 @@ async def test_a_shell_runs_inside_the_replica_with_its_environment(api: Api) ->
         assert lines[0] == f"hello from the replica|{replica['run_id']}|{replica['ports']['8000']}"
         assert lines[1].endswith(f"/runs/{replica['run_id']}/attempt-0/rank-0/root/workspace")
         assert result.exit_status == 3
+        # The client's locale passes, nothing else it sends does.
+        result = await conn.run("echo $LC_ALL:$BASH_ENV", env={"LC_ALL": "C", "BASH_ENV": "/x"})
+        assert result.stdout == b"C:\n"
         # stderr stays apart from stdout without a terminal.
         result = await conn.run("echo out; echo err >&2")
         assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
@@ -224,13 +227,26 @@ class BannerClient(asyncssh.SSHClient):
         self.banners.append(msg)
 
 
-async def refusal(api: Api, login: str, key: asyncssh.SSHKey) -> str:
-    """Log in, expect refusal; what the gateway said."""
+async def key_refused(api: Api, login: str, key: asyncssh.SSHKey) -> str:
+    """Log in with a key that opens nothing; what the authentication banner said."""
     client = BannerClient()
     with pytest.raises(asyncssh.PermissionDenied):
         async with connect(api, login, key, client_factory=lambda: client):
             pass
     return " ".join(client.banners)
+
+
+async def login_refused(api: Api, login: str, key: asyncssh.SSHKey) -> str:
+    """Log in with a good key to a login that leads nowhere: the session says why on
+    stderr and exits 1, and forwarding is refused with the same reason."""
+    async with connect(api, login, key) as conn:
+        result = await conn.run("true")
+        assert result.exit_status == 1
+        with pytest.raises(asyncssh.ChannelOpenError) as refused:
+            await conn.open_connection("localhost", 8000)
+    said = result.stderr.decode()
+    assert said.startswith("flotilla: ") and refused.value.reason in said
+    return said
 
 
 async def test_refusals_say_why_and_every_attempt_is_audited(store_api: Api) -> None:
@@ -242,18 +258,18 @@ async def test_refusals_say_why_and_every_attempt_is_audited(store_api: Api) -> 
     await serve(api, alice, deployment("closed", start_ssh=False, project="research"))
     nobody = asyncssh.generate_private_key("ssh-ed25519")
 
-    assert "not registered to any Flotilla user" in await refusal(api, "web", nobody)
-    assert "no deployment or job 'web'" in await refusal(api, "web", stranger.key)
-    assert "needs write access" in await refusal(api, "web", viewer.key)
-    assert "does not allow SSH" in await refusal(api, "closed", alice.key)
-    assert "has nothing running" in await refusal(api, "web.99", alice.key)
-    assert "names no deployment or job" in await refusal(api, "Web;rm -rf", alice.key)
+    assert "not registered to a Flotilla user" in await key_refused(api, "web", nobody)
+    assert "no deployment or job 'web'" in await login_refused(api, "web", stranger.key)
+    assert "needs write access" in await login_refused(api, "web", viewer.key)
+    assert "does not allow SSH" in await login_refused(api, "closed", alice.key)
+    assert "has nothing running" in await login_refused(api, "web.99", alice.key)
+    assert "names no deployment or job" in await login_refused(api, "Web;rm -rf", alice.key)
     # A locked user's key opens nothing.
     async with api.ctx.transaction() as session:
         row = (await session.execute(select(UserModel).where(UserModel.name == "alice"))).scalar()
         assert row is not None
         row.locked = True
-    assert "not registered" in await refusal(api, "web", alice.key)
+    assert "not registered" in await key_refused(api, "web", alice.key)
 
     async def audited() -> list[AuditModel] | None:
         async with api.ctx.sessions() as session:
@@ -268,8 +284,42 @@ async def test_refusals_say_why_and_every_attempt_is_audited(store_api: Api) -> 
 
     rows = await wait_for(audited, what="7 audited SSH logins")
     assert {r.outcome for r in rows} == {"denied"}
-    assert {r.actor for r in rows} >= {"anonymous", "bob", "vera", "alice"}
+    # Only a proven key names an actor; a refused key is anyone's.
+    assert sorted(r.actor for r in rows) == [
+        "alice", "alice", "alice", "anonymous", "anonymous", "bob", "vera"
+    ]  # fmt: skip
     assert any("needs write access" in r.detail for r in rows)
+
+
+async def test_a_key_registered_to_one_person_cannot_be_registered_to_another(
+    api: Api,
+) -> None:
+    """Otherwise mallory could add alice's public key to her own account and have
+    alice's logins land in mallory's tasks."""
+    alice = await person(api, "alice")
+    mallory = await add_user(api.ctx, "mallory")
+    alice_key = alice.key.export_public_key().decode().strip()
+    me = (await api.client.get("/api/user", headers=mallory)).json()
+    added = await api.client.post(
+        f"/api/users/{me['id']}/ssh_keys", json={"key": alice_key}, headers=mallory
+    )
+    assert added.status_code == 409, added.text
+    assert "registered to another account" in added.json()["message"]
+    assert "alice" not in added.json()["message"]
+    patched = await api.client.patch(
+        f"/api/users/{me['id']}", json={"ssh_public_keys": [alice_key]}, headers=mallory
+    )
+    assert patched.status_code == 409
+    created = await api.client.post(
+        "/api/users", json={"username": "eve", "ssh_public_keys": [alice_key]}
+    )
+    assert created.status_code == 409
+    # Alice herself may still set her keys.
+    alice_id = (await api.client.get("/api/user", headers=alice.headers)).json()["id"]
+    mine = await api.client.patch(
+        f"/api/users/{alice_id}", json={"ssh_public_keys": [alice_key]}, headers=alice.headers
+    )
+    assert mine.status_code == 200, mine.text
 
 
 async def test_a_key_that_passed_does_not_vouch_for_another(api: Api) -> None:
@@ -292,6 +342,12 @@ async def test_the_session_ends_when_the_replica_stops(api: Api) -> None:
     pid_of_replica = int(
         (await api.client.get(f"/api/runs/{replica['run_id']}")).json()["tasks"][0]["pid"]
     )
+    # Left running on purpose (`nohup … &`): it outlives its session, as with sshd...
+    async with connect(api, "web", alice.key) as conn:
+        started = await conn.run("nohup sleep 300 >/dev/null 2>&1 & echo $!")
+        left_running = int(started.stdout)
+    await asyncio.sleep(0.5)
+    assert not await _gone(left_running)
     async with connect(api, "web", alice.key) as conn:
         process = await conn.create_process("echo $$; exec sleep 300")
         shell_pid = int(await process.stdout.readline())
@@ -299,6 +355,8 @@ async def test_the_session_ends_when_the_replica_stops(api: Api) -> None:
         finished = await asyncio.wait_for(process.wait(check=False), 20)
         assert b"has stopped" in finished.stderr
     await wait_for(lambda: _gone(shell_pid), what="the session's process to end")
+    # ...but not its task: it may hold the task's GPUs, which go to someone else now.
+    await wait_for(lambda: _gone(left_running), what="what the session left to end")
 
 
 async def _gone(pid: int) -> bool:

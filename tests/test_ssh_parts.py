@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.cli.ssh import config_block, pin_host_key
+from flotilla.cli.ssh import config_block, pin_host_key, ssh_options
 from flotilla.config import DEFAULT_SSH_PORT, Settings
+from flotilla.core.sshlogin import Login, parse_login
 from flotilla.runtime import proctree
-from flotilla.server.ssh.targets import Login, Refused, parse_login
+from flotilla.server.ssh.gateway import reachable
 from tests.conftest import Api
 
 
@@ -31,9 +32,12 @@ def test_login_names(username: str, login: Login) -> None:
     assert parse_login(username) == login
 
 
-@pytest.mark.parametrize("username", ["", "Web", "web.", "web.x", "a/b/c", "web;id", "../x", "-x"])
+@pytest.mark.parametrize(
+    "username",
+    ["", "Web", "web.", "web.x", "a/b/c", "web;id", "../x", "-x", "web\n", "web.1234567890"],
+)
 def test_bad_login_names_are_refused_with_the_forms_that_work(username: str) -> None:
-    with pytest.raises(Refused, match=r"NAME\.RUN\.RANK"):
+    with pytest.raises(ValueError, match=r"NAME\.RUN\.RANK"):
         parse_login(username)
 
 
@@ -47,9 +51,9 @@ def test_proc_reads_this_process() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         unbound.bind(("127.0.0.1", 0))  # bound but not listening: not a server
-        ports = proctree.listening_ports([pid])
-        assert listener.getsockname()[1] in ports
-        assert unbound.getsockname()[1] not in ports
+        found = proctree.listeners([pid])
+        assert ("127.0.0.1", listener.getsockname()[1]) in found
+        assert unbound.getsockname()[1] not in {port for _, port in found}
 
 
 def test_proc_of_a_gone_process_is_none() -> None:
@@ -57,7 +61,34 @@ def test_proc_of_a_gone_process_is_none() -> None:
     assert proctree.environment(gone) is None
     assert proctree.working_directory(gone) is None
     assert proctree.session_id(gone) is None
-    assert proctree.listening_ports([gone]) == set()
+    assert proctree.listeners([gone]) == set()
+
+
+def test_ipv6_listeners_are_read_in_their_own_notation() -> None:
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.bind(("::1", 0))
+        listener.listen()
+        assert ("::1", listener.getsockname()[1]) in proctree.listeners([os.getpid()])
+
+
+@pytest.mark.parametrize(
+    ("dest", "owned", "connect_to"),
+    [
+        ("localhost", {("127.0.0.1", 80)}, "127.0.0.1"),
+        ("localhost", {("0.0.0.0", 80)}, "127.0.0.1"),
+        ("::1", {("::", 80)}, "::1"),
+        ("127.0.0.2", {("127.0.0.2", 80)}, "127.0.0.2"),
+        ("10.1.2.3", {("10.1.2.3", 80)}, "10.1.2.3"),
+        ("localhost", {("127.0.0.1", 81)}, None),  # another port
+        ("127.0.0.1", {("10.1.2.3", 80)}, None),  # the task listens elsewhere only
+        ("10.9.9.9", {("0.0.0.0", 80)}, None),  # any-address listener: loopback only
+        ("db.internal", {("0.0.0.0", 80)}, None),
+    ],
+)
+def test_forwarding_reaches_exactly_a_listening_address(
+    dest: str, owned: set[tuple[str, int]], connect_to: str | None
+) -> None:
+    assert reachable(dest, 80, owned) == connect_to
 
 
 @pytest.mark.parametrize(
@@ -110,3 +141,9 @@ async def test_the_api_says_when_the_gateway_is_off(api: Api) -> None:
     assert response.status_code == 200
     assert response.json() == {"enabled": False}
     assert (await api.client.get("/api/ssh", headers={"Authorization": ""})).status_code == 401
+
+
+def test_ssh_options_quote_paths_with_spaces(tmp_path: Path) -> None:
+    options = ssh_options({"port": 2222}, tmp_path / "my hosts", Path("/keys/my key"))
+    assert options["UserKnownHostsFile"] == f'"{tmp_path}/my hosts"'
+    assert options["IdentityFile"] == '"/keys/my key"'

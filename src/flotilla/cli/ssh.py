@@ -18,6 +18,7 @@ import typer
 
 from flotilla.cli.output import connected, fail
 from flotilla.client.connection import profile_path
+from flotilla.core.sshlogin import parse_login
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +48,10 @@ def ssh_command(
 ) -> None:
     """Open a shell in a running deployment replica or job task (needs `start_ssh: true`
     in its recipe and your SSH key on your account: `flo user add-key`)."""
+    try:
+        parse_login(target)  # also keeps a target from reaching ssh as an option
+    except ValueError as e:
+        fail(str(e))
     with connected() as api:
         info = api.ssh_info()
         url = api.connection.url
@@ -86,12 +91,17 @@ def pin_host_key(host: str, port: int, host_key: str) -> Path:
 def ssh_options(info: dict[str, Any], known_hosts: Path, identity: Path | None) -> dict[str, str]:
     options = {
         "Port": str(info["port"]),
-        "UserKnownHostsFile": str(known_hosts),
+        "UserKnownHostsFile": _quoted(str(known_hosts)),
         "StrictHostKeyChecking": "yes",
     }
     if identity is not None:
-        options["IdentityFile"] = str(identity.expanduser())
+        options["IdentityFile"] = _quoted(str(identity.expanduser()))
     return options
+
+
+def _quoted(value: str) -> str:
+    """ssh_config splits values at spaces unless they are in double quotes."""
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def config_block(target: str, host: str, options: dict[str, str]) -> str:

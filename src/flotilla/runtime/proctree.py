@@ -1,5 +1,5 @@
 """What a running task's processes hold, read from Linux's /proc: their environment,
-working directory, session, and the TCP ports they listen on.
+working directory, session, and the TCP addresses they listen on.
 
 The SSH gateway (`server/ssh`) uses it to open a shell *inside* a task (same
 environment, same directory) and to allow port forwarding only to sockets the
@@ -9,6 +9,8 @@ task's own processes listen on. Reads only; never signals anything.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,18 +48,24 @@ def session_id(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2 :].split()[3])
 
 
-def processes_in_sessions(sessions: Iterable[int]) -> list[int]:
-    """Every live process whose session is one of `sessions`."""
-    wanted = set(sessions)
-    found = []
+def processes_by_session() -> dict[int, list[int]]:
+    """Every live process, grouped by session id: one pass over /proc."""
+    found: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and session_id(int(entry)) in wanted:
-            found.append(int(entry))
+        if entry.isdigit() and (sid := session_id(int(entry))) is not None:
+            found.setdefault(sid, []).append(int(entry))
     return found
 
 
-def listening_ports(pids: Iterable[int]) -> set[int]:
-    """The TCP ports (IPv4 and IPv6) on which one of `pids` holds a listening socket."""
+def processes_in_sessions(sessions: Iterable[int]) -> list[int]:
+    """Every live process whose session is one of `sessions`."""
+    by_session = processes_by_session()
+    return [pid for sid in set(sessions) for pid in by_session.get(sid, [])]
+
+
+def listeners(pids: Iterable[int]) -> set[tuple[str, int]]:
+    """The (address, port) of each TCP socket (IPv4 or IPv6) that one of `pids`
+    listens on; `0.0.0.0` and `::` for any address."""
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -71,8 +79,8 @@ def listening_ports(pids: Iterable[int]) -> set[int]:
                 continue
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    found: set[tuple[str, int]] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -80,5 +88,14 @@ def listening_ports(pids: Iterable[int]) -> set[int]:
         for line in lines:
             fields = line.split()
             if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+                address, port = fields[1].rsplit(":", 1)
+                found.add((_address(address, family), int(port, 16)))
+    return found
+
+
+def _address(hex_address: str, family: int) -> str:
+    """/proc/net/tcp's address: the kernel's bytes in 32-bit words of host order."""
+    raw = bytes.fromhex(hex_address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw)

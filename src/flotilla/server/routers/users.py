@@ -19,6 +19,7 @@ from flotilla.errors import NotFound
 from flotilla.server.db.models import GroupModel, UserModel
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import ssh_keys
 from flotilla.server.services import users as user_service
 from flotilla.server.services.groups import list_groups
 
@@ -135,7 +136,7 @@ async def add_ssh_key(
     async with ctx.transaction() as session:
         user = await user_service.readable_user(session, caller, user_id)
         user_service.require_self_or_admin(caller, user, "add SSH keys")
-        return user_service.add_ssh_key(user, body.key)
+        return await ssh_keys.add_ssh_key(session, user, body.key)
 
 
 @router.delete("/users/{user_id}/ssh_keys/{fingerprint:path}", status_code=204)
@@ -144,7 +145,7 @@ async def remove_ssh_key(ctx: Ctx, caller: Caller, user_id: str, fingerprint: st
     async with ctx.transaction() as session:
         user = await user_service.readable_user(session, caller, user_id)
         user_service.require_self_or_admin(caller, user, "remove SSH keys")
-        user_service.remove_ssh_key(user, fingerprint)
+        ssh_keys.remove_ssh_key(user, fingerprint)
     return Response(status_code=204)
 
 

@@ -20,13 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import Conflict, Forbidden, NotFound
-from flotilla.recipes.identity import (
-    UserSpec,
-    check_email,
-    check_name,
-    invalid,
-    parse_ssh_key,
-)
+from flotilla.recipes.identity import UserSpec, check_email, check_name, invalid
 from flotilla.server.auth import passwords
 from flotilla.server.db.models import (
     ApiTokenModel,
@@ -42,6 +36,7 @@ from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
 from flotilla.server.security import ADMIN_USER
 from flotilla.server.services.events import record_event
 from flotilla.server.services.owners import forget_owner
+from flotilla.server.services.ssh_keys import canonical_keys, check_keys_unclaimed, ssh_key_view
 from flotilla.server.services.views import iso
 
 MIN_PASSWORD_LENGTH = 8
@@ -96,19 +91,6 @@ async def hash_password(password: str) -> str:
     return await asyncio.to_thread(passwords.hash_password, password)
 
 
-def canonical_keys(keys: Sequence[str], field: str) -> list[str]:
-    """Each key parsed and in canonical form; 422 naming the bad one's index."""
-    out: list[str] = []
-    for i, text in enumerate(keys):
-        try:
-            line = parse_ssh_key(text).line
-        except ValueError as e:
-            raise invalid(f"{field}[{i}]", str(e)) from e
-        if line not in out:
-            out.append(line)
-    return out
-
-
 def _email(value: str | None, field: str = "email") -> str | None:
     try:
         return check_email(value)
@@ -148,6 +130,7 @@ async def create_user(
         created_at=now,
     )
     await ensure_name_free(session, name)
+    await check_keys_unclaimed(session, user.ssh_public_keys, None)
     session.add(user)
     await flush_or_conflict(session, f"the name {name!r} is taken")
     kind = "service account" if service_account else "user"
@@ -177,6 +160,7 @@ async def update_user(
         if user.is_service_account and changes.ssh_public_keys:
             raise invalid("ssh_public_keys", "service accounts use API tokens only")
         keys = canonical_keys(changes.ssh_public_keys, "ssh_public_keys")
+        await check_keys_unclaimed(session, keys, user.id)
         if keys != list(user.ssh_public_keys):
             user.ssh_public_keys = keys
             changed.append("ssh_public_keys")
@@ -254,47 +238,6 @@ async def refuse_while_live(
     if rows:
         listed = ", ".join(f"{t} {n}" for t, n in rows[:5]) + (" ..." if len(rows) > 5 else "")
         raise Conflict(f"{who} {len(rows)} live recipe(s) ({listed}): {advice}")
-
-
-def add_ssh_key(user: UserModel, text: str) -> dict[str, Any]:
-    if user.is_service_account:
-        raise invalid("key", "service accounts use API tokens only")
-    try:
-        key = parse_ssh_key(text)
-    except ValueError as e:
-        raise invalid("key", str(e)) from e
-    if any(_fingerprint(k) == key.fingerprint for k in user.ssh_public_keys):
-        raise Conflict(f"{user.name} already has the key {key.fingerprint}")
-    user.ssh_public_keys = [*user.ssh_public_keys, key.line]
-    return ssh_key_view(key.line)
-
-
-def remove_ssh_key(user: UserModel, fingerprint: str) -> None:
-    wanted = fingerprint if fingerprint.startswith("SHA256:") else f"SHA256:{fingerprint}"
-    kept = [k for k in user.ssh_public_keys if _fingerprint(k) != wanted.rstrip("=")]
-    if len(kept) == len(user.ssh_public_keys):
-        raise NotFound(f"SSH key {wanted} of user {user.name!r}")
-    user.ssh_public_keys = kept
-
-
-def _fingerprint(line: str) -> str | None:
-    try:
-        return parse_ssh_key(line).fingerprint
-    except ValueError:
-        return None
-
-
-def ssh_key_view(line: str) -> dict[str, Any]:
-    try:
-        key = parse_ssh_key(line)
-    except ValueError:  # stored before validation existed: show it, unfingerprinted
-        return {"key": line, "type": None, "fingerprint": None, "comment": ""}
-    return {
-        "key": key.line,
-        "type": key.key_type,
-        "fingerprint": key.fingerprint,
-        "comment": key.comment,
-    }
 
 
 def brief_view(user: UserModel) -> dict[str, Any]:
@@ -423,6 +366,8 @@ async def apply_user_spec(
         "is_admin": spec.admin,
     }
     changed = [k for k, v in wanted.items() if getattr(user, k) != v]
+    if "ssh_public_keys" in changed:
+        await check_keys_unclaimed(session, spec.ssh_public_keys, user.id)
     for key in changed:
         setattr(user, key, wanted[key])
     if changed:

@@ -14,31 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from flotilla.runtime import proctree
+from flotilla.server.db.models import UserModel
 from flotilla.server.services.audit import AuditEntry, record_audit
-from flotilla.server.ssh.shell import TaskShell
-from flotilla.server.ssh.targets import (
-    Refused,
-    Target,
-    is_task_process,
-    parse_login,
-    resolve_target,
-    ssh_identity,
-    user_for_key,
-)
+from flotilla.server.services.ssh_keys import user_for_key
+from flotilla.server.ssh.shell import RefusalSession, TaskShell
+from flotilla.server.ssh.targets import Refused, Target, login_of, resolve_target, ssh_identity
 
 if TYPE_CHECKING:
     from flotilla.server.context import ServerContext
 
 log = logging.getLogger("flotilla.ssh")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
+_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 _WATCH_SECONDS = 1.0
 
 
@@ -60,9 +57,12 @@ class SshGateway:
         self.ctx = ctx
         self.host_key = load_host_key(ctx.settings.data_dir)
         self.connections: set[GatewayConnection] = set()
+        # Sessions (by id) started in each task, kept after they end: what they left
+        # running (`nohup … &`) is killed when the task stops.
+        self.sessions: dict[Target, set[int]] = {}
         self._server: asyncssh.SSHAcceptor | None = None
-        self._audits: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._audits: set[asyncio.Task[None]] = set()
 
     @property
     def public_key(self) -> str:
@@ -103,24 +103,39 @@ class SshGateway:
         log.info("SSH gateway on %s:%d (host key %s)", host, self.port, self.fingerprint)
 
     async def close(self) -> None:
+        """End every connection (their processes get SIGHUP, as when sshd stops),
+        then stop listening. Tasks keep running: they are not the gateway's."""
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        runners = []
+        for connection in list(self.connections):
+            runners += [s.runner for s in connection.shells if s.runner is not None]
+            connection.end("the Flotilla server is stopping")
+        if runners:
+            await asyncio.wait(runners, timeout=3)
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        for connection in list(self.connections):
-            connection.end("the Flotilla server is stopping")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 3)
+
+    def remember(self, target: Target, session_id: int) -> None:
+        self.sessions.setdefault(target, set()).add(session_id)
 
     async def _watch_tasks(self) -> None:
-        """Close the connections whose task has stopped (or was replaced)."""
+        """Close the connections of tasks that stopped (or were replaced), and kill
+        what their SSH sessions left running: it may hold the task's GPUs."""
         while True:
             await asyncio.sleep(_WATCH_SECONDS)
             for connection in list(self.connections):
                 target = connection.target
-                if target and not is_task_process(target.pid, target.run_id, target.rank):
+                if target and not target.is_running():
                     connection.end(f"{target.label} has stopped")
+            stopped = [t for t in self.sessions if not t.is_running()]
+            if stopped:
+                leftovers = [sid for t in stopped for sid in self.sessions.pop(t)]
+                await asyncio.to_thread(_kill_sessions, leftovers)
 
     def audit(self, actor: str, source_ip: str, login: str, status: int, detail: str) -> None:
         """Record a login attempt, in the background (called from asyncssh callbacks)."""
@@ -145,16 +160,23 @@ class SshGateway:
 
 
 class GatewayConnection(asyncssh.SSHServer):
-    """One client connection: its user, its target and its shells."""
+    """One client connection: its user, its target and its shells.
+
+    Authentication only maps the key to a user: asyncssh asks about a key before
+    the client proves it holds the private half, and anyone may offer anyone's
+    public key. Where the login leads is decided once the key is proven
+    (`auth_completed`), and a refusal is told to the session or the forward."""
 
     def __init__(self, gateway: SshGateway) -> None:
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source_ip = ""
+        self.user_id: str | None = None
         self.actor = "anonymous"
-        self.refusal = ""
-        self.target: Target | None = None
         self.accepted_key = b""
+        self.refusal = ""
+        self.resolved: asyncio.Future[Target | None] | None = None
+        self.target: Target | None = None
         self.shells: set[TaskShell] = set()
 
     # -- connection and authentication -----------------------------------------
@@ -167,9 +189,8 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connections.discard(self)
-        if self.target is None and self.refusal:
-            username = self.conn.get_extra_info("username", "") if self.conn else ""
-            self.gateway.audit(self.actor, self.source_ip, username, 403, self.refusal)
+        if self.resolved is None and self.refusal:  # never got past its keys
+            self.gateway.audit("anonymous", self.source_ip, self._login(), 401, self.refusal)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -178,32 +199,41 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        # A key is first offered without a signature, then signed: remember which key
-        # passed, never just that one did (public keys are no secret).
-        if self.target is not None:
+        if self.user_id is not None:  # one key per connection: the one that matched
             return key.public_data == self.accepted_key
-        try:
-            login = parse_login(username)
-            async with self.gateway.ctx.transaction() as session:
-                user = await user_for_key(session, key.public_data)
-                if user is None:
-                    raise Refused(
-                        f"the key {key.get_fingerprint()} is not registered to any Flotilla "
-                        "user; add it with `flo user add-key`"
-                    )
-                self.actor = user.name
-                identity = await ssh_identity(session, user)
-                self.target = await resolve_target(session, identity, login)
-        except Refused as e:
-            self._refuse(str(e))
+        async with self.gateway.ctx.sessions() as session:
+            user = await user_for_key(session, key.public_data)
+        if user is None:
+            self._refuse(
+                f"the key {key.get_fingerprint()} is not registered to a Flotilla user "
+                "(add yours with `flo user add-key`)"
+            )
             return False
-        self.accepted_key = key.public_data
+        self.user_id, self.actor, self.accepted_key = user.id, user.name, key.public_data
         return True
 
     def auth_completed(self) -> None:
-        assert self.target is not None
-        username = self.conn.get_extra_info("username", "") if self.conn else ""
-        self.gateway.audit(self.actor, self.source_ip, username, 200, self.target.label)
+        self.resolved = asyncio.ensure_future(self._resolve())
+
+    async def _resolve(self) -> Target | None:
+        """Where the proven user's login leads, or None with `refusal` set; audited."""
+        try:
+            login = login_of(self._login())
+            async with self.gateway.ctx.transaction() as session:
+                user = await session.get(UserModel, self.user_id)
+                if user is None or user.locked:
+                    raise Refused(f"user {self.actor} is locked or gone")
+                identity = await ssh_identity(session, user)
+                self.target = await resolve_target(session, identity, login)
+        except Refused as e:
+            self.refusal = str(e)
+            self.gateway.audit(self.actor, self.source_ip, self._login(), 403, self.refusal)
+            return None
+        self.gateway.audit(self.actor, self.source_ip, self._login(), 200, self.target.label)
+        return self.target
+
+    def _login(self) -> str:
+        return str(self.conn.get_extra_info("username", "")) if self.conn else ""
 
     def _refuse(self, reason: str) -> None:
         """Say why in the authentication banner (OpenSSH prints it), once."""
@@ -213,42 +243,79 @@ class GatewayConnection(asyncssh.SSHServer):
 
     # -- what an authenticated connection may open -----------------------------
 
-    def session_requested(self) -> TaskShell:
-        assert self.target is not None
-        return TaskShell(self.target, self._shell_changed)
+    def session_requested(self) -> Any:
+        assert self.conn is not None
+        return self.conn.create_server_channel(), self._session()
+
+    async def _session(self) -> asyncssh.SSHServerSession[bytes]:
+        assert self.resolved is not None
+        target = await self.resolved
+        if target is None:
+            return RefusalSession(self.refusal)
+        return TaskShell(target, self._shell_changed)
 
     def _shell_changed(self, shell: TaskShell, alive: bool) -> None:
         if alive:
             self.shells.add(shell)
+            if shell.session_id is not None:
+                self.gateway.remember(shell.target, shell.session_id)
         else:
             self.shells.discard(shell)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        """Port forwarding (`ssh -L`, IDEs): only to a loopback port that the task, or
-        a process started from one of its shells, listens on."""
-        assert self.target is not None
-        if dest_host not in _LOOPBACK:
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"forwarding reaches only the task's own ports on localhost, not {dest_host}",
-            )
-        sessions = {proctree.session_id(self.target.pid)}
-        sessions |= {shell.session_id for shell in self.shells}
-        owners = proctree.processes_in_sessions(s for s in sessions if s is not None)
-        if dest_port not in proctree.listening_ports(owners):
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"nothing in {self.target.label} listens on port {dest_port}",
-            )
-        return True
+    ) -> Any:
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, dest_host: str, dest_port: int) -> Any:
+        """Port forwarding (`ssh -L`, IDEs): only to an address the task, or a process
+        started from one of its shells, listens on, connected to exactly that
+        socket's address."""
+        assert self.resolved is not None and self.conn is not None
+        target = await self.resolved
+        if target is None:
+            raise _prohibited(self.refusal)
+        sessions = {proctree.session_id(target.pid)} | {s.session_id for s in self.shells}
+        owned = await asyncio.to_thread(_listeners_of, {s for s in sessions if s is not None})
+        address = reachable(dest_host, dest_port, owned)
+        if address is None:
+            raise _prohibited(f"nothing in {target.label} listens on {dest_host}:{dest_port}")
+        return await self.conn.forward_connection(address, dest_port)
 
     def end(self, message: str) -> None:
         for shell in list(self.shells):
             shell.end(message)
         if self.conn is not None:
             self.conn.close()
+
+
+def reachable(dest_host: str, dest_port: int, owned: set[tuple[str, int]]) -> str | None:
+    """The address to connect to for `dest_host:dest_port` if one of the `owned`
+    listeners serves it: a loopback name reaches the task's loopback or any-address
+    listeners; an address reaches only a listener on exactly that address."""
+    for address, port in sorted(owned):
+        if port != dest_port:
+            continue
+        local = _WILDCARD.get(address, address)
+        if dest_host in _LOOPBACK and ipaddress.ip_address(local).is_loopback:
+            return local
+        if dest_host in (address, local):
+            return local
+    return None
+
+
+def _prohibited(reason: str) -> asyncssh.ChannelOpenError:
+    return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+
+
+def _listeners_of(sessions: set[int]) -> set[tuple[str, int]]:
+    return proctree.listeners(proctree.processes_in_sessions(sessions))
+
+
+def _kill_sessions(sessions: list[int]) -> None:
+    for pid in proctree.processes_in_sessions(sessions):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def gateway_info(gateway: SshGateway | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 import struct
@@ -32,7 +33,7 @@ from flotilla.server.ssh.targets import Target, is_task_process
 # then become the shell. A separate tiny program because the server process must
 # not fork Python itself (threads, event loop).
 _LOGIN_TTY = "import os,sys; os.login_tty(0); os.execvp(sys.argv[1], sys.argv[1:])"
-_CLIENT_ENV = ("LANG", "LC_")  # what a client may set, as OpenSSH's AcceptEnv default
+_CLIENT_ENV = re.compile(r"LANG|LC_[A-Z_]+")  # what a client may set: OpenSSH's AcceptEnv
 _INPUT_HIGH_WATER = 1 << 20
 _READ_SIZE = 65536
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
@@ -46,6 +47,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
     def __init__(self, target: Target, on_change: Callable[[TaskShell, bool], None]) -> None:
         self.target = target
         self.on_change = on_change  # (shell, alive): the gateway keeps the live ones
+        self.runner: asyncio.Task[None] | None = None
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.argv: list[str] | None = None  # None: the login shell
@@ -85,7 +87,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         return server is not None
 
     def session_started(self) -> None:
-        asyncio.get_running_loop().create_task(self._run())
+        self.runner = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self.input.extend(data)
@@ -121,17 +123,22 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
     # -- the process -------------------------------------------------------------
 
     def end(self, message: str) -> None:
-        """Stop the process (hang up, then kill) and close the channel."""
+        """Hang up, as sshd does when a client goes: SIGHUP to the process's group,
+        SIGKILL if it is still there 2 s later, and the channel closed. What was
+        started to outlive the session (`nohup … &`) lives on with the task; the
+        gateway kills it when the task stops."""
         if message and self.chan is not None and not self.chan.is_closing():
             with contextlib.suppress(Exception):
                 self.chan.write_stderr(f"\r\nflotilla: {message}\r\n".encode())
-        if self.paused:  # keep draining, so the process's exit is seen
-            self.resume_writing()
         self._signal(signal.SIGHUP)
         if self.process is not None and self.process.returncode is None:
             asyncio.get_running_loop().call_later(2.0, self._signal, signal.SIGKILL)
         if self.chan is not None:
             self.chan.close()
+        # Nobody reads any more: stop waiting for output a background process may
+        # hold open for ever.
+        for fd in list(self.outputs):
+            self._output_closed(fd)
 
     @property
     def session_id(self) -> int | None:
@@ -146,11 +153,14 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
             return
         try:
             self.process = await self._spawn()
-        except OSError as e:
+        except Exception as e:  # a bad environment value, no such program, no fds left
+            self._close_fds()
             self.chan.write_stderr(f"flotilla: cannot start {self.argv}: {e}\r\n".encode())
             self.chan.exit(127)
             return
         self.on_change(self, True)
+        if self.chan.is_closing():  # the client left while the process started
+            self.end("")
         try:
             code = await self.process.wait()
             if self.master is not None:  # the terminal may hold unread output
@@ -165,8 +175,12 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
             await asyncio.sleep(0.01)
         if self.chan.is_closing():
             return
-        if code < 0:
-            self.chan.exit_with_signal(signal.Signals(-code).name.removeprefix("SIG"))
+        try:
+            name = signal.Signals(-code).name.removeprefix("SIG") if code < 0 else None
+        except ValueError:  # a real-time signal has no name: report it as a shell would
+            name, code = None, 128 - code
+        if name is not None:
+            self.chan.exit_with_signal(name)
         else:
             self.chan.exit(code)
 
@@ -174,7 +188,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         env = self._task_env()
         assert self.chan is not None
         for name, value in self.chan.get_environment().items():
-            if name.startswith(_CLIENT_ENV):
+            if _CLIENT_ENV.fullmatch(name) and "\0" not in value:
                 env[name] = value
         peer, sock = self.chan.get_extra_info("peername"), self.chan.get_extra_info("sockname")
         if peer and sock:
@@ -184,6 +198,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         if self.terminal is not None:
             env["TERM"] = self.terminal[0] or "xterm"
             self.master, slave = os.openpty()
+            self.stdin = self.master
             _set_size(self.master, self.terminal[1])
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -196,12 +211,13 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
                 )
             finally:
                 os.close(slave)
-            self.stdin = self.master
             self._watch({self.master: None})
             return process
         stdin_r, self.stdin = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
+        # Owned from here, so that a failed start closes them (`_close_fds`).
+        self.outputs = {stdout_r: None, stderr_r: asyncssh.EXTENDED_DATA_STDERR}
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -215,7 +231,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         finally:
             for fd in (stdin_r, stdout_w, stderr_w):
                 os.close(fd)
-        self._watch({stdout_r: None, stderr_r: asyncssh.EXTENDED_DATA_STDERR})
+        self._watch(self.outputs)
         return process
 
     def _task_env(self) -> dict[str, str]:
@@ -317,3 +333,32 @@ def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
     width, height, pixwidth, pixheight = size
     with contextlib.suppress(OSError):
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
+
+
+class RefusalSession(asyncssh.SSHServerSession[bytes]):
+    """A session on a connection whose login named nothing it may enter: it says why
+    on stderr and exits 1, as a shell would."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        assert self.chan is not None
+        self.chan.write_stderr(f"flotilla: {self.reason}\r\n".encode())
+        self.chan.exit(1)

@@ -8,43 +8,30 @@ the key names the user, and the usual access rules decide.
 
 A shell runs the owner's code with the owner's secrets, so it needs write access to
 the recipe (a viewer may not), and the recipe must say `start_ssh: true`. Called
-by the gateway during authentication; every refusal carries a sentence for the
-user.
+by the gateway once the user's key is verified, never for a mere key probe (a
+public key is no secret); every refusal carries a sentence for the user.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.core.sshlogin import Login, parse_login
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.runtime import proctree
+from flotilla.runtime.procs import is_same_process, process_start_ticks
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
-from flotilla.server.services.recipes import find_recipe
+from flotilla.server.services.recipes import visible_to
 
-_LOGIN = re.compile(
-    r"^(?:(?P<owner>[a-z0-9][a-z0-9-]*)/)?(?P<name>[a-z0-9][a-z0-9-]*)"
-    r"(?:\.(?P<number>\d+))?(?:\.(?P<rank>\d+))?$"
-)
-SSH_TYPES = ("deployment", "job")
+SSH_TYPES = ("deployment", "job")  # in this order when one of each has the name
 
 
 class Refused(Exception):
     """The connection may not go where it asked; the message is for the user."""
-
-
-@dataclass(frozen=True)
-class Login:
-    name: str
-    owner: str | None = None
-    number: int | None = None
-    rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,48 +45,22 @@ class Target:
     task_id: str
     rank: int
     pid: int  # the task's leading process: its environment and directory are the shell's
+    start_ticks: int  # with the pid, the process's identity (pids are reused)
     gpus: tuple[int, ...]
 
     @property
     def label(self) -> str:
         return f"{self.recipe_type} {self.recipe_name} run {self.run_number} rank {self.rank}"
 
-
-def parse_login(username: str) -> Login:
-    match = _LOGIN.match(username)
-    if not match:
-        raise Refused(
-            f"{username!r} names no deployment or job; log in as NAME, NAME.RUN, "
-            "NAME.RUN.RANK or OWNER/NAME"
-        )
-    number = match.group("number")
-    return Login(
-        name=match.group("name"),
-        owner=match.group("owner"),
-        number=int(number) if number is not None else None,
-        rank=int(match.group("rank") or 0),
-    )
+    def is_running(self) -> bool:
+        return is_same_process(self.pid, self.start_ticks)
 
 
-async def user_for_key(session: AsyncSession, key_blob: bytes) -> UserModel | None:
-    """The unlocked person whose registered SSH keys include this one (service
-    accounts have no SSH keys)."""
-    users = (
-        await session.execute(
-            select(UserModel).where(
-                UserModel.locked.is_(False), UserModel.is_service_account.is_(False)
-            )
-        )
-    ).scalars()
-    for user in users:
-        for line in user.ssh_public_keys:
-            parts = str(line).split()
-            try:
-                if len(parts) >= 2 and base64.b64decode(parts[1]) == key_blob:
-                    return user
-            except (binascii.Error, ValueError):
-                continue
-    return None
+def login_of(username: str) -> Login:
+    try:
+        return parse_login(username)
+    except ValueError as e:
+        raise Refused(str(e)) from e
 
 
 async def ssh_identity(session: AsyncSession, user: UserModel) -> Identity:
@@ -135,7 +96,10 @@ async def resolve_target(session: AsyncSession, identity: Identity, login: Login
                 )
             )
         ).scalar()
-        if task is not None and task.pid and is_task_process(task.pid, run.id, login.rank):
+        if task is None or not task.pid:
+            continue
+        ticks = process_start_ticks(task.pid)
+        if ticks is not None and is_task_process(task.pid, run.id, task.rank):
             return Target(
                 recipe_type=recipe.type,
                 recipe_name=recipe.name,
@@ -144,6 +108,7 @@ async def resolve_target(session: AsyncSession, identity: Identity, login: Login
                 task_id=task.id,
                 rank=task.rank,
                 pid=task.pid,
+                start_ticks=ticks,
                 gpus=tuple(int(g) for g in task.gpus or ()),
             )
     raise Refused(
@@ -153,23 +118,37 @@ async def resolve_target(session: AsyncSession, identity: Identity, login: Login
 
 
 async def _recipe(session: AsyncSession, identity: Identity, login: Login) -> RecipeModel:
-    for recipe_type in SSH_TYPES:
-        recipe = await find_recipe(session, recipe_type, login.name, login.owner, identity)
-        if recipe is None:
-            continue
-        if not identity.can_write(recipe.owner, recipe.project):
-            raise Refused(
-                f"{recipe_type} {recipe.name}: a shell needs write access, and "
-                f"{identity.name} may only read it"
-            )
-        if not recipe.spec.get("start_ssh"):
-            raise Refused(
-                f"{recipe_type} {recipe.name} does not allow SSH: set `start_ssh: true` "
-                "in its recipe and apply it"
-            )
-        return recipe
-    owner = f" of {login.owner}" if login.owner else ""
-    raise Refused(f"no deployment or job {login.name!r}{owner} that {identity.name} can see")
+    """The recipe the login names: among those the user can see, the ones they may
+    change; then their own; then deployments before jobs. Several owners left means
+    the login must say which."""
+    query = select(RecipeModel).where(
+        RecipeModel.type.in_(SSH_TYPES),
+        RecipeModel.name == login.name,
+        RecipeModel.deleted_at.is_(None),
+    )
+    if login.owner:
+        query = query.where(RecipeModel.owner == login.owner)
+    seen = list((await session.execute(visible_to(query, identity))).scalars())
+    if not seen:
+        owner = f" of {login.owner}" if login.owner else ""
+        raise Refused(f"no deployment or job {login.name!r}{owner} that {identity.name} can see")
+    writable = [r for r in seen if identity.can_write(r.owner, r.project)]
+    if not writable:
+        raise Refused(
+            f"{seen[0].type} {seen[0].name}: a shell needs write access, and "
+            f"{identity.name} may only read it"
+        )
+    candidates = [r for r in writable if r.owner == identity.name] or writable
+    if len({r.owner for r in candidates}) > 1:
+        owners = ", ".join(sorted(f"{r.owner}/{r.name}" for r in candidates))
+        raise Refused(f"several owners have a {login.name!r} ({owners}): log in as OWNER/NAME")
+    recipe = min(candidates, key=lambda r: SSH_TYPES.index(r.type))
+    if not recipe.spec.get("start_ssh"):
+        raise Refused(
+            f"{recipe.type} {recipe.name} does not allow SSH: set `start_ssh: true` "
+            "in its recipe and apply it"
+        )
+    return recipe
 
 
 def is_task_process(pid: int, run_id: str, rank: int) -> bool:
