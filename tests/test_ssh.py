@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from flotilla.server.db.models import AuditModel, UserModel
-from flotilla.server.ssh.gateway import GatewayConnection
+from flotilla.server.ssh.connection import GatewayConnection
 from flotilla.server.ssh.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import ADMIN_TOKEN, ServerProcess, add_user, wait_for, wait_sync
@@ -436,3 +436,37 @@ def flo(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(["flo", *args], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+async def test_a_session_ends_when_its_key_is_removed(api: Api) -> None:
+    alice = await person(api, "alice")
+    await serve(api, alice, deployment())
+    me = (await api.client.get("/api/user", headers=alice.headers)).json()
+    async with connect(api, "web", alice.key) as conn:
+        process = await conn.create_process("exec sleep 300")
+        fingerprint = me["ssh_keys"][0]["fingerprint"]
+        removed = await api.client.delete(
+            f"/api/users/{me['id']}/ssh_keys/{fingerprint}", headers=alice.headers
+        )
+        assert removed.status_code == 204
+        finished = await asyncio.wait_for(process.wait(check=False), 20)
+        assert b"access ended: the key no longer opens alice's account" in finished.stderr
+
+
+async def test_what_sessions_left_running_is_found_again_after_a_restart(data_dir: Path) -> None:
+    """The server restarts while a `nohup` job from an SSH session runs in a replica;
+    the new gateway adopts it, and kills it when the replica stops."""
+    settings = make_settings(data_dir, ssh_port=0, stop_grace_seconds=1.0)
+    async for api in open_api(settings):
+        alice = await person(api, "alice")
+        replica = await serve(api, alice, deployment())
+        async with connect(api, "web", alice.key) as conn:
+            started = await conn.run("nohup sleep 300 >/dev/null 2>&1 & echo $!")
+            left_running = int(started.stdout)
+    assert not await _gone(left_running)
+    async for api in open_api(settings):
+        assert api.ctx.ssh_gateway is not None
+        assert any(t.run_id == replica["run_id"] for t in api.ctx.ssh_gateway.sessions)
+        run = (await api.client.get(f"/api/runs/{replica['run_id']}")).json()
+        os.killpg(int(run["tasks"][0]["pid"]), signal.SIGKILL)
+        await wait_for(lambda: _gone(left_running), what="the left process to end")

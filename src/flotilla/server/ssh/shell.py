@@ -27,6 +27,7 @@ from typing import Any
 import asyncssh
 
 from flotilla.runtime import proctree
+from flotilla.server.ssh.leftovers import SESSION_MARK
 from flotilla.server.ssh.targets import Target, is_task_process
 
 # Become the session leader with the terminal on fd 0 as the controlling terminal,
@@ -193,6 +194,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         peer, sock = self.chan.get_extra_info("peername"), self.chan.get_extra_info("sockname")
         if peer and sock:
             env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {sock[0]} {sock[1]}"
+        env[SESSION_MARK] = "1"  # what it starts dies with the task (`leftovers.py`)
         argv = self.argv or [_shell(env), "-l"]
         cwd = proctree.working_directory(self.target.pid) or env.get("HOME") or "/"
         if self.terminal is not None:

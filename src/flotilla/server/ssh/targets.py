@@ -86,34 +86,43 @@ async def resolve_target(session: AsyncSession, identity: Identity, login: Login
         which = f" run {login.number}" if login.number is not None else ""
         raise Refused(f"{recipe.type} {recipe.name}{which} has nothing running to log in to")
     for run in running:
-        task = (
-            await session.execute(
-                select(TaskModel).where(
-                    TaskModel.run_id == run.id,
-                    TaskModel.attempt == run.attempt,
-                    TaskModel.rank == login.rank,
-                    TaskModel.status == TaskStatus.RUNNING.value,
-                )
-            )
-        ).scalar()
-        if task is None or not task.pid:
-            continue
-        ticks = process_start_ticks(task.pid)
-        if ticks is not None and is_task_process(task.pid, run.id, task.rank):
-            return Target(
-                recipe_type=recipe.type,
-                recipe_name=recipe.name,
-                run_id=run.id,
-                run_number=run.number,
-                task_id=task.id,
-                rank=task.rank,
-                pid=task.pid,
-                start_ticks=ticks,
-                gpus=tuple(int(g) for g in task.gpus or ()),
-            )
+        if target := await running_task(session, recipe, run, login.rank):
+            return target
     raise Refused(
         f"{recipe.type} {recipe.name}: no running rank {login.rank} "
         f"in run {', '.join(str(r.number) for r in running)}"
+    )
+
+
+async def running_task(
+    session: AsyncSession, recipe: RecipeModel, run: RunModel, rank: int
+) -> Target | None:
+    """Rank `rank` of `run` as a target, if it runs and its process is still its own."""
+    task = (
+        await session.execute(
+            select(TaskModel).where(
+                TaskModel.run_id == run.id,
+                TaskModel.attempt == run.attempt,
+                TaskModel.rank == rank,
+                TaskModel.status == TaskStatus.RUNNING.value,
+            )
+        )
+    ).scalar()
+    if task is None or not task.pid:
+        return None
+    ticks = process_start_ticks(task.pid)
+    if ticks is None or not is_task_process(task.pid, run.id, task.rank):
+        return None
+    return Target(
+        recipe_type=recipe.type,
+        recipe_name=recipe.name,
+        run_id=run.id,
+        run_number=run.number,
+        task_id=task.id,
+        rank=task.rank,
+        pid=task.pid,
+        start_ticks=ticks,
+        gpus=tuple(int(g) for g in task.gpus or ()),
     )
 
 
