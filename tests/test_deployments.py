@@ -296,6 +296,22 @@ async def test_the_first_tcp_connection_to_a_deployment_at_zero_waits_for_a_repl
     assert (await view(api))["desired_replicas"] == 1
 
 
+async def test_a_request_waits_wait_for_replica_then_gets_503(api: Api) -> None:
+    """A replica that never answers (a model that never finishes loading): the front
+    door holds the request for `wait_for_replica`, then says why; the load balancer
+    holds a raw connection as long."""
+    await api.client.put("/api/recipes", json=deployment(command="sleep 60", wait_for_replica=1))
+    response = await get(api)
+    assert response.status_code == 503, response.text
+    assert "no replica ready for 1 s (its `wait_for_replica`)" in response.json()["message"]
+    port = (await view(api))["route_ports"]["8000"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    # Closed unanswered after the 1 s hold: far sooner than the 2 minute default.
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+
+
 async def test_the_readme_example_serves(api: Api) -> None:
     recipe = parse_recipe_text(EXAMPLE.read_text())
     applied = await api.client.put(

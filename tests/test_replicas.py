@@ -81,6 +81,8 @@ def test_request_meter_counts_rate_and_requests_in_flight() -> None:
         ({"viewers": [{"route": {"container_port": 8000}}]}, "spec.viewers[0]", "user or group"),
         ({"autoscale": {"scale_up_delay": "1s"}}, "spec.autoscale", "target"),
         ({"health_check": {"interval": 0}}, "spec.health_check.interval", "greater than 0"),
+        ({"wait_for_replica": "2h"}, "spec.wait_for_replica", "between 0 and 1h"),
+        ({"wait_for_replica": "soon"}, "spec.wait_for_replica", "duration"),
     ],
 )
 def test_bad_deployments_name_the_field(spec: dict[str, object], field: str, message: str) -> None:
@@ -110,3 +112,12 @@ def test_a_replica_runs_a_one_task_job_with_its_ports() -> None:
         "FLOTILLA_PORT_9000": "41001",
     }
     assert job["scale"] == 1 and job["retries"] == 0 and job["command"] == "serve"
+
+
+def test_how_long_a_client_waits_for_a_replica() -> None:
+    spec = DeploymentSpec.model_validate({"name": "web", "command": "serve"})
+    assert spec.replica_wait_seconds() == 120.0
+    big_model = DeploymentSpec.model_validate(
+        {"name": "llm", "command": "serve", "wait_for_replica": "15m"}
+    )
+    assert big_model.replica_wait_seconds() == 900.0

@@ -22,6 +22,7 @@ from flotilla.recipes.job import JobSpec, Strict, Workload
 
 _RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
 MAX_REPLICAS = 1000
+MAX_WAIT_FOR_REPLICA = 3600.0
 
 
 class Visibility(StrEnum):
@@ -94,6 +95,22 @@ class DeploymentSpec(Workload):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     algorithm: Algorithm = Algorithm.SOURCE_IP_HASH
     autoscale: Autoscale | None = None
+    wait_for_replica: str | int = Field(
+        "2m",
+        description="how long a request or connection waits for a ready replica (scaling "
+        "from zero, every replica restarting) before it is refused; raise it for servers "
+        "that load large models",
+    )
+
+    @field_validator("wait_for_replica")
+    @classmethod
+    def _wait(cls, value: str | int) -> str | int:
+        if not 0 <= parse_duration(value) <= MAX_WAIT_FOR_REPLICA:
+            raise ValueError("must be between 0 and 1h")
+        return value
+
+    def replica_wait_seconds(self) -> float:
+        return parse_duration(self.wait_for_replica)
 
     @field_validator("replicas")
     @classmethod

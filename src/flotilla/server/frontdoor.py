@@ -37,7 +37,6 @@ from flotilla.server.services.load_balancers import plane_key
 
 router = APIRouter(include_in_schema=False)
 
-WAIT_FOR_REPLICA = 120.0
 # Not forwarded: hop-by-hop headers, and the caller's Flotilla credential.
 _DROPPED = {
     "authorization",
@@ -87,7 +86,7 @@ async def front_door(request: Request, name: str, path: str = "") -> StreamingRe
     recipe, spec, state = await _find(ctx, name, identity)
     ctx.request_meter.hit(recipe.id)
     port = int(state.route_ports[str(http_route(spec).container_port)])
-    await _wait_for_replica(ctx, recipe, port)
+    await _wait_for_replica(ctx, recipe, port, spec.replica_wait_seconds())
     selector = _routes(request).selector(ctx, recipe, spec, port)
     return await _forward(request, ctx, recipe.id, selector, path)
 
@@ -116,11 +115,13 @@ async def _find(
     raise NotFound(f"deployment {name!r}")
 
 
-async def _wait_for_replica(ctx: ServerContext, recipe: RecipeModel, port: int) -> None:
+async def _wait_for_replica(
+    ctx: ServerContext, recipe: RecipeModel, port: int, wait_seconds: float
+) -> None:
     """Return once the route's listener has a backend; ask for one if there is none
-    (a deployment scaled to zero)."""
+    (a deployment scaled to zero). 503 after `wait_seconds` (`wait_for_replica`)."""
     asked = False
-    deadline = time.monotonic() + WAIT_FOR_REPLICA
+    deadline = time.monotonic() + wait_seconds
     while not _has_backend(ctx, recipe, port):
         if not asked:
             async with ctx.transaction() as session:
@@ -131,7 +132,10 @@ async def _wait_for_replica(ctx: ServerContext, recipe: RecipeModel, port: int) 
             asked = True
         if time.monotonic() > deadline:
             raise ClientError(
-                f"deployment {recipe.name} has no replica ready yet", "unavailable", 503
+                f"deployment {recipe.name} has had no replica ready for {wait_seconds:g} s "
+                "(its `wait_for_replica`)",
+                "unavailable",
+                503,
             )
         await asyncio.sleep(0.1)
 

@@ -28,8 +28,6 @@ from flotilla.server.services.runs import create_run
 DEPLOYMENT = "deployment"
 ACTOR = "deployments"
 RECENT = timedelta(minutes=5)
-# A connection to a deployment with no replica ready waits this long for one.
-HOLD_SECONDS = 120.0
 
 
 def spec_of(recipe: RecipeModel) -> DeploymentSpec:
@@ -172,7 +170,7 @@ def balancer_config(
                 algorithm=spec.algorithm,
                 allow=route.allow,
                 health_check=spec.health_check,
-                hold_seconds=HOLD_SECONDS,
+                hold_seconds=spec.replica_wait_seconds(),
             )
         )
     return LoadBalancerConfig(name=recipe.name, listeners=listeners)
