@@ -1,13 +1,15 @@
-"""Printing for the CLI: rich tables, JSON, YAML, and one red line for errors."""
+"""Printing for the CLI: rich tables, JSON, YAML, and one red line for errors (which
+`connected()` and `api_errors` make of an `ApiError`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -16,6 +18,8 @@ from rich.table import Table
 
 from flotilla.client import ApiError, FlotillaClient
 from flotilla.errors import FieldProblem
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -97,3 +101,22 @@ def connected() -> Iterator[FlotillaClient]:
             yield api
     except ApiError as e:
         fail_api(e)
+
+
+def api_errors(func: F) -> F:
+    """A command that ends in one red line with the fix on an API error, like
+    `connected()` (for the commands of `cli/main.py` and `cli/jobs.py`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiError as e:
+            fail_api(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def client() -> FlotillaClient:
+    """A client for the configured server (for `api_errors` commands)."""
+    return FlotillaClient()

@@ -1,0 +1,34 @@
+"""`ServingCalls`, the serving part of `FlotillaClient`: load balancers and
+deployments, read and deleted here and created with `apply` like any recipe (used by
+`flo lb`, `flo deployments` and `flo deployment`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flotilla.client.calls import _Calls
+
+
+class ServingCalls(_Calls):
+    # load balancers and deployments (created with `apply`, like any recipe)
+    def list_load_balancers(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/load_balancers")["load_balancers"])
+
+    def get_load_balancer(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        params = {"owner_name": owner} if owner else {}
+        return dict(self._request("GET", f"/api/load_balancers/{name}", params=params))
+
+    def delete_load_balancer(self, name: str, owner: str | None = None) -> None:
+        params = {"owner_name": owner} if owner else {}
+        self._request("DELETE", f"/api/load_balancers/{name}", params=params)
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/deployments")["deployments"])
+
+    def get_deployment(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        params = {"owner_name": owner} if owner else {}
+        return dict(self._request("GET", f"/api/deployments/{name}", params=params))
+
+    def delete_deployment(self, name: str, owner: str | None = None) -> None:
+        params = {"owner_name": owner} if owner else {}
+        self._request("DELETE", f"/api/deployments/{name}", params=params)
