@@ -196,6 +196,50 @@ async def test_stockout_makes_the_fleet_wait_then_it_provisions(data_dir: Path) 
         assert ready["reason"] == "" and ready["status"] == "ready"
 
 
+async def test_nodes_that_fail_before_ready_are_replaced_with_back_off(data_dir: Path) -> None:
+    """An instance type that cannot boot is not created (and billed) in a tight loop:
+    10 s before the first replacement, 20 s before the second, and a node that
+    becomes ready ends the back-off."""
+    clock = FakeClock()
+    cloud = small_cloud(provisioning_delay=5)
+    settings = make_settings(data_dir, local_node=False)
+    async for api in open_api(settings, clock=clock, providers={"sim": cloud}):
+        await api.client.put("/api/recipes", json=fleet(nodes=1))
+
+        await boot_failure(api, cloud, clock, 1, "10s")
+        clock.advance(11)
+        api.ctx.wakers.fleets.set()
+        await boot_failure(api, cloud, clock, 2, "20s")
+        clock.advance(21)
+        api.ctx.wakers.fleets.set()
+        await wait_fleet(api, lambda f: f["size"] == 1, what="a third node")
+        clock.advance(6)  # it boots this time
+        await wait_fleet(api, lambda f: states(f) == ["ready"], what="the third node ready")
+        # A node that had been ready fails: replaced at once, and the count restarts.
+        (ready,) = (await get_fleet(api))["members"]
+        cloud.inject(ready["instance_id"], EventKind.FAILED, clock.now(), "disk died")
+        await wait_fleet(
+            api,
+            lambda f, gone=ready["name"]: [m["name"] for m in f["members"]] not in ([], [gone]),
+            what="an immediate replacement",
+        )
+        await boot_failure(api, cloud, clock, 1, "10s")
+
+
+async def boot_failure(
+    api: Api, cloud: SimProvider, clock: FakeClock, count: int, wait: str
+) -> None:
+    """Fail the fleet's one node before it is ready; the fleet says it backs off, and
+    with the clock standing still, no replacement comes."""
+    (member,) = (await wait_fleet(api, lambda f: len(f["members"]) == 1))["members"]
+    cloud.inject(member["instance_id"], EventKind.FAILED, clock.now(), "bad image")
+    text = f"{count} node(s) in a row failed before becoming ready"
+    view = await wait_fleet(api, lambda f: text in f["reason"] and not f["members"])
+    assert f"next replacement in {wait}" in view["reason"]
+    await _quiet(api, 1.0)
+    assert (await get_fleet(api))["members"] == []
+
+
 async def test_spares_stay_up_idle(api: Api, cloud: SimProvider) -> None:
     await api.client.put("/api/recipes", json=fleet(nodes="0..4", spares=2, idle_timeout="1s"))
     view = await wait_fleet(api, lambda f: states(f) == ["ready", "ready"], what="2 spares")

@@ -50,6 +50,11 @@ log = logging.getLogger("flotilla.fleets")
 # A request the provider refused as made is tried again after this long, or at
 # once when the fleet's recipe changes.
 ERROR_RETRY_SECONDS = 300.0
+# After a node fails before it ever became ready, its replacement waits 10 s, then
+# 20, 40 … up to 10 minutes while replacements keep failing that way: an instance
+# type or image that cannot boot must not be created (and billed) in a tight loop.
+BOOT_FAILURE_BACKOFF = 10.0
+MAX_BOOT_FAILURE_BACKOFF = 600.0
 
 
 class Fleets(ReconcileLoop):
@@ -63,12 +68,16 @@ class Fleets(ReconcileLoop):
         self._events: list[tuple[str, ProviderEvent]] = []
         # fleet id -> (no new request before, recipe version it applies to)
         self._backoff: dict[str, tuple[datetime, int]] = {}
+        # fleet id -> (nodes in a row that failed before becoming ready, when the last did)
+        self._boot_failures: dict[str, tuple[int, datetime]] = {}
+        self._counted_failures: set[str] = set()  # node ids
 
     async def step(self) -> None:
         changed = await self._provider_events()
         now = self.ctx.clock.now()
         async with self.ctx.transaction() as session:
             snapshot = await load_fleets(session, self.ctx.providers)
+            self._count_boot_failures(session, snapshot, now)
         changed |= await self._apply(decide(snapshot, now, self._backing_off(snapshot, now)), now)
         if changed:
             self.ctx.wakers.scheduler.set()
@@ -82,6 +91,35 @@ class Fleets(ReconcileLoop):
             if hold is not None and hold[0] > now and hold[1] == fleet.recipe.version:
                 out.add(fleet.recipe.id)
         return out
+
+    def _count_boot_failures(
+        self, session: AsyncSession, snapshot: FleetSnapshot, now: datetime
+    ) -> None:
+        """Back off replacing nodes that fail before they are ever ready; a node that
+        becomes ready after the last such failure ends the back-off."""
+        for fleet in snapshot.fleets:
+            fleet_id = fleet.recipe.id
+            count, last = self._boot_failures.get(fleet_id, (0, now))
+            for node in fleet.members:
+                if node.ready_at is not None and node.ready_at >= last:
+                    count = 0
+                elif node.state == NodeState.FAILED and node.ready_at is None:
+                    if node.id in self._counted_failures:
+                        continue
+                    self._counted_failures.add(node.id)
+                    count, last = count + 1, now
+                    delay = min(BOOT_FAILURE_BACKOFF * 2 ** (count - 1), MAX_BOOT_FAILURE_BACKOFF)
+                    self._backoff[fleet_id] = (now + timedelta(seconds=delay), fleet.recipe.version)
+                    message = (
+                        f"{count} node(s) in a row failed before becoming ready "
+                        f"({node.reason}); next replacement in {format_seconds(delay)}"
+                    )
+                    _fleet_event(session, fleet_id, FLEET_WAITING, message, now)
+            if count:
+                self._boot_failures[fleet_id] = (count, last)
+            else:
+                self._boot_failures.pop(fleet_id, None)
+        self._counted_failures &= {n.id for f in snapshot.fleets for n in f.members}
 
     async def _provider_events(self) -> bool:
         now = self.ctx.clock.now()
