@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, select
 
 from flotilla.core.metering import cents
-from flotilla.server.db.models import UsageModel
+from flotilla.server.db.models import NodeModel, RecipeModel, UsageModel
 from flotilla.server.reconcilers.metering import Metering
+from flotilla.server.services.usage_rows import meter_idle_nodes
 from tests.conftest import Api
 from tests.factories import add_usage, add_user, apply_and_start, job, wait_for, wait_run
 
@@ -281,3 +283,60 @@ async def test_metering_rebuilds_rows_a_crash_lost_and_tolerates_two_servers(api
     assert by_user["admin"].ended_at == datetime.fromisoformat(task["finished_at"])
     ghost_end = by_user["ghost"].ended_at
     assert ghost_end is not None and ghost_end >= now
+
+
+async def test_idle_time_of_fleet_nodes_fills_every_gap_between_tasks(api: Api) -> None:
+    """Idle rows tile what task rows leave of a node's life, including a gap that
+    opened and closed between two metering steps, and overlapping tasks."""
+    t0 = api.ctx.clock.now() - timedelta(hours=1)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    async with api.ctx.transaction() as session:
+        fleet_row = RecipeModel(
+            id=uuid.uuid4().hex, type="fleet", name="pool", owner="admin", project=None,
+            schema_version="2025.10.01", spec={}, created_at=t0, updated_at=t0,
+        )  # fmt: skip
+        session.add(fleet_row)
+        for name, terminated in (("gone", at(100)), ("up", None)):
+            session.add(
+                NodeModel(
+                    id=uuid.uuid4().hex, name=name, fleet_id=fleet_row.id, provider="sim",
+                    instance_type="h100-80gb-sxm-ib.8x", region="us-east1",
+                    state="terminated" if terminated else "ready", address="10.0.0.1",
+                    gpus=[{"index": i, "healthy": True} for i in range(8)], cpus=64,
+                    price_per_hour=31.2, created_at=t0, terminated_at=terminated,
+                )
+            )  # fmt: skip
+        for node, start, end in (
+            ("gone", 10, 20), ("gone", 21, 30), ("gone", 25, 40), ("up", 5, 50)
+        ):  # fmt: skip
+            session.add(_task_row(node, at(start), at(end)))
+    for _ in range(2):  # a second step changes nothing
+        async with api.ctx.transaction() as session:
+            await meter_idle_nodes(session, at(200))
+    assert await _idle(api, "gone") == [(at(0), at(10)), (at(20), at(21)), (at(40), at(100))]
+    # The live node is idle from its last task on: the row stays open.
+    assert await _idle(api, "up") == [(at(0), at(5)), (at(50), None)]
+
+
+def _task_row(node: str, start: datetime, end: datetime) -> UsageModel:
+    return UsageModel(
+        task_id=uuid.uuid4().hex, run_id=uuid.uuid4().hex, recipe_type="job",
+        recipe_name="train", user="alice", owner="alice", owner_kind="user", project=None,
+        node=node, instance_type="h100-80gb-sxm-ib.8x", gpu_type="H100", gpus=8,
+        spot=False, share=1.0, price_per_hour=31.2, started_at=start, ended_at=end,
+    )  # fmt: skip
+
+
+async def _idle(api: Api, node: str) -> list[tuple[datetime, datetime | None]]:
+    async with api.ctx.sessions() as session:
+        rows = (
+            await session.execute(
+                select(UsageModel)
+                .where(UsageModel.node == node, UsageModel.user == "idle:pool")
+                .order_by(UsageModel.started_at)
+            )
+        ).scalars()
+        return [(r.started_at, r.ended_at) for r in rows]

@@ -5,6 +5,7 @@ while the running one carries on to the end."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from flotilla.compute.sim.catalog import instance_type
 from flotilla.compute.sim.provider import IbNetwork, SimConfig, SimProvider
 from flotilla.core.metering import billed_seconds, cents
+from flotilla.server.db.models import NodeModel, UsageModel
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, get_run, job, wait_for, wait_run
 
@@ -24,6 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 H100 = "h100-80gb-sxm-ib.8x"
 ON_DEMAND = instance_type(H100).price_per_hour()  # $31.20 for 8 GPUs
 SPOT = instance_type(H100).price_per_hour(spot=True)  # $12.80
+RUNS = {"idle": "false"}  # reports of the runs alone, without the pool's idle time
 
 
 @pytest.fixture
@@ -123,7 +127,7 @@ async def test_a_run_is_billed_per_second_at_the_catalog_price(api: Api) -> None
     assert cost["cost"] == cents(dollars) == cents(billed * 31.2 / 3600)
     assert cost["on_demand_cost"] == cost["cost"] and cost["spot_cost"] == 0
 
-    report = (await api.client.get("/api/usage", params={"by": "resource"})).json()
+    report = (await api.client.get("/api/usage", params={"by": "resource", **RUNS})).json()
     assert report["rows"][0]["instance_type"] == H100
     assert report["total"]["cost"] == cents(dollars)
     assert report["total"]["gpu_seconds"] == gpu_seconds
@@ -176,20 +180,21 @@ async def test_reports_add_up_to_the_runs_costs(api: Api) -> None:
             gpu_seconds += gpus
     total = cents(sum(cost.values()))
 
-    by_user = (await api.client.get("/api/usage", params={"by": "user"})).json()
+    by_user = (await api.client.get("/api/usage", params={"by": "user", **RUNS})).json()
     assert {r["user"]: r["cost"] for r in by_user["rows"]} == {u: cents(c) for u, c in cost.items()}
     assert {r["user"]: r["runs"] for r in by_user["rows"]} == {"alice": 2, "bob": 1}
     assert by_user["total"]["cost"] == total and by_user["total"]["gpu_seconds"] == gpu_seconds
 
-    by_project = (await api.client.get("/api/usage", params={"by": "project"})).json()
+    by_project = (await api.client.get("/api/usage", params={"by": "project", **RUNS})).json()
     assert {r["project"]: r["cost"] for r in by_project["rows"]} == {
         "vision": cents(cost["alice"]),
         "nlp": cents(cost["bob"]),
     }
-    by_day = (await api.client.get("/api/usage", params={"by": "day"})).json()
+    by_day = (await api.client.get("/api/usage", params={"by": "day", **RUNS})).json()
     assert by_day["total"] == by_user["total"] == by_project["total"]
 
-    csv_text = (await api.client.get("/api/usage", params={"by": "user,day", "format": "csv"})).text
+    csv_params = {"by": "user,day", "format": "csv", **RUNS}
+    csv_text = (await api.client.get("/api/usage", params=csv_params)).text
     header, *lines = csv_text.strip().splitlines()
     columns = header.split(",")
     cells = [dict(zip(columns, line.split(","), strict=True)) for line in lines]
@@ -236,3 +241,47 @@ async def test_a_reached_budget_refuses_new_runs_while_the_running_one_finishes(
 
     cost = await metered(api, long_run)  # it runs to the end
     assert cost["cost"] >= 0.04  # 5+ s at $0.00867/s
+
+
+async def test_idle_fleet_nodes_are_billed_to_the_fleet_without_gap_or_overlap(api: Api) -> None:
+    """A node costs from creation to termination, worked or not: the time no task
+    holds it is billed to its fleet, so its rows tile its life exactly."""
+    await fleet(api, "pool", 1)
+    run_id = await run_job(api, job("short", "sleep 1", resources={"gpu": "H100:8"}))
+    await metered(api, run_id)
+    node_name = (await get_run(api.client, run_id))["tasks"][0]["node"]
+    assert (await api.client.delete("/api/fleets/pool")).status_code == 204
+
+    async def tiled() -> list[UsageModel] | None:
+        async with api.ctx.sessions() as session:
+            node = (
+                await session.execute(select(NodeModel).where(NodeModel.name == node_name))
+            ).scalar_one()
+            rows = list(
+                (
+                    await session.execute(
+                        select(UsageModel)
+                        .where(UsageModel.node == node_name)
+                        .order_by(UsageModel.started_at)
+                    )
+                ).scalars()
+            )
+        if node.terminated_at is None or any(r.ended_at is None for r in rows):
+            return None
+        assert rows[0].started_at == node.created_at
+        assert rows[-1].ended_at == node.terminated_at
+        return rows
+
+    rows = await wait_for(tiled, 30, what="the node's rows to close")
+    assert [r.user for r in rows] == ["idle:pool", "admin", "idle:pool"]
+    for earlier, later in itertools.pairwise(rows):
+        assert earlier.ended_at == later.started_at  # no gap, no overlap
+    for idle in (rows[0], rows[2]):
+        assert idle.recipe_type == "fleet" and idle.recipe_name == "pool"
+        assert idle.owner == "admin" and idle.share == 1.0 and idle.gpus == 8
+        assert idle.price_per_hour == ON_DEMAND and idle.run_id == ""
+
+    report = (await api.client.get("/api/usage", params={"by": "user"})).json()
+    by_user = {row["user"]: row["cost"] for row in report["rows"]}
+    assert set(by_user) == {"admin", "idle:pool"}
+    assert by_user["admin"] == (await api.client.get(f"/api/usage/runs/{run_id}")).json()["cost"]

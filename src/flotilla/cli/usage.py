@@ -40,14 +40,17 @@ def usage_command(
     ] = None,
     until: Annotated[str | None, typer.Option(help="ISO date or time, exclusive")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="print CSV (one header row)")] = False,
+    idle: Annotated[
+        bool, typer.Option(help="include fleet nodes' idle time (user idle:FLEET)")
+    ] = True,
     json: JsonOpt = False,
 ) -> None:
     """GPU-hours, node-hours and dollars, billed per second, grouped by `--by`."""
     with connected() as api:
         if csv:
-            sys.stdout.write(api.usage_csv(by, since, until))
+            sys.stdout.write(api.usage_csv(by, since, until, idle))
             return
-        report = api.usage(by, since, until)
+        report = api.usage(by, since, until, idle)
     if json:
         return print_json(report)
     keys = [KEY_COLUMNS.get(k, k) for k in report["by"]]

@@ -11,16 +11,23 @@ from flotilla.client.calls import _Calls, _decode
 class UsageCalls(_Calls):
     # usage, cost and budgets
     def usage(
-        self, by: str = "user", since: str | None = None, until: str | None = None
+        self,
+        by: str = "user",
+        since: str | None = None,
+        until: str | None = None,
+        idle: bool = True,
     ) -> dict[str, Any]:
-        params = {k: v for k, v in {"by": by, "since": since, "until": until}.items() if v}
-        return dict(self._request("GET", "/api/usage", params=params))
+        return dict(self._request("GET", "/api/usage", params=_params(by, since, until, idle)))
 
     def usage_csv(
-        self, by: str = "user", since: str | None = None, until: str | None = None
+        self,
+        by: str = "user",
+        since: str | None = None,
+        until: str | None = None,
+        idle: bool = True,
     ) -> str:
-        params = {"by": by, "since": since, "until": until, "format": "csv"}
-        response = self.http.get("/api/usage", params={k: v for k, v in params.items() if v})
+        params = {**_params(by, since, until, idle), "format": "csv"}
+        response = self.http.get("/api/usage", params=params)
         if response.status_code >= 400:
             _decode(response)
         return response.text
@@ -47,3 +54,8 @@ class UsageCalls(_Calls):
     def audit(self, **filters: Any) -> dict[str, Any]:
         params = {k: v for k, v in filters.items() if v is not None}
         return dict(self._request("GET", "/api/audit", params=params))
+
+
+def _params(by: str, since: str | None, until: str | None, idle: bool) -> dict[str, str]:
+    given = {"by": by, "since": since, "until": until, "idle": "true" if idle else "false"}
+    return {k: v for k, v in given.items() if v}

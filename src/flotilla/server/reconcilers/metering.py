@@ -14,20 +14,18 @@ every task, which catches whatever a crash or a short-lived run slipped past.
 Several servers may meter at once: opening inserts with ON CONFLICT DO NOTHING on
 the task id, and closing writes the same end whoever does it.
 
-Share and billing rules: `core.metering`.
+Fleet nodes that no task holds are metered too, as idle time billed to their fleet
+(`services/usage_rows.py`). Share and billing rules: `core.metering`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.metering import node_share
@@ -42,13 +40,13 @@ from flotilla.server.db.models import (
     UsageModel,
 )
 from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.usage_rows import insert_usage_rows, is_task_row, meter_idle_nodes
 
 log = logging.getLogger("flotilla.metering")
 FULL_EVERY = 60.0
 # Runs that finished this long before the previous step are still looked at: the
 # clocks of the writer and of this step may differ a little.
 RECENT_SLACK = timedelta(seconds=30)
-BATCH = 500
 WATCHED = [
     s.value for s in RunStatus if s.holds_resources() or s == RunStatus.PENDING
 ]  # pending: a requeued run's earlier attempt may still need its row
@@ -71,6 +69,7 @@ class Metering(ReconcileLoop):
         async with self.ctx.transaction() as session:
             opened = await open_rows(session, since)
             closed = await close_rows(session, began)
+            opened += await meter_idle_nodes(session, began)
         if opened or closed:
             log.debug("metering: %d rows opened, %d closed", opened, closed)
         self._watermark = began
@@ -121,7 +120,7 @@ async def open_rows(session: AsyncSession, finished_since: datetime | None) -> i
         usage_values(task, run, recipe, nodes.get(task.node or ""), recipe.owner in groups)
         for task, run, recipe in found
     ]
-    await _insert_ignoring_duplicates(session, values)
+    await insert_usage_rows(session, values)
     return len(values)
 
 
@@ -164,16 +163,6 @@ def usage_values(
     }
 
 
-async def _insert_ignoring_duplicates(
-    session: AsyncSession, values: Sequence[dict[str, Any]]
-) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    for i in range(0, len(values), BATCH):
-        statement = insert(UsageModel).values(list(values[i : i + BATCH]))
-        await session.execute(statement.on_conflict_do_nothing(index_elements=["task_id"]))
-
-
 def _task_done(task: TaskModel) -> bool:
     return task.finished_at is not None and TaskStatus(task.status).is_finished()
 
@@ -184,7 +173,7 @@ async def close_rows(session: AsyncSession, now: datetime) -> int:
         select(UsageModel, TaskModel, RunModel)
         .outerjoin(TaskModel, TaskModel.id == UsageModel.task_id)
         .outerjoin(RunModel, RunModel.id == TaskModel.run_id)
-        .where(UsageModel.ended_at.is_(None))
+        .where(UsageModel.ended_at.is_(None), is_task_row())
     )
     closed = 0
     for row, task, run in (await session.execute(query)).all():

@@ -45,6 +45,9 @@ async def get_usage(
     since: Since = None,
     until: Until = None,
     format: Literal["json", "csv"] = "json",
+    idle: Annotated[
+        bool, Query(description="include fleet nodes' idle time (user `idle:<fleet>`)")
+    ] = True,
 ) -> Any:
     """Node-seconds, GPU-hours and dollars, billed per second (rounded up), grouped
     by `by`; open usage counts up to now. Costs are rounded to the cent per row;
@@ -53,7 +56,9 @@ async def get_usage(
     now = ctx.clock.now()
     lo, hi = usage_service.window(since, until, now)
     async with ctx.sessions() as session:
-        report = await usage_service.usage_report(session, caller, keys, lo, hi, now)
+        report = await usage_service.usage_report(
+            session, caller, keys, lo, hi, now, with_idle=idle
+        )
     view = usage_service.report_view(report, lo, hi)
     if format == "csv":
         text = render_csv(view["rows"], csv_columns(keys))

@@ -31,6 +31,7 @@ from flotilla.core.metering import (
 from flotilla.errors import ClientError
 from flotilla.server.db.models import UsageModel
 from flotilla.server.identity import Identity
+from flotilla.server.services.usage_rows import is_task_row
 
 
 def parse_moment(value: str | None, what: str) -> datetime | None:
@@ -127,10 +128,13 @@ async def usage_report(
     until: datetime,
     now: datetime,
     user: str | None = None,
+    with_idle: bool = True,
 ) -> Report:
     where = [visible_rows(caller)]
     if user is not None:
         where.append(UsageModel.user == user)
+    if not with_idle:
+        where.append(is_task_row())
     records = await load_records(session, since, until, *where)
     return aggregate(records, by, now, since, until)
 
