@@ -240,6 +240,30 @@ async def boot_failure(
     assert (await get_fleet(api))["members"] == []
 
 
+async def test_a_run_held_back_by_a_quota_grows_no_fleet(api: Api, cloud: SimProvider) -> None:
+    """More nodes would not start it: they would stand idle, and billed."""
+    policy = {"project_quota": {"vision": 0}}
+    assert (await api.client.put("/api/scheduler/policy", json=policy)).status_code == 200
+    assert (await api.client.post("/api/projects", json={"name": "vision"})).status_code == 201
+    await api.client.put("/api/recipes", json=fleet(nodes="0..2"))
+    work = job("held", "true", resources={"gpu": "H100:8"}, project="vision")
+    _, run_id = await apply_and_start(api.client, work)
+
+    async def held() -> bool:
+        run = (await api.client.get(f"/api/runs/{run_id}")).json()
+        return str(run["reason"]).startswith("project quota: vision holds 0 GPUs")
+
+    await wait_for(held, what="the quota's reason")
+    api.ctx.wakers.fleets.set()
+    await _quiet(api, 1.0)
+    view = await get_fleet(api)
+    assert (view["desired"], view["members"]) == (0, [])
+    # Quota lifted: now the fleet grows for it, and it runs.
+    assert (await api.client.put("/api/scheduler/policy", json={})).status_code == 200
+    done = await wait_run(api.client, run_id, "succeeded", "failed", "error", timeout=30)
+    assert done["status"] == "succeeded", done
+
+
 async def test_spares_stay_up_idle(api: Api, cloud: SimProvider) -> None:
     await api.client.put("/api/recipes", json=fleet(nodes="0..4", spares=2, idle_timeout="1s"))
     view = await wait_fleet(api, lambda f: states(f) == ["ready", "ready"], what="2 spares")

@@ -86,11 +86,7 @@ def schedule(
     policy = policy or Policy()
     usage = usage or {}
     running = list(running)
-    held_user: dict[str, int] = {}
-    held_project: dict[str, int] = {}
-    for active in running:
-        held_user[active.user] = held_user.get(active.user, 0) + active.gpus
-        held_project[active.project] = held_project.get(active.project, 0) + active.gpus
+    held_user, held_project = held_gpus(running)
     decision = Decision()
     blocked_types: dict[str, str] = {}  # gpu type -> the blocked head holding a reservation
     reserved: list[tuple[TypeIndex, str, int]] = []
@@ -103,7 +99,7 @@ def schedule(
             break
         decisions += 1
         misses += 1
-        reason = _quota_reason(run, held_user, held_project, policy)
+        reason = quota_reason(run.user, run.project, run.gpus, (held_user, held_project), policy)
         if reason:
             decision.reasons[run.id] = reason
             continue
@@ -182,20 +178,45 @@ def _weighted(share: float, user: str, policy: Policy) -> float:
     return share / max(policy.user_weight.get(user, 1.0), 1e-9)
 
 
-def _quota_reason(
-    run: QueuedRun, held_user: dict[str, int], held_project: dict[str, int], policy: Policy
+QUOTA_REASONS = ("user quota:", "project quota:")
+
+
+def held_by_quota(reason: str) -> bool:
+    """Whether a pending run's reason says a quota holds it back: more nodes would
+    not start it, so it is no demand for a fleet to grow for."""
+    return reason.startswith(QUOTA_REASONS)
+
+
+def held_gpus(running: Iterable[RunningRun]) -> tuple[dict[str, int], dict[str, int]]:
+    """GPUs held by running runs, per user and per project (what quotas limit)."""
+    held_user: dict[str, int] = {}
+    held_project: dict[str, int] = {}
+    for active in running:
+        held_user[active.user] = held_user.get(active.user, 0) + active.gpus
+        held_project[active.project] = held_project.get(active.project, 0) + active.gpus
+    return held_user, held_project
+
+
+def quota_reason(
+    user: str,
+    project: str,
+    gpus: int,
+    held: tuple[dict[str, int], dict[str, int]],
+    policy: Policy,
 ) -> str | None:
-    limit = policy.user_quota.get(run.user)
-    if limit is not None and held_user.get(run.user, 0) + run.gpus > limit:
+    """Why a quota holds back a run of `gpus` GPUs, or None."""
+    held_user, held_project = held
+    limit = policy.user_quota.get(user)
+    if limit is not None and held_user.get(user, 0) + gpus > limit:
         return (
-            f"user quota: {run.user} holds {held_user.get(run.user, 0)} GPUs, "
-            f"this run needs {run.gpus}, the limit is {limit}"
+            f"{QUOTA_REASONS[0]} {user} holds {held_user.get(user, 0)} GPUs, "
+            f"this run needs {gpus}, the limit is {limit}"
         )
-    limit = policy.project_quota.get(run.project)
-    if limit is not None and held_project.get(run.project, 0) + run.gpus > limit:
+    limit = policy.project_quota.get(project)
+    if limit is not None and held_project.get(project, 0) + gpus > limit:
         return (
-            f"project quota: {run.project} holds {held_project.get(run.project, 0)} GPUs, "
-            f"this run needs {run.gpus}, the limit is {limit}"
+            f"{QUOTA_REASONS[1]} {project} holds {held_project.get(project, 0)} GPUs, "
+            f"this run needs {gpus}, the limit is {limit}"
         )
     return None
 

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.provider import Offer, Provider
 from flotilla.core import autoscale
+from flotilla.core.queue import held_by_quota
 from flotilla.core.status import NodeState, RunStatus
 from flotilla.core.units import parse_gpu
 from flotilla.recipes.fleet import FleetSpec
@@ -193,15 +194,19 @@ async def busy_nodes(session: AsyncSession, node: str | None = None) -> set[str]
 
 
 async def pending_demand(session: AsyncSession) -> list[autoscale.Demand]:
-    """The GPU demand of pending runs, oldest first. Runs without GPUs never grow a
-    fleet: they fit on whatever node is up."""
+    """The GPU demand of pending runs the scheduler could not place, oldest first.
+    Runs without GPUs never grow a fleet: they fit on whatever node is up; nor do
+    runs a quota holds back, or that the scheduler has not looked at yet (it may
+    find them held back): new nodes would stand idle, and billed."""
     rows = await session.execute(
-        select(RunModel.id, RunModel.spec)
+        select(RunModel.id, RunModel.spec, RunModel.reason)
         .where(RunModel.status == RunStatus.PENDING.value)
         .order_by(RunModel.queued_at, RunModel.id)
     )
     out = []
-    for run_id, spec in rows:
+    for run_id, spec, reason in rows:
+        if not reason or held_by_quota(reason):
+            continue
         gpu = (spec.get("resources") or {}).get("gpu")
         try:
             request = parse_gpu(gpu) if gpu is not None else None

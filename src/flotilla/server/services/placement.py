@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flotilla.core.packing import Shape, assign, wider_shapes
-from flotilla.core.queue import Policy, QueuedRun, RunningRun, schedule
+from flotilla.core.queue import Policy, QueuedRun, RunningRun, held_gpus, quota_reason, schedule
 from flotilla.core.topology import CapacityIndex, Node, TypeIndex
 from flotilla.server.db.models import NodeModel
 from flotilla.server.services.nodes import healthy_gpus
@@ -53,6 +53,8 @@ def plan(
     index = CapacityIndex(_topology_node(n, snapshot) for n in schedulable if _has_gpus(n))
     queue: list[QueuedRun] = []
     shapes: dict[str, Shape] = {}
+    running = _running(snapshot)
+    held = held_gpus(running)
     for waiting in snapshot.pending:
         request = waiting.spec.resources.gpu_request()
         if request is None:
@@ -62,8 +64,13 @@ def plan(
         kind = _kind_for(request.type, spot, index)
         type_index = index.index(kind) if kind else None
         if kind is None or type_index is None:
-            out.reasons[waiting.run.id] = _no_type_reason(request.type, spot, index)
-            out.waiting_for_capacity = True
+            # A quota comes first: capacity would not start it (nor should a fleet
+            # grow for it).
+            gpus = request.count * len(waiting.tasks)
+            owner, project = waiting.recipe.owner, waiting.spec.project
+            held_back = quota_reason(owner, project, gpus, held, policy)
+            out.reasons[waiting.run.id] = held_back or _no_type_reason(request.type, spot, index)
+            out.waiting_for_capacity |= held_back is None
             continue
         shape = _shape(len(waiting.tasks), request.count, type_index)
         shapes[waiting.run.id] = shape
@@ -80,7 +87,7 @@ def plan(
                 spot=spot,
             )
         )
-    decision = schedule(index, queue, _running(snapshot), usage, policy, max_misses=max_misses)
+    decision = schedule(index, queue, running, usage, policy, max_misses=max_misses)
     free = {n.name: snapshot.free_gpus(n) for n in schedulable}
     by_id = {w.run.id: w for w in snapshot.pending}
     for run_id, nodes in decision.placed.items():
