@@ -120,7 +120,7 @@ def create_app(
         app.state.loops = loops
         if settings.ssh_port is not None:
             ctx.ssh_gateway = SshGateway(ctx)
-            await ctx.ssh_gateway.start(settings.host, settings.ssh_port)
+            await ctx.ssh_gateway.start(settings.host, settings.ssh_port, settings.port)
         # Re-adopt whatever ran while we were down before taking new work.
         await supervision.step()
         for loop in loops:

@@ -84,9 +84,26 @@ class SshGateway:
         assert self._server is not None, "gateway not started"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, api_port: int) -> None:
+        """Listen on `port`; with 0, on any free port but `api_port`, which the API
+        binds only after start-up and which the kernel may otherwise hand us."""
         # asyncssh narrates every connection at INFO; the audit log has what matters.
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
+        for _ in range(10):
+            await self._listen(host, port)
+            if port != 0 or self.port != api_port:
+                break
+            self._server_close()
+        self.sessions = await adopt_leftovers(self.ctx)
+        self._watcher = asyncio.create_task(self._watch_tasks())
+        log.info("SSH gateway on %s:%d (host key %s)", host, self.port, self.fingerprint)
+
+    def _server_close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _listen(self, host: str, port: int) -> None:
         try:
             self._server = await asyncssh.create_server(
                 lambda: GatewayConnection(self),
@@ -107,9 +124,6 @@ class SshGateway:
                 f"the SSH gateway cannot listen on {host}:{port} ({e.strerror}); set "
                 "FLOTILLA_SSH_PORT to a free port, 0 for any, or 'off'"
             ) from e
-        self.sessions = await adopt_leftovers(self.ctx)
-        self._watcher = asyncio.create_task(self._watch_tasks())
-        log.info("SSH gateway on %s:%d (host key %s)", host, self.port, self.fingerprint)
 
     async def close(self) -> None:
         """End every connection (their processes get SIGHUP, as when sshd stops),
