@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from flotilla.lb.testing import TagBackend, free_port, greet
+from flotilla.server.services.load_balancers import ports_in_use
 from tests.conftest import Api
 from tests.factories import add_user, wait_for
 
@@ -108,6 +109,9 @@ async def test_bad_fields_and_taken_ports_are_refused(api: Api) -> None:
         "/api/recipes", json=lb_recipe("three", api.ctx.settings.port, [])
     )
     assert api_port.status_code == 409 and "Flotilla API" in api_port.json()["message"]
+    async with api.ctx.sessions() as session:
+        taken = await ports_in_use(session, api.ctx.settings.with_(ssh_port=2222), "")
+    assert taken[2222] == "the SSH gateway"
 
 
 async def test_others_cannot_see_or_delete_a_load_balancer(api: Api) -> None:

@@ -42,9 +42,11 @@ async def live_load_balancers(session: AsyncSession) -> Sequence[RecipeModel]:
 async def ports_in_use(
     session: AsyncSession, settings: Settings, other_than: str
 ) -> dict[int, str]:
-    """Listener ports taken, by port: the API's own, every other load balancer's,
-    every deployment's."""
+    """Listener ports taken, by port: the API's own, the SSH gateway's, every other
+    load balancer's, every deployment's."""
     taken = {settings.port: "the Flotilla API"}
+    if settings.ssh_port:
+        taken[settings.ssh_port] = "the SSH gateway"
     for recipe in await live_load_balancers(session):
         if recipe.id != other_than:
             for listener in recipe.spec.get("listeners", []):
