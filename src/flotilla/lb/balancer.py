@@ -28,6 +28,7 @@ from flotilla.lb.health import Health, HealthChecker, Prober, Sleep, tcp_probe
 from flotilla.lb.proxy import ClientSide
 from flotilla.lb.runtime import BackendRuntime, ListenerRuntime
 from flotilla.lb.snapshot import LoadBalancerSnapshot, balancer_snapshot
+from flotilla.listeners import close_server
 
 log = logging.getLogger("flotilla.lb")
 BACKLOG = 4096
@@ -163,7 +164,7 @@ class LoadBalancer:
         if self.listeners.get(runtime.config.port) is runtime:
             del self.listeners[runtime.config.port]
         if runtime.server is not None:
-            runtime.server.close()
+            await close_server(runtime.server)
         for backend in list(runtime.backends.values()):
             await self._drain_backend(runtime, backend)
         runtime.rebuild()

@@ -15,6 +15,7 @@ from typing import Any
 from flotilla.lb.balancer import LoadBalancer
 from flotilla.lb.config import Backend, HealthCheck, Listener, LoadBalancerConfig
 from flotilla.lb.runtime import BackendRuntime, ListenerRuntime
+from flotilla.listeners import close_server
 
 QUIET_CHECKS = HealthCheck(interval=30, timeout=1)  # a probe at start, then none in a test
 SOURCES_FOR_TESTS = [f"127.0.{i}.{j}" for i in range(1, 4) for j in range(1, 9)]  # 24 clients
@@ -50,7 +51,7 @@ class TagBackend:
         """Stop listening (new connects are refused); `drop` also resets the open
         connections."""
         if self._server is not None:
-            self._server.close()
+            await close_server(self._server)
             self._server = None
         # A connection accepted just now reaches its handler a few loop turns later
         # (transport, then protocol, then the handler task): let it register, or

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from flotilla.listeners import stop_accepting
 from flotilla.server.services.audit import AuditEntry, record_audit
 from flotilla.server.ssh.connection import GatewayConnection
 from flotilla.server.ssh.leftovers import adopt_leftovers, kill_sessions
@@ -139,6 +140,7 @@ class SshGateway:
         if runners:
             await asyncio.wait(runners, timeout=3)
         if self._server is not None:
+            await stop_accepting(self._server.sockets)
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 3)
