@@ -3,43 +3,31 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import pytest
 
-from flotilla.server.auth.throttle import LoginThrottle, TooManyAttempts
-from tests.conftest import Api
+from flotilla.server.auth.throttle import retry_after
+from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_password_user
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+def test_retry_after_counts_the_failures_left_in_the_window() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    failures = [now - timedelta(seconds=s) for s in (50, 30, 10)]
+    assert retry_after(failures, 4, 60, now) == 0  # under the limit
+    assert retry_after(failures, 3, 60, now) == 10  # free once the oldest leaves
+    assert retry_after(failures, 2, 60, now) == 30  # two of three must leave
 
-    def __call__(self) -> float:
-        return self.now
 
-
-def test_limits_per_user_and_per_address_over_a_sliding_window() -> None:
-    clock = Clock()
-    throttle = LoginThrottle(per_user=3, per_address=5, window=60, clock=clock)
-    for _ in range(3):
-        throttle.check("alice", "10.0.0.1")
-        throttle.failed("alice", "10.0.0.1")
-        clock.now += 1
-    with pytest.raises(TooManyAttempts) as caught:
-        throttle.check("alice", "10.0.0.9")  # the name is locked from anywhere
-    assert caught.value.status == 429 and 57 <= caught.value.retry_after <= 58
-    throttle.check("bob", "10.0.0.2")  # others are not
-    for name in ("bob", "carol"):
-        throttle.failed(name, "10.0.0.1")
-    with pytest.raises(TooManyAttempts):
-        throttle.check("dave", "10.0.0.1")  # five failures from one address
-    clock.now += 60
-    throttle.check("alice", "10.0.0.1")  # the window moved on
-    throttle.failed("erin", "10.0.0.3")
-    throttle.succeeded("erin")
-    assert throttle._wait(("user", "erin"), clock.now) == 0
+async def login(api: Api, username: str, password: str) -> int:
+    response = await api.client.post(
+        "/api/auth/login", json={"username": username, "password": password}
+    )
+    return response.status_code
 
 
 async def test_the_login_route_refuses_a_guesser_even_with_the_right_password(api: Api) -> None:
@@ -56,3 +44,33 @@ async def test_the_login_route_refuses_a_guesser_even_with_the_right_password(ap
     assert "too many failed logins" in refused.json()["message"]
     audit = (await api.client.get("/api/audit", params={"actor": "alice"})).json()["entries"]
     assert audit[0]["status_code"] == 429 and "too many" in audit[0]["detail"]
+
+
+async def test_a_success_clears_the_names_count(api: Api) -> None:
+    await add_password_user(api.ctx, "alice", "correct horse")
+    for _ in range(4):
+        assert await login(api, "alice", "guess") == 401
+    assert await login(api, "alice", "correct horse") == 200
+    for _ in range(4):
+        assert await login(api, "alice", "guess") == 401
+    assert await login(api, "alice", "correct horse") == 200
+
+
+async def test_one_address_guessing_many_names_is_refused(api: Api) -> None:
+    for i in range(20):
+        assert await login(api, f"nobody-{i}", "guess") == 401
+    assert await login(api, "somebody-else", "guess") == 429
+
+
+async def test_every_server_sharing_the_database_counts_the_same_failures(
+    data_dir: Path, database_url: str | None
+) -> None:
+    """Two server processes on one database (or one restarted): a guesser gains
+    nothing by spreading attempts over them."""
+    settings = make_settings(data_dir, database_url)
+    async for first in open_api(settings):
+        await add_password_user(first.ctx, "alice", "correct horse")
+        for _ in range(5):
+            assert await login(first, "alice", "guess") == 401
+        async for second in open_api(settings):
+            assert await login(second, "alice", "correct horse") == 429

@@ -62,8 +62,8 @@ class ServerContext:
     lb_plane: LoadBalancerPlane = field(default_factory=LoadBalancerPlane)
     # Requests per second through the deployments' front door (`frontdoor.py`).
     request_meter: RequestMeter = field(default_factory=lambda: RequestMeter())
-    # Failed password logins, to refuse guessing (`auth/throttle.py`).
-    login_throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle())
+    # Failed password logins (from the audit log), to refuse guessing (`auth/throttle.py`).
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     # Deployment replicas (run ids) whose port has answered: the ones routed to.
     ready_replicas: set[str] = field(default_factory=set)
     # SSH access to tasks that allow it (`start_ssh`); None when the port is off.

@@ -1,23 +1,32 @@
 """Slowing down password guessing: failed logins are counted per user name and per
 source address over a sliding window; past the limit, further attempts (right
 password or not) are refused with 429 until old failures leave the window. A
-success clears the user name's count. In memory, per server process.
+success clears the user name's count.
 
-Called by the login route around `sessions.password_login`.
+The failures are the audit log's: every login attempt is recorded there
+(`server/audit.py`), so every server process sharing the database sees the same
+count, and a restart forgets nothing. Called by the login route before
+`sessions.password_login`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import ClientError
+from flotilla.server.db.models import AuditModel
 
 PER_USER = 5  # failures per user name in the window
 PER_ADDRESS = 20  # failures per source address in the window (many names, one guesser)
 WINDOW = 300.0  # seconds
+LOGIN_ACTION = "POST /api/auth/login"  # the route's audit action
+_FAILED = 401  # a wrong password or an unknown name (not a refusal by this throttle)
 
 
 class TooManyAttempts(ClientError):
@@ -30,47 +39,56 @@ class TooManyAttempts(ClientError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
 class LoginThrottle:
-    def __init__(
-        self,
-        per_user: int = PER_USER,
-        per_address: int = PER_ADDRESS,
-        window: float = WINDOW,
-        clock: Callable[[], float] = time.monotonic,
+    per_user: int = PER_USER
+    per_address: int = PER_ADDRESS
+    window: float = WINDOW
+
+    async def check(
+        self, session: AsyncSession, username: str, address: str, now: datetime
     ) -> None:
-        self.limits = {"user": per_user, "address": per_address}
-        self.window = window
-        self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        """Raise `TooManyAttempts` if the name or the address is over its limit."""
+        since = now - timedelta(seconds=self.window)
+        last_success = (
+            await session.execute(
+                select(func.max(AuditModel.at)).where(
+                    AuditModel.action == LOGIN_ACTION,
+                    AuditModel.actor == username,
+                    AuditModel.status_code < 400,
+                    AuditModel.at > since,
+                )
+            )
+        ).scalar()
+        by_user = await self._failures(session, AuditModel.actor == username, last_success or since)
+        by_address = await self._failures(session, AuditModel.source_ip == address, since)
+        wait = max(
+            retry_after(by_user, self.per_user, self.window, now),
+            retry_after(by_address, self.per_address, self.window, now),
+        )
+        if wait > 0:
+            raise TooManyAttempts(wait)
 
-    def check(self, username: str, address: str) -> None:
-        """Raise `TooManyAttempts` if either key is over its limit."""
-        now = self.clock()
-        waits = [
-            self._wait(("user", username), now),
-            self._wait(("address", address), now),
-        ]
-        if max(waits) > 0:
-            raise TooManyAttempts(max(waits))
+    async def _failures(
+        self, session: AsyncSession, who: ColumnElement[bool], since: datetime
+    ) -> list[datetime]:
+        rows = await session.execute(
+            select(AuditModel.at)
+            .where(
+                AuditModel.action == LOGIN_ACTION,
+                AuditModel.status_code == _FAILED,
+                AuditModel.at > since,
+                who,
+            )
+            .order_by(AuditModel.at)
+        )
+        return list(rows.scalars())
 
-    def failed(self, username: str, address: str) -> None:
-        now = self.clock()
-        for key in (("user", username), ("address", address)):
-            self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(("user", username), None)
-
-    def _wait(self, key: tuple[str, str], now: float) -> float:
-        times = self._failures.get(key)
-        if not times:
-            return 0.0
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return 0.0
-        if len(times) < self.limits[key[0]]:
-            return 0.0
-        # Free again when enough of the oldest failures have left the window.
-        return times[len(times) - self.limits[key[0]]] + self.window - now
+def retry_after(failures: Sequence[datetime], limit: int, window: float, now: datetime) -> float:
+    """Seconds until fewer than `limit` of `failures` (in time order, all within the
+    window) are left in it; 0 when already fewer."""
+    if len(failures) < limit:
+        return 0.0
+    oldest_that_counts = failures[len(failures) - limit]
+    return max(0.0, (oldest_that_counts - now).total_seconds() + window)

@@ -70,17 +70,16 @@ async def login(request: Request, ctx: Ctx, body: LoginRequest) -> TokenResponse
     request.state.audit_actor = body.username
     address = _source_ip(request)
     try:
-        ctx.login_throttle.check(body.username, address)
+        async with ctx.sessions() as session:
+            await ctx.login_throttle.check(session, body.username, address, ctx.clock.now())
     except TooManyAttempts:
         request.state.audit_detail = "login refused: too many failed attempts"
         raise
     try:
         tokens = await session_service.password_login(ctx, body.username, body.password, address)
-    except LoginRefused as e:
-        ctx.login_throttle.failed(body.username, address)
+    except LoginRefused as e:  # audited as a 401: the throttle counts it from there
         request.state.audit_detail = f"login failed: {e.reason}"
         raise
-    ctx.login_throttle.succeeded(body.username)
     return _tokens(request, tokens, "password login")
 
 
