@@ -197,6 +197,33 @@ async def test_rolling_update_serves_throughout_and_ends_on_the_new_version(api:
     assert "v1" not in seen[len(seen) - 5 :]
 
 
+async def test_a_leaving_replica_stays_until_its_connections_end(api: Api) -> None:
+    """A rolling update takes the old replica out of the load balancer at once, but
+    stops it only when the connections it serves there have ended."""
+    await api.client.put("/api/recipes", json=deployment(scale=1))
+    (old,) = await ready_replicas(api, 1)
+    port = (await view(api))["route_ports"]["8000"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a request still on its way
+    await writer.drain()
+    updated = deployment(scale=1, environment_variables={"VERSION": "2"})
+    assert (await api.client.put("/api/recipes", json=updated)).status_code == 201
+    await ready_replicas(api, 1, version=2)
+    await asyncio.sleep(2.5)  # past DRAIN_MIN, several reconciler steps
+    run = (await api.client.get(f"/api/runs/{old['run_id']}")).json()
+    assert run["status"] == "running", (run["stop_reason"], run["reason"])
+    writer.write(b"\r\n")  # the request ends, and the old replica answers it
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.")
+    writer.close()
+
+    async def old_stopped() -> bool:
+        found = (await api.client.get(f"/api/runs/{old['run_id']}")).json()
+        return found["stop_reason"] == "replica no longer needed"
+
+    await wait_for(old_stopped, timeout=30, what="the old replica to stop once drained")
+
+
 async def test_front_door_needs_a_token_unless_the_route_is_public(api: Api) -> None:
     viewer = await add_user(api.ctx, "vera")
     stranger = await add_user(api.ctx, "sam")

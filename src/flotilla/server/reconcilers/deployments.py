@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +35,7 @@ from flotilla.server.services.deployments import (
     DEPLOYMENT,
     Replica,
     active_replicas,
+    backend_address,
     balancer_config,
     deployment_state,
     live_deployments,
@@ -48,6 +50,11 @@ from flotilla.server.services.runs import request_stop
 PROBE_TIMEOUT = 1.0
 # A client waiting on a scaled-to-zero deployment keeps it wanted this long.
 DEMAND_HOLD = 60.0
+# A replica leaving the load balancer is stopped once its connections there end,
+# but not before DRAIN_MIN (requests in flight through the front door are not
+# counted there) and not after DRAIN_MAX.
+DRAIN_MIN = 1.0
+DRAIN_MAX = 30.0
 
 
 class Deployments(ReconcileLoop):
@@ -57,7 +64,8 @@ class Deployments(ReconcileLoop):
         super().__init__(ctx.wakers.deployments, min(1.0, ctx.settings.resync_seconds))
         self.ctx = ctx
         self.ready = ctx.ready_replicas  # replica runs whose port has answered
-        self.unrouted: set[str] = set()  # taken out of the load balancer last step
+        # Replicas taken out of the load balancer, and when (monotonic seconds).
+        self.unrouted: dict[str, float] = {}
         self.demanded: set[str] = set()  # deployments a held TCP connection waits on
         self.changed = False  # this step started or stopped replicas
         self.refused: dict[str, str] = {}  # deployment -> why a budget refuses replicas
@@ -71,6 +79,8 @@ class Deployments(ReconcileLoop):
                 for replica in await active_replicas(session, recipe)
             ]
         await self._probe(replicas)
+        active = {r.run.id for r in replicas}
+        self.unrouted = {run: at for run, at in self.unrouted.items() if run in active}
         self.changed = False
         now = self.ctx.clock.now()
         configs: dict[str, tuple[LoadBalancerConfig, str]] = {}
@@ -110,7 +120,7 @@ class Deployments(ReconcileLoop):
         # Old replicas keep serving until as many new ones are ready.
         rolled = len(ready_current) >= min(state.desired_replicas, len(old))
         routed = ready_current + ([] if rolled else [r for r in old if r.run.id in self.ready])
-        self._retire(session, surplus + (old if rolled else []), now)
+        self._retire(session, key, surplus + (old if rolled else []), now)
         return balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
 
     def _demand(self, recipe_id: str) -> None:
@@ -249,19 +259,42 @@ class Deployments(ReconcileLoop):
             state.restarts += missing
             state.last_restart_at = now
 
-    def _retire(self, session: AsyncSession, leaving: list[Replica], now: datetime) -> None:
-        """Stop replicas that were already out of the load balancer last step (their
-        connections had a step to drain); mark the others for the next one."""
+    def _retire(
+        self, session: AsyncSession, key: str, leaving: list[Replica], now: datetime
+    ) -> None:
+        """Take leaving replicas out of the load balancer, and stop each once its
+        connections there have ended (at least DRAIN_MIN after, for requests the
+        front door has in flight; at most DRAIN_MAX)."""
+        busy = self._busy_backends(key)
+        clock = time.monotonic()
         for replica in leaving:
-            if replica.run.id in self.unrouted or replica.run.id not in self.ready:
+            since = self.unrouted.setdefault(replica.run.id, clock)
+            drained = replica.address is None or not any(
+                (backend_address(replica.address), port) in busy
+                for port in (replica.run.replica_ports or {}).values()
+            )
+            waited = clock - since
+            if replica.run.id not in self.ready or (
+                waited >= DRAIN_MAX or (waited >= DRAIN_MIN and drained)
+            ):
                 self.changed = True
                 request_stop(
                     session, replica.run, reason="replica no longer needed", actor=ACTOR, now=now
                 )
-                self.unrouted.discard(replica.run.id)
+                self.unrouted.pop(replica.run.id, None)
                 self.ready.discard(replica.run.id)
-            else:
-                self.unrouted.add(replica.run.id)
+
+    def _busy_backends(self, key: str) -> set[tuple[str, int]]:
+        """The backends (address, port) with connections open through the load balancer."""
+        snapshot = self.ctx.lb_plane.snapshot(key)
+        if snapshot is None:
+            return set()
+        return {
+            (backend["address"], int(backend["port"]))
+            for listener in snapshot["listeners"]
+            for backend in listener["backends"]
+            if backend["active_connections"]
+        }
 
 
 async def _answers(replica: Replica) -> bool:

@@ -161,7 +161,7 @@ def balancer_config(
         for replica in routed:
             port = replica.port(route.container_port)
             if replica.address and port:
-                backends.append(Backend(address=_ip(replica.address), port=port))
+                backends.append(Backend(address=backend_address(replica.address), port=port))
         listeners.append(
             Listener(
                 port=int(state.route_ports[str(route.container_port)]),
@@ -176,7 +176,7 @@ def balancer_config(
     return LoadBalancerConfig(name=recipe.name, listeners=listeners)
 
 
-def _ip(address: str) -> str:
+def backend_address(address: str) -> str:
     """Nodes' addresses are IPs; `localhost` names this machine."""
     return "127.0.0.1" if address in ("localhost", "") else address
 
