@@ -60,7 +60,12 @@ class FlotillaServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FlotillaServer:
-        env = {**os.environ, "FLOTILLA_DATA_DIR": str(self.data_dir), "FLOTILLA_ADMIN_TOKEN": TOKEN}
+        env = {
+            **os.environ,
+            "FLOTILLA_DATA_DIR": str(self.data_dir),
+            "FLOTILLA_ADMIN_TOKEN": TOKEN,
+            "FLOTILLA_SSH_PORT": "off",  # not measured here; 2222 may be another server's
+        }
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             ["flo", "server", "--port", str(self.port)], env=env, stdout=log, stderr=log
