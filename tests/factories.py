@@ -42,6 +42,15 @@ def job(
     }
 
 
+async def process_gone(pid: int) -> bool:
+    """Whether no process has this pid any more (for `wait_for`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 async def wait_for(
     check: Callable[[], Awaitable[Any]],
     timeout: float = 20.0,

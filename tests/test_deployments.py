@@ -22,7 +22,7 @@ from sqlalchemy import select
 from flotilla.recipes import parse_recipe_text
 from flotilla.server.db.models import EventModel, RecipeModel, RunModel
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import add_usage, add_user, wait_for
+from tests.factories import add_usage, add_user, process_gone, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -148,15 +148,7 @@ async def test_a_replica_failing_its_health_check_is_replaced(api: Api) -> None:
     events = (await api.client.get(f"/api/runs/{first['run_id']}/events")).json()["events"]
     assert any("failed its health check" in e["message"] for e in events), events
     assert (await get(api)).status_code == 200
-    await wait_for(lambda: _gone(pid), timeout=30, what="the hung replica to be stopped")
-
-
-async def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    await wait_for(lambda: process_gone(pid), timeout=30, what="the hung replica to be stopped")
 
 
 async def test_rolling_update_serves_throughout_and_ends_on_the_new_version(api: Api) -> None:

@@ -26,7 +26,14 @@ from flotilla.server.db.models import AuditModel, UserModel
 from flotilla.server.ssh.connection import GatewayConnection
 from flotilla.server.ssh.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import ADMIN_TOKEN, ServerProcess, add_user, wait_for, wait_sync
+from tests.factories import (
+    ADMIN_TOKEN,
+    ServerProcess,
+    add_user,
+    process_gone,
+    wait_for,
+    wait_sync,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -347,24 +354,16 @@ async def test_the_session_ends_when_the_replica_stops(api: Api) -> None:
         started = await conn.run("nohup sleep 300 >/dev/null 2>&1 & echo $!")
         left_running = int(started.stdout)
     await asyncio.sleep(0.5)
-    assert not await _gone(left_running)
+    assert not await process_gone(left_running)
     async with connect(api, "web", alice.key) as conn:
         process = await conn.create_process("echo $$; exec sleep 300")
         shell_pid = int(await process.stdout.readline())
         os.killpg(pid_of_replica, signal.SIGKILL)
         finished = await asyncio.wait_for(process.wait(check=False), 20)
         assert b"has stopped" in finished.stderr
-    await wait_for(lambda: _gone(shell_pid), what="the session's process to end")
+    await wait_for(lambda: process_gone(shell_pid), what="the session's process to end")
     # ...but not its task: it may hold the task's GPUs, which go to someone else now.
-    await wait_for(lambda: _gone(left_running), what="what the session left to end")
-
-
-async def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    await wait_for(lambda: process_gone(left_running), what="what the session left to end")
 
 
 async def test_ssh_info_says_where_the_gateway_is(api: Api, data_dir: Path) -> None:
@@ -463,10 +462,10 @@ async def test_what_sessions_left_running_is_found_again_after_a_restart(data_di
         async with connect(api, "web", alice.key) as conn:
             started = await conn.run("nohup sleep 300 >/dev/null 2>&1 & echo $!")
             left_running = int(started.stdout)
-    assert not await _gone(left_running)
+    assert not await process_gone(left_running)
     async for api in open_api(settings):
         assert api.ctx.ssh_gateway is not None
         assert any(t.run_id == replica["run_id"] for t in api.ctx.ssh_gateway.sessions)
         run = (await api.client.get(f"/api/runs/{replica['run_id']}")).json()
         os.killpg(int(run["tasks"][0]["pid"]), signal.SIGKILL)
-        await wait_for(lambda: _gone(left_running), what="the left process to end")
+        await wait_for(lambda: process_gone(left_running), what="the left process to end")

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from flotilla.runtime.procs import stat_fields
+
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
 
 
@@ -40,12 +42,8 @@ def working_directory(pid: int) -> str | None:
 
 def session_id(pid: int) -> int | None:
     """The process's session id (what `setsid` starts), or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses; split after it.
-    return int(stat[stat.rindex(")") + 2 :].split()[3])
+    fields = stat_fields(pid)
+    return int(fields[3]) if fields is not None else None
 
 
 def processes_by_session() -> dict[int, list[int]]:
