@@ -64,19 +64,32 @@ async def meter_idle_nodes(session: AsyncSession, now: datetime) -> int:
             )
         ).scalars()
     }
+    # Live fleet nodes, and terminated ones that may still owe idle rows: not
+    # every node the fleets ever had, which would grow without bound.
+    nodes = list(
+        (
+            await session.execute(
+                select(NodeModel).where(
+                    NodeModel.fleet_id.is_not(None),
+                    NodeModel.price_per_hour > 0,
+                    or_(
+                        NodeModel.state != NodeState.TERMINATED.value,
+                        NodeModel.terminated_at.is_(None),
+                        NodeModel.terminated_at >= now - SETTLED_AFTER,
+                        NodeModel.name.in_(open_idle),
+                    ),
+                )
+            )
+        ).scalars()
+    )
     idle_until: dict[str, datetime | None] = {
         node: ended
         for node, ended in await session.execute(
             select(UsageModel.node, func.max(UsageModel.ended_at))
-            .where(~is_task_row())
+            .where(~is_task_row(), UsageModel.node.in_([n.name for n in nodes]))
             .group_by(UsageModel.node)
         )
     }
-    nodes = (
-        await session.execute(
-            select(NodeModel).where(NodeModel.fleet_id.is_not(None), NodeModel.price_per_hour > 0)
-        )
-    ).scalars()
     gaps: list[tuple[NodeModel, datetime, datetime | None]] = []
     changed = 0
     for node in nodes:
