@@ -170,7 +170,7 @@ def test_deployment_list_describe_delete(server: ServerProcess, tmp_path: Path) 
         return d if len(live) == 1 and d["desired_replicas"] == 1 else None
 
     deployment = wait_sync(ready, timeout=30, what="one ready replica")
-    endpoint = f"{server.url}/d/hello/"
+    endpoint = f"{server.url}/d/~admin/hello/"
     assert deployment["endpoints"]["http"] == endpoint
     answer = httpx.get(endpoint, headers=AUTH, timeout=10)
     assert answer.status_code == 200 and answer.text.startswith("hello from"), answer.text

@@ -1,12 +1,23 @@
-"""The HTTP front door of deployments: `/d/{name}/…` on the Flotilla server.
+"""The HTTP front door of deployments on the Flotilla server: `/d/~{owner}/{name}/…`,
+or `/d/{name}/…` while no other deployment has that name.
+
+Names are unique per owner only, so the canonical address names the owner (a user
+or group; `~` starts no user, group or deployment name, so the two forms can't be
+confused). The bare name answers only while exactly one live deployment in all of
+Flotilla has it — whoever asks, so a link means the same deployment to everyone;
+when several have it, 409 names the qualified addresses the caller may use.
 
 It authenticates the caller unless the deployment's route is public, checks that
 they may use it (route `visibility`: `owner` — the owner, their groups, the
 project's members and the `viewers`; `org` — anyone signed in; `public`), counts
 the request for autoscaling, and proxies it to one of the ready replicas its load
 balancer routes to (picked with the deployment's algorithm), streaming both ways.
-The caller's Flotilla credential is not passed on. A deployment scaled to zero is
-asked for a replica and the request waits for it instead of failing.
+An address the caller may not use answers as a missing one does (401 without a
+credential, 404 with one), so neither reveals what exists. A credential's scopes
+hold here as on the API: a read-only token sends only GET, HEAD and OPTIONS. The
+caller's Flotilla credential is not passed on. A deployment scaled to zero is asked
+for a replica and the request waits for it instead of failing. WebSocket upgrades
+are not proxied.
 
 TCP routes have no front door: their load balancer port is reached directly and
 guarded by the route's `allow` list.
@@ -16,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +36,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from flotilla.errors import ClientError, NotFound, Unauthorized
+from flotilla.errors import ClientError, Conflict, Forbidden, NotFound, Unauthorized
 from flotilla.lb.choice import Selector, make_selector
 from flotilla.recipes.deployment import DeploymentSpec, Route, Visibility
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
-from flotilla.server.identity import Identity
+from flotilla.server.identity import Identity, Scope
 from flotilla.server.security import authenticate
-from flotilla.server.services.deployments import DEPLOYMENT
+from flotilla.server.services.deployments import DEPLOYMENT, front_door_path, spec_of
 from flotilla.server.services.load_balancers import plane_key
 
 router = APIRouter(include_in_schema=False)
@@ -75,15 +86,40 @@ def http_route(spec: DeploymentSpec) -> Route:
 
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Without side effects: a read-only credential may send them, and they are retried.
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Address:
+    """What the caller asked for: a deployment name, qualified by its owner or not."""
+
+    owner: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"~{self.owner}/{self.name}" if self.owner is not None else self.name
+
+
+# The qualified routes come first: `/d/{name}/{path}` would match them too.
+@router.api_route("/d/~{owner}/{name}", methods=METHODS)
+@router.api_route("/d/~{owner}/{name}/{path:path}", methods=METHODS)
+async def owned_front_door(
+    request: Request, owner: str, name: str, path: str = ""
+) -> StreamingResponse:
+    return await _serve(request, Address(owner, name), path)
 
 
 @router.api_route("/d/{name}", methods=METHODS)
 @router.api_route("/d/{name}/{path:path}", methods=METHODS)
 async def front_door(request: Request, name: str, path: str = "") -> StreamingResponse:
+    return await _serve(request, Address(None, name), path)
+
+
+async def _serve(request: Request, address: Address, path: str) -> StreamingResponse:
     ctx: ServerContext = request.app.state.ctx
-    identity = await authenticate(request) if request.headers.get("authorization") else None
-    recipe, spec, state = await _find(ctx, name, identity)
+    identity = await _caller(request)
+    recipe, spec, state = await _find(ctx, address, identity)
     ctx.request_meter.hit(recipe.id)
     port = int(state.route_ports[str(http_route(spec).container_port)])
     await _wait_for_replica(ctx, recipe, port, spec.replica_wait_seconds())
@@ -91,28 +127,78 @@ async def front_door(request: Request, name: str, path: str = "") -> StreamingRe
     return await _forward(request, ctx, recipe.id, selector, path)
 
 
-async def _find(
-    ctx: ServerContext, name: str, identity: Identity | None
-) -> tuple[RecipeModel, DeploymentSpec, DeploymentStateModel]:
-    async with ctx.sessions() as session:
-        rows = await session.execute(
-            select(RecipeModel, DeploymentStateModel)
-            .join(DeploymentStateModel, DeploymentStateModel.recipe_id == RecipeModel.id)
-            .where(
-                RecipeModel.type == DEPLOYMENT,
-                RecipeModel.name == name,
-                RecipeModel.deleted_at.is_(None),
-            )
-            .order_by(RecipeModel.created_at)
+async def _caller(request: Request) -> Identity | None:
+    """Who sent the request (None: no credential), refused before any look-up when
+    the credential's scopes don't cover the method, so that answer says nothing
+    about what exists either."""
+    if not request.headers.get("authorization"):
+        return None
+    identity = await authenticate(request)
+    if request.method not in SAFE and Scope.WRITE not in identity.scopes:
+        raise Forbidden(
+            "this token is read-only (it lacks the 'write' scope): through the front "
+            f"door it may send only {', '.join(sorted(SAFE))}, not {request.method}"
         )
-        found = [(recipe, state) for recipe, state in rows]
-    for recipe, state in found:
-        spec = DeploymentSpec.model_validate(recipe.spec)
-        if may_use(identity, recipe, spec):
+    if request.method in SAFE and Scope.READ not in identity.scopes:
+        raise Forbidden("this credential lacks the 'read' scope")
+    return identity
+
+
+async def _find(
+    ctx: ServerContext, address: Address, identity: Identity | None
+) -> tuple[RecipeModel, DeploymentSpec, DeploymentStateModel]:
+    """The one deployment `address` means, if the caller may use it."""
+    async with ctx.sessions() as session:
+        query = select(RecipeModel).where(
+            RecipeModel.type == DEPLOYMENT,
+            RecipeModel.name == address.name,
+            RecipeModel.deleted_at.is_(None),
+        )
+        if address.owner is not None:
+            query = query.where(RecipeModel.owner == address.owner)
+        found = (await session.execute(query.order_by(RecipeModel.owner))).scalars().all()
+        usable = [(r, spec) for r in found if (spec := _usable(identity, r)) is not None]
+        if len(found) == 1 and usable:
+            recipe, spec = usable[0]
+            state = await session.get(DeploymentStateModel, recipe.id)
+            if state is None:  # applied a moment ago: the reconciler hasn't seen it yet
+                raise ClientError(
+                    f"deployment {address} is starting: try again in a moment",
+                    "unavailable",
+                    503,
+                )
             return recipe, spec, state
-    if identity is None and found:
-        raise Unauthorized("this deployment needs an API token (Authorization: token …)")
-    raise NotFound(f"deployment {name!r}")
+    if usable:
+        qualified = ", ".join(front_door_path(r.owner, r.name) for r, _ in usable)
+        raise Conflict(
+            f"several deployments are named {address.name!r}: use the address of the one "
+            f"you mean ({qualified})"
+        )
+    raise _missing(address, identity, found)
+
+
+def _usable(identity: Identity | None, recipe: RecipeModel) -> DeploymentSpec | None:
+    spec = spec_of(recipe)
+    if not any(route.protocol == "http" for route in spec.routes):
+        return None
+    return spec if may_use(identity, recipe, spec) else None
+
+
+def _missing(
+    address: Address, identity: Identity | None, found: Sequence[RecipeModel]
+) -> ClientError:
+    """The answer for an address the caller can't use: the same whether or not
+    anything is there, unless the caller may read what is (then it says why)."""
+    if identity is None:
+        # 401, not 404: a caller without a credential is told what to send, and a
+        # deployment that does exist then answers.
+        return Unauthorized(
+            f"no public deployment {address}: one that is not public needs an API token "
+            "(Authorization: token …)"
+        )
+    if any(identity.can_read(r.owner, r.project) for r in found):
+        return NotFound(f"an HTTP route of deployment {address}")
+    return NotFound(f"deployment {address}")
 
 
 async def _wait_for_replica(
@@ -240,9 +326,9 @@ async def _send(
     tried: list[Target] = []
     target = selector.pick(ip)
     while target is not None:
-        url = httpx.URL(
-            f"http://{target.address}:{target.port}/{path}", query=request.url.query.encode()
-        )
+        url = httpx.URL(f"http://{target.address}:{target.port}/{path}")
+        if request.url.query:  # an empty one would still send a bare `?`
+            url = url.copy_with(query=request.url.query.encode())
         target.active += 1
         try:
             upstream = await client.send(
@@ -254,7 +340,7 @@ async def _send(
             target.active -= 1
             tried.append(target)
             if not isinstance(e, httpx.ConnectError) and (
-                request.method not in RETRYABLE or len(tried) > 1
+                request.method not in SAFE or len(tried) > 1
             ):
                 raise ClientError(f"the deployment did not answer: {e}", "bad_gateway", 502) from e
             target = selector.fallback(ip, tried)

@@ -17,6 +17,7 @@ from flotilla.server.services.deployments import (
     DEPLOYMENT,
     active_replicas,
     deployment_view_state,
+    front_door_path,
 )
 from flotilla.server.services.load_balancers import load_balancer_state, plane_key
 from flotilla.server.services.runs import stop_active_runs
@@ -33,7 +34,7 @@ async def _view(
     view = deployment_view_state(state, replicas, ctx.ready_replicas, lb)
     ports = state.route_ports if state else {}
     view["endpoints"] = {
-        "http": f"{base_url}/d/{recipe.name}/",
+        "http": base_url + front_door_path(recipe.owner, recipe.name),
         "tcp": {cp: f"{ctx.settings.host}:{port}" for cp, port in ports.items()},
     }
     return {

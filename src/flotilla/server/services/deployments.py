@@ -176,6 +176,13 @@ def balancer_config(
     return LoadBalancerConfig(name=recipe.name, listeners=listeners)
 
 
+def front_door_path(owner: str, name: str) -> str:
+    """A deployment's canonical front door address (`server/frontdoor.py`): qualified
+    by its owner, as names are unique only per owner. `~` starts no user, group or
+    deployment name, so the owner can't be mistaken for a bare name."""
+    return f"/d/~{owner}/{name}/"
+
+
 def backend_address(address: str) -> str:
     """Nodes' addresses are IPs; `localhost` names this machine."""
     return "127.0.0.1" if address in ("localhost", "") else address
