@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flotilla.core.units import parse_memory
+
 DEFAULT_PORT = 8765
 DEFAULT_SSH_PORT = 2222
 
@@ -46,6 +48,9 @@ class Settings:
     auth_issuer: str = "flotilla"
     access_token_ttl: float = 15 * 60.0
     refresh_token_ttl: float = 14 * 24 * 3600.0
+    # How long a start's Idempotency-Key is remembered, in seconds
+    # (FLOTILLA_IDEMPOTENCY_KEY_TTL; `services/idempotency.py`).
+    idempotency_key_ttl: float = 24 * 3600.0
     # Single sign-on with any OpenID Connect provider (FLOTILLA_OIDC_*); off unless
     # the issuer and client id are set. The redirect URL is this server's
     # `/api/auth/oidc/callback` as the provider knows it.
@@ -58,6 +63,15 @@ class Settings:
     # Off unless asked for here; `from_env` (what `flo server` uses) turns it on at
     # DEFAULT_SSH_PORT unless FLOTILLA_SSH_PORT says otherwise.
     ssh_port: int | None = None
+    # The shortest interval a job's schedule may have, in seconds
+    # (FLOTILLA_MIN_SCHEDULE_INTERVAL): `@every 10s` is refused below it.
+    min_schedule_interval: float = 60.0
+    # The largest request body the server reads (FLOTILLA_MAX_REQUEST_BYTES; `4Mi`,
+    # bytes, 0 for no limit): larger ones answer 413 before they are read. Bodies to
+    # deployments through the front door (`/d/…`, which holds a body in memory before
+    # passing it on) have their own limit, for uploads (FLOTILLA_MAX_FRONTDOOR_BYTES).
+    max_request_bytes: int = 4 * 1024**2
+    max_frontdoor_bytes: int = 100 * 1024**2
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -82,6 +96,8 @@ class Settings:
             values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+        if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):
+            values["min_schedule_interval"] = float(env["FLOTILLA_MIN_SCHEDULE_INTERVAL"])
         for name in (
             "auth_issuer",
             "oidc_issuer",
@@ -92,9 +108,12 @@ class Settings:
         ):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = env[f"FLOTILLA_{name.upper()}"]
-        for name in ("access_token_ttl", "refresh_token_ttl"):
+        for name in ("access_token_ttl", "refresh_token_ttl", "idempotency_key_ttl"):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = float(env[f"FLOTILLA_{name.upper()}"])
+        for name in ("max_request_bytes", "max_frontdoor_bytes"):
+            if env.get(f"FLOTILLA_{name.upper()}"):
+                values[name] = parse_memory(env[f"FLOTILLA_{name.upper()}"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
         return cls(**values)

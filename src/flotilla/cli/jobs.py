@@ -23,6 +23,7 @@ from flotilla.cli.output import (
 from flotilla.client import FlotillaClient
 from flotilla.errors import InvalidRecipe
 from flotilla.recipes import parse_recipe
+from flotilla.recipes.envelope import load_documents
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 TypeOpt = Annotated[str, typer.Option("--type", "-t", help="recipe type")]
@@ -57,9 +58,9 @@ def apply(
         fail("give a recipe file: flo apply FILE (or -f FILE; '-' reads stdin)")
     text = sys.stdin.read() if str(file) == "-" else _read(file)
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        fail(f"{file}: not valid YAML or JSON: {e}")
+        documents = load_documents(text)  # bad YAML, or nested too deeply to read
+    except InvalidRecipe as e:
+        fail_problems(str(file), e.problems)
     with client() as api:
         for document in documents:
             try:

@@ -3,7 +3,9 @@
 `parse_recipe` turns a dict from YAML or JSON into a validated `Recipe`, or raises
 `InvalidRecipe` naming every bad field by its path. An unknown field is reported with
 the nearest valid name (Saturn's `enforce_unknown`). `state` is read-only: accepted so
-that an exported recipe applies again unchanged, and ignored.
+that an exported recipe applies again unchanged, and ignored. Text that could not be
+stored or sent back (a lone surrogate, a NUL) and absurd nesting are refused first,
+wherever they are, so nothing downstream ever sees them.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from flotilla.core.jsontext import unstorable_text
 from flotilla.errors import FieldProblem, InvalidRecipe
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.recipes.fleet import FleetSpec
@@ -26,6 +28,7 @@ from flotilla.recipes.job import JobSpec
 from flotilla.recipes.load_balancer import LoadBalancerSpec
 
 SCHEMA_VERSION = "2025.10.01"
+MAX_SCHEMA_VERSION_LENGTH = 32  # the column that stores it
 _ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
 # One spec model per recipe type. user, group and project recipes are applied to
 # the identity tables (see recipes/identity.py), the others stored as recipes.
@@ -94,37 +97,55 @@ class Recipe:
 
 def parse_recipe_text(text: str) -> Recipe:
     """Parse YAML (a superset of JSON) text into a validated recipe."""
+    documents = load_documents(text)
+    return parse_recipe(documents[0] if documents else None)
+
+
+def load_documents(text: str) -> list[Any]:
+    """The YAML (or JSON) documents of a recipe file, empty ones left out; bad YAML
+    and nesting too deep for the parser raise InvalidRecipe (`flo apply` reads files
+    this way)."""
     try:
-        data = yaml.safe_load(text)
+        return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise InvalidRecipe([FieldProblem("<document>", f"not valid YAML or JSON{at}")]) from e
-    return parse_recipe(data)
+    except RecursionError as e:  # PyYAML's composer recurses once per level
+        raise InvalidRecipe([FieldProblem("<document>", "nested too deeply")]) from e
 
 
 def parse_recipe(data: Any, enforce_unknown: bool = True) -> Recipe:
     """Validate a recipe. With `enforce_unknown=False` (Saturn's flag, used when
     cloning), unknown fields are dropped instead of rejected."""
+    _refuse_unstorable(data)
     if not enforce_unknown:
-        return _parse_dropping_unknown(data)
+        data = _without_unknown(data)
     if not isinstance(data, dict):
         raise InvalidRecipe([FieldProblem("<document>", "a recipe must be a mapping")])
     problems = [
-        FieldProblem(key, _unknown_message(str(key), _ENVELOPE_KEYS))
+        FieldProblem(str(key), _unknown_message(str(key), _ENVELOPE_KEYS))
         for key in data
         if key not in _ENVELOPE_KEYS
     ]
     recipe_type = data.get("type")
     if recipe_type is None:
         problems.append(FieldProblem("type", f"required; one of {', '.join(recipe_types())}"))
+    elif not isinstance(recipe_type, str):
+        problems.append(
+            FieldProblem("type", f"must be a string: one of {', '.join(recipe_types())}")
+        )
     elif recipe_type not in _SPEC_MODELS:
         problems.append(
-            FieldProblem("type", _unknown_message(str(recipe_type), recipe_types(), "recipe type"))
+            FieldProblem("type", _unknown_message(recipe_type, recipe_types(), "recipe type"))
         )
     schema_version = data.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(schema_version, str | int | float):
+    if isinstance(schema_version, bool) or not isinstance(schema_version, str | int | float):
         problems.append(FieldProblem("schema_version", "must be a string like 2025.10.01"))
+    elif len(str(schema_version)) > MAX_SCHEMA_VERSION_LENGTH:
+        problems.append(
+            FieldProblem("schema_version", f"at most {MAX_SCHEMA_VERSION_LENGTH} characters")
+        )
     spec_data = data.get("spec")
     if not isinstance(spec_data, dict):
         problems.append(FieldProblem("spec", "required; must be a mapping"))
@@ -152,28 +173,51 @@ def parse_typed(data: Any, recipe_type: str, model: type[BaseModel]) -> BaseMode
         raise InvalidRecipe(_problems_from(e, model, "spec")) from e
 
 
-def _parse_dropping_unknown(data: Any) -> Recipe:
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k in _ENVELOPE_KEYS}
-    for _ in range(100):  # each round removes at least one field
+def _refuse_unstorable(data: Any) -> None:
+    problems = unstorable_text(data)
+    if problems:
+        raise InvalidRecipe(
+            [FieldProblem(_format_path(p.loc) or "<document>", p.message) for p in problems]
+        )
+
+
+def _without_unknown(data: Any) -> Any:
+    """A copy of `data` without the fields its spec model does not know. Pydantic's
+    error locations lead to them (a key may hold a dot, so a path string would not);
+    whatever else is wrong is left for `parse_recipe` to report."""
+    if not isinstance(data, dict):
+        return data
+    data = {k: v for k, v in data.items() if k in _ENVELOPE_KEYS}
+    recipe_type, spec = data.get("type"), data.get("spec")
+    model = _SPEC_MODELS.get(recipe_type) if isinstance(recipe_type, str) else None
+    if model is None or not isinstance(spec, dict):
+        return data
+    spec = copy.deepcopy(spec)
+    for _ in range(100):  # each round removes at least one field, or stops
         try:
-            return parse_recipe(data, enforce_unknown=True)
-        except InvalidRecipe as e:
-            unknown = [p for p in e.problems if p.message.startswith("unknown field")]
-            if not unknown:
-                raise
-            data = copy.deepcopy(data)
-            for problem in unknown:
-                _drop(data, problem.path)
-    raise AssertionError("unreachable")
+            model.model_validate(spec)
+            break
+        except ValidationError as e:
+            unknown = [item["loc"] for item in e.errors() if item["type"] == "extra_forbidden"]
+            dropped = [_drop(spec, loc) for loc in unknown]
+            if not unknown or not all(dropped):
+                break
+    return {**data, "spec": spec}
 
 
-def _drop(data: Any, path: str) -> None:
-    parts = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]", path) if p]
+def _drop(data: Any, loc: tuple[Any, ...]) -> bool:
+    """Remove the field at `loc`; False where `loc` does not lead into `data` (a
+    union's branch name in it, say): that field is then reported, not dropped."""
     target = data
-    for part in parts[:-1]:
-        target = target[part]
-    target.pop(parts[-1], None)
+    for part in loc[:-1]:
+        try:
+            target = target[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if not isinstance(target, dict) or loc[-1] not in target:
+        return False
+    del target[loc[-1]]
+    return True
 
 
 def _problems_from(

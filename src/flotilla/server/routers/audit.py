@@ -13,6 +13,9 @@ from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.audit import AuditQuery, audit_view, query_audit
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
+# Entry ids are a 32-bit INTEGER column: a larger `before_id` is no id, and
+# PostgreSQL refuses to compare one with it (a 500) rather than find nothing.
+MAX_ENTRY_ID = 2**31 - 1
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -31,7 +34,9 @@ async def list_audit(
     outcome: str | None = Query(None, pattern="^(success|denied|failure)$"),
     since: datetime | None = None,
     until: datetime | None = None,
-    before_id: int | None = Query(None, description="page backwards from this entry id"),
+    before_id: int | None = Query(
+        None, ge=1, le=MAX_ENTRY_ID, description="page backwards from this entry id"
+    ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     caller.require_admin()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.recipes import recipe_types
@@ -26,6 +27,9 @@ from flotilla.server.services.load_balancers import (
 from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
+JOB = "job"
+# What FastAPI would have encoded the answer with, used before the commit instead.
+_ANSWER = TypeAdapter(dict[str, Any])
 
 # The body is validated by `recipes.parse_recipe` (for its field-path errors and
 # "did you mean" hints); this documents its shape in the OpenAPI schema.
@@ -60,12 +64,16 @@ async def _states(
     return states
 
 
-async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> dict[str, Any]:
+async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> Response:
+    """Apply in one transaction whose last step is encoding the answer: whatever
+    fails, up to an answer that cannot be sent, rolls it all back, and nothing
+    wakes before the commit."""
     if recipe_service.is_identity_recipe(payload):
         async with ctx.transaction() as session:
-            return await recipe_service.apply_identity_recipe(
+            view = await recipe_service.apply_identity_recipe(
                 session, caller, payload, ctx.clock.now(), enforce_unknown
             )
+            return _answer(view)
     async with ctx.transaction() as session:
         recipe, changed = await recipe_service.apply_recipe(
             session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
@@ -75,14 +83,22 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
             await check_fleet(session, ctx.providers, recipe)
         if changed and (ports := declared_ports(recipe)):
             await check_ports(session, ctx.settings, recipe, ports)
+        if changed and recipe.type == JOB:
+            schedule = recipe_service.enabled_schedule(recipe)
+            recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
         states = await _states(ctx, session, [recipe])
+        answer = _answer(recipe_view(recipe, states[recipe.id]))
     wakers = ctx.wakers
     {
         FLEET: wakers.fleets,
         LOAD_BALANCER: wakers.load_balancers,
         DEPLOYMENT: wakers.deployments,
     }.get(recipe.type, wakers.cron).set()
-    return recipe_view(recipe, states[recipe.id])
+    return answer
+
+
+def _answer(view: dict[str, Any]) -> Response:
+    return Response(_ANSWER.dump_json(view), status_code=201, media_type="application/json")
 
 
 def declared_ports(recipe: RecipeModel) -> list[int]:
@@ -94,24 +110,24 @@ def declared_ports(recipe: RecipeModel) -> list[int]:
     return []
 
 
-@router.put("", status_code=201, openapi_extra=_RECIPE_BODY)
+@router.put("", status_code=201, response_model=dict[str, Any], openapi_extra=_RECIPE_BODY)
 async def apply_recipe(
     ctx: Ctx,
     caller: Caller,
     payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
-) -> dict[str, Any]:
+) -> Response:
     """Create or update a recipe from its envelope. The same recipe twice is a no-op."""
     return await _apply(ctx, caller, payload, enforce_unknown)
 
 
-@router.post("", status_code=201, openapi_extra=_RECIPE_BODY)
+@router.post("", status_code=201, response_model=dict[str, Any], openapi_extra=_RECIPE_BODY)
 async def create_recipe(
     ctx: Ctx,
     caller: Caller,
     payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
-) -> dict[str, Any]:
+) -> Response:
     return await _apply(ctx, caller, payload, enforce_unknown)
 
 

@@ -1,6 +1,7 @@
 """Applying, reading, listing and deleting recipes. Apply is idempotent: the same
 spec twice is one version; a changed spec becomes the next version and the
-previous ones are kept."""
+previous ones are kept. Apply only adds to the caller's session: the routes run it
+in one transaction with their other checks, so a refused apply stores nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flotilla.core.cron import next_tick
+from flotilla.core.cron import check_interval, next_tick, validate_schedule
 from flotilla.errors import Conflict, FieldProblem, Forbidden, InvalidRecipe, NotFound
 from flotilla.recipes import Recipe, parse_recipe
 from flotilla.server.db.models import ProjectModel, RecipeModel, RecipeVersionModel
@@ -23,6 +24,7 @@ from flotilla.server.services.secrets import check_attachments
 T = TypeVar("T")
 # The project a recipe is in when it names none: its owner's own work.
 DEFAULT_PROJECT = "default"
+MAX_OWNER_LENGTH = 128  # the column that stores it
 
 
 async def apply_recipe(
@@ -38,6 +40,8 @@ async def apply_recipe(
     create work in its project; updating needs write access to the existing one."""
     recipe = parse_recipe(data, enforce_unknown)
     owner = getattr(recipe.spec, "owner", None) or identity.name
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise InvalidRecipe([FieldProblem("spec.owner", f"at most {MAX_OWNER_LENGTH} characters")])
     spec = recipe.spec_dict()
     spec["owner"] = owner
     project = await resolve_project(session, spec.get("project"))
@@ -173,6 +177,26 @@ def _update_schedule(model: RecipeModel, old: str | None, new: str | None, now: 
 def set_schedule(model: RecipeModel, schedule: str | None, now: datetime) -> None:
     model.schedule_enabled = schedule is not None
     model.next_tick_at = next_tick(schedule, now) if schedule else None
+
+
+def enabled_schedule(recipe: RecipeModel) -> str | None:
+    schedule = recipe.spec.get("schedule") if recipe.schedule_enabled else None
+    return str(schedule) if schedule else None
+
+
+def check_schedule(schedule: str | None, minimum: float) -> None:
+    """Refuse a schedule this server does not run: one that fires more often than its
+    minimum interval (`Settings.min_schedule_interval`), or one stored before the
+    rules tightened that is no schedule now. Every route that writes a schedule or
+    enables one (apply, PATCH /api/jobs/{id}, POST .../schedule) calls it before its
+    commit; the recipe parser cannot, as the minimum is the server's."""
+    if schedule is None:
+        return
+    try:
+        validate_schedule(schedule)
+        check_interval(schedule, minimum)
+    except ValueError as e:
+        raise InvalidRecipe([FieldProblem("spec.schedule", str(e))]) from e
 
 
 async def find_recipe(
