@@ -24,10 +24,11 @@ from flotilla.recipes.envelope import recipe_schema_components
 from flotilla.server.audit import AuditMiddleware
 from flotilla.server.auth.keys import ensure_signing_key
 from flotilla.server.auth.tokens import TokenPolicy
+from flotilla.server.bodylimit import BodyLimit
 from flotilla.server.context import ServerContext
 from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
-from flotilla.server.errors import install_error_handlers
+from flotilla.server.errors import install_error_handlers, install_storage_error_handler
 from flotilla.server.frontdoor import router as frontdoor_router
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.deployments import Deployments
@@ -36,6 +37,7 @@ from flotilla.server.reconcilers.load_balancers import LoadBalancers
 from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
+from flotilla.server.reconnect import RetryDroppedConnection
 from flotilla.server.routers import (
     audit,
     auth,
@@ -151,6 +153,12 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_storage_error_handler(app)
+    app.add_middleware(RetryDroppedConnection)
+    # Inside the audit log's middleware, so that refused writes are audited too.
+    app.add_middleware(
+        BodyLimit, limit=settings.max_request_bytes, frontdoor_limit=settings.max_frontdoor_bytes
+    )
     app.add_middleware(AuditMiddleware)
     for module in (
         audit,

@@ -1,28 +1,42 @@
 """Authentication: every /api request carries `Authorization: token <T>` (Saturn's
 form) or `Bearer <T>`, where T is an API token (`flo_…`, looked up by SHA-256; the
 plaintext exists only in the caller's hands and, for the bootstrap admin token, a
-0600 file) or a session JWT from a login (verified by `auth.tokens`)."""
+0600 file) or a session JWT from a login (verified by `auth.tokens`).
+
+Authenticating only reads. An API token's `last_used_at` (shown by `flo token
+list`, to decide which tokens to revoke) is written afterwards by `TokenUse`, at
+most once a minute per token, in its own short transaction whose failure is logged
+and ignored: on a full disk or a read-only database reads keep working."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import Forbidden, Unauthorized
 from flotilla.server.db.models import ApiTokenModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, Scope, load_identity
 
+if TYPE_CHECKING:
+    from flotilla.server.context import ServerContext
+
+log = logging.getLogger("flotilla.auth")
 ADMIN_USER = "admin"
 TOKEN_PREFIX = "flo_"  # noqa: S105 - a prefix, not a secret
+# How stale a token's `last_used_at` may get: it is for people, to the minute.
+LAST_USED_EVERY = timedelta(minutes=1)
 
 
 def hash_token(token: str) -> str:
@@ -64,7 +78,11 @@ def parse_authorization(header: str | None) -> str:
     return value.strip()
 
 
-async def identity_for_token(session: AsyncSession, token: str, now_utc: datetime) -> Identity:
+async def identity_for_token(
+    session: AsyncSession, token: str, now_utc: datetime
+) -> tuple[Identity, ApiTokenModel]:
+    """The identity behind an API token, and the token's row; 401 if it is unknown,
+    revoked, expired or its user locked. Writes nothing (see `TokenUse`)."""
     row = (
         await session.execute(
             select(ApiTokenModel, UserModel)
@@ -81,8 +99,50 @@ async def identity_for_token(session: AsyncSession, token: str, now_utc: datetim
         raise Unauthorized("API token expired")
     if user.locked:
         raise Unauthorized(f"user {user.name} is locked")
-    token_row.last_used_at = now_utc
-    return await load_identity(session, user, frozenset(token_row.scopes), "api_token")
+    identity = await load_identity(session, user, frozenset(token_row.scopes), "api_token")
+    return identity, token_row
+
+
+class TokenUse:
+    """Records when API tokens were last used, best-effort and coalesced: at most one
+    write per token per `every`, and a failed write (disk full, read-only database,
+    connection lost) is logged once until writes work again and otherwise ignored.
+    Attempts are remembered here, so a database that refuses writes is not asked
+    again on every request. One per app (`app.state.token_use`)."""
+
+    def __init__(self, every: timedelta = LAST_USED_EVERY) -> None:
+        self.every = every
+        self._tried: dict[str, datetime] = {}  # token id -> last attempt
+        self._failing = False
+
+    def due(self, token_id: str, last_used: datetime | None, now: datetime) -> bool:
+        """Whether to write `now` as the token's last use (and if so, it counts as tried)."""
+        if last_used is not None and now - last_used < self.every:
+            return False
+        tried = self._tried.get(token_id)
+        if tried is not None and now - tried < self.every:
+            return False
+        if len(self._tried) > 10_000:  # forget old attempts: they no longer matter
+            self._tried = {k: t for k, t in self._tried.items() if now - t < self.every}
+        self._tried[token_id] = now
+        return True
+
+    async def record(self, ctx: ServerContext, token_id: str, now: datetime) -> None:
+        try:
+            async with ctx.transaction() as session:
+                await session.execute(
+                    update(ApiTokenModel)
+                    .where(ApiTokenModel.id == token_id)
+                    .values(last_used_at=now)
+                )
+        except SQLAlchemyError as e:
+            if not self._failing:
+                log.warning("cannot record API token use (reads go on): %r", e)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("recording API token use works again")
+        self._failing = False
 
 
 async def bootstrap_admin(
@@ -142,17 +202,28 @@ async def current_identity(request: Request) -> Identity:
 
 async def authenticate(request: Request) -> Identity:
     """Who the request's credential (API token or session JWT) belongs to, or 401."""
-    from flotilla.server.context import ServerContext
-
     ctx: ServerContext = request.app.state.ctx
     token = parse_authorization(request.headers.get("authorization"))
-    async with ctx.transaction() as session:
+    now = ctx.clock.now()
+    used: ApiTokenModel | None = None
+    async with ctx.sessions() as session:
         if looks_like_jwt(token):
             from flotilla.server.auth.tokens import TokenPolicy, identity_for_jwt
 
             policy = TokenPolicy.of(ctx.settings)
-            identity = await identity_for_jwt(session, token, ctx.clock.now(), policy)
+            identity = await identity_for_jwt(session, token, now, policy)
         else:
-            identity = await identity_for_token(session, token, ctx.clock.now())
+            identity, used = await identity_for_token(session, token, now)
+    if used is not None:
+        token_use = _token_use(request)
+        if token_use.due(used.id, used.last_used_at, now):
+            await token_use.record(ctx, used.id, now)
     request.state.identity = identity
     return identity
+
+
+def _token_use(request: Request) -> TokenUse:
+    token_use: TokenUse | None = getattr(request.app.state, "token_use", None)
+    if token_use is None:
+        token_use = request.app.state.token_use = TokenUse()
+    return token_use

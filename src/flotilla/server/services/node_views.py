@@ -5,6 +5,12 @@ A GPU's holder is computed, never stored: it is the current task (`attempt ==
 run.attempt`) of a run whose status holds resources — the rule the scheduler uses
 to count free GPUs, so `flo nodes` and placement cannot disagree about who holds
 what.
+
+Nodes are shared capacity: everyone sees every node, its state and which GPUs are
+taken. What names other tenants' work is shown only to those who may read it: a
+GPU's holder (the run, its job, its task) and the node's fleet (its name and id,
+also removed from the node's reason). Filtering by a fleet one may not read finds
+nothing, as if it did not exist; node events (they name runs) are for admins.
 """
 
 from __future__ import annotations
@@ -82,13 +88,26 @@ async def gpu_holders(
     return holders
 
 
-async def fleet_names(session: AsyncSession, fleet_ids: set[str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class FleetRef:
+    name: str
+    visible: bool  # whether the caller may read the fleet
+
+
+async def fleet_refs(
+    session: AsyncSession, identity: Identity, fleet_ids: set[str]
+) -> dict[str, FleetRef]:
     if not fleet_ids:
         return {}
     rows = await session.execute(
-        select(RecipeModel.id, RecipeModel.name).where(RecipeModel.id.in_(fleet_ids))
+        select(RecipeModel.id, RecipeModel.name, RecipeModel.owner, RecipeModel.project).where(
+            RecipeModel.id.in_(fleet_ids)
+        )
     )
-    return {recipe_id: name for recipe_id, name in rows}
+    return {
+        recipe_id: FleetRef(name, identity.can_read(owner, project))
+        for recipe_id, name, owner, project in rows
+    }
 
 
 async def list_node_views(
@@ -114,7 +133,9 @@ async def list_node_views(
         ids = select(RecipeModel.id).where(RecipeModel.type == FLEET, RecipeModel.name == fleet)
         query = query.where(NodeModel.fleet_id.in_(ids))
     nodes = (await session.execute(query)).scalars().all()
-    return await _views(session, nodes, now, await gpu_holders(session, identity))
+    views = await _views(session, identity, nodes, now, await gpu_holders(session, identity))
+    # A fleet the caller may not read matches nothing: its name is not for them.
+    return [v for v in views if v["fleet"] is not None] if fleet else views
 
 
 async def node_detail(
@@ -123,15 +144,20 @@ async def node_detail(
     """One node's view and its events, oldest first (events name runs, so only
     admins get them). NotFound for an unknown name."""
     node = await get_node(session, name)
-    (view,) = await _views(session, [node], now, await gpu_holders(session, identity, node.name))
+    holders = await gpu_holders(session, identity, node.name)
+    (view,) = await _views(session, identity, [node], now, holders)
     events = await node_events(session, node.id) if identity.is_admin else []
     return {**view, "events": [event_view(e) for e in events]}
 
 
 async def _views(
-    session: AsyncSession, nodes: Sequence[NodeModel], now: datetime, holders: Holders
+    session: AsyncSession,
+    identity: Identity,
+    nodes: Sequence[NodeModel],
+    now: datetime,
+    holders: Holders,
 ) -> list[dict[str, Any]]:
-    fleets = await fleet_names(session, {n.fleet_id for n in nodes if n.fleet_id})
+    fleets = await fleet_refs(session, identity, {n.fleet_id for n in nodes if n.fleet_id})
     return [
         node_view(n, fleets.get(n.fleet_id) if n.fleet_id else None, holders.get(n.name, {}), now)
         for n in nodes
@@ -139,8 +165,9 @@ async def _views(
 
 
 def node_view(
-    node: NodeModel, fleet: str | None, holders: dict[int, GpuHolder], now: datetime
+    node: NodeModel, fleet: FleetRef | None, holders: dict[int, GpuHolder], now: datetime
 ) -> dict[str, Any]:
+    hidden = fleet is not None and not fleet.visible
     gpus = [_gpu_view(node, gpu, holders.get(int(gpu["index"]))) for gpu in node.gpus]
     unhealthy = sum(1 for g in gpus if not g["healthy"])
     # Free means healthy and unheld; whether the scheduler may use it also depends
@@ -150,14 +177,14 @@ def node_view(
         "id": node.id,
         "name": node.name,
         "provider": node.provider,
-        "fleet": fleet,
-        "fleet_id": node.fleet_id,
+        "fleet": fleet.name if fleet and fleet.visible else None,
+        "fleet_id": None if hidden else node.fleet_id,
         "instance_id": node.instance_id,
         "instance_type": node.instance_type,
         "region": node.region,
         "spot": node.spot,
         "state": node.state,
-        "reason": node.reason,
+        "reason": _without_fleet(node.reason, fleet) if fleet and hidden else node.reason,
         "address": node.address,
         "gpu_type": node.gpu_type,
         "gpus": gpus,
@@ -178,6 +205,11 @@ def node_view(
         "interruption_deadline": iso(node.interruption_deadline),
         "terminated_at": iso(node.terminated_at),
     }
+
+
+def _without_fleet(reason: str, fleet: FleetRef) -> str:
+    # The fleet reconciler's reasons name the fleet ("fleet gpus changed").
+    return reason.replace(f"fleet {fleet.name}", "its fleet")
 
 
 def _gpu_view(node: NodeModel, gpu: dict[str, Any], holder: GpuHolder | None) -> dict[str, Any]:
