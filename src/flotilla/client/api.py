@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -29,6 +30,11 @@ from flotilla.client.serving_calls import ServingCalls
 from flotilla.client.usage_calls import UsageCalls
 
 __all__ = ["ApiError", "FlotillaClient"]
+
+# A start whose answer was lost is sent up to this many times in all, the first
+# repeat after START_RETRY_DELAY seconds, each next one after twice the wait.
+START_ATTEMPTS = 3
+START_RETRY_DELAY = 0.5
 
 
 class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls):
@@ -125,14 +131,36 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls):
     def _job_id(self, name: str, owner: str | None = None) -> str:
         return str(self.get_recipe("job", name, owner)["state"]["id"])
 
-    def start(self, name: str, owner: str | None = None) -> dict[str, Any]:
-        return dict(self._request("POST", f"/api/jobs/{self._job_id(name, owner)}/start"))
+    def start(
+        self, name: str, owner: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start a run; safe to retry (see `_start_once`)."""
+        path = f"/api/jobs/{self._job_id(name, owner)}/start"
+        return dict(self._start_once(path, idempotency_key))
 
     def stop(self, name: str, owner: str | None = None) -> dict[str, Any]:
         return dict(self._request("POST", f"/api/jobs/{self._job_id(name, owner)}/stop"))
 
-    def restart(self, name: str, owner: str | None = None) -> dict[str, Any]:
-        return dict(self._request("POST", f"/api/jobs/{self._job_id(name, owner)}/restart"))
+    def restart(
+        self, name: str, owner: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        path = f"/api/jobs/{self._job_id(name, owner)}/restart"
+        return dict(self._start_once(path, idempotency_key))
+
+    def _start_once(self, path: str, idempotency_key: str | None) -> Any:
+        """POST a start with an `Idempotency-Key` (a new one per call unless given)
+        and send it again, with the same key, when the answer is lost on the way
+        (the connection drops, the read times out): the server answers a repeat with
+        the first run instead of starting a second."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(START_ATTEMPTS - 1):
+            try:
+                return self._request("POST", path, headers=headers)
+            except ApiError as e:
+                if e.code != "unreachable":
+                    raise
+            time.sleep(START_RETRY_DELAY * 2**attempt)
+        return self._request("POST", path, headers=headers)
 
     def delete(self, name: str, owner: str | None = None) -> None:
         self._request("DELETE", f"/api/jobs/{self._job_id(name, owner)}")

@@ -311,6 +311,10 @@ class RunModel(Base):
     # ({"8000": 41234}); None for job runs.
     recipe_version: Mapped[int | None]
     replica_ports: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The secret values the run was given (every attempt's), sealed with the
+    # server's SecretBox: its logs stay masked with them after a secret is rotated
+    # or deleted. Never returned by the API. None: launched before this was kept.
+    secret_masks: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskModel(Base):
@@ -422,3 +426,23 @@ class DeploymentStateModel(Base):
     demand_at: Mapped[datetime | None]
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     last_restart_at: Mapped[datetime | None]
+
+
+class IdempotencyKeyModel(Base):
+    """A start request sent with an `Idempotency-Key`, and the answer it got: a
+    repeat by the same caller gets that answer again instead of a second run
+    (`services/idempotency.py`). Rows expire after `idempotency_key_ttl`."""
+
+    __tablename__ = "idempotency_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The caller's user id: keys are per caller, so one cannot replay another's.
+    caller: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    # "POST /api/jobs/<id>/start": the route and the resource the key was used on.
+    request: Mapped[str] = mapped_column(Text)
+    # sha256 of the request's query and body, to refuse the key on another request.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    __table_args__ = (Index("uq_idempotency_keys_caller_key", "caller", "key", unique=True),)

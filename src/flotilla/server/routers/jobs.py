@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Header, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import ClientError, NotFound
 from flotilla.server.db.models import RunModel, TaskModel
 from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import idempotency
 from flotilla.server.services import jobs as job_service
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.launch import task_ref
@@ -27,6 +29,8 @@ from flotilla.server.services.views import (
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOB = "job"
+# A start's `Idempotency-Key` header (`services/idempotency.py`).
+IdempotencyKey = Annotated[str | None, Header(alias=idempotency.HEADER)]
 
 
 async def _view(
@@ -78,6 +82,8 @@ async def update_job(
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.update_job_spec(ctx, session, job, changes, caller)
+        schedule = recipe_service.enabled_schedule(job)
+        recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
     ctx.wakers.cron.set()
     return await _view(ctx, caller, job_id)
 
@@ -91,18 +97,39 @@ async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> Response:
     return Response(status_code=204)
 
 
+async def _keyed(
+    request: Request, caller: Caller, key: str | None
+) -> idempotency.KeyedRequest | None:
+    return idempotency.keyed_request(
+        caller.user_id,
+        key,
+        request.method,
+        request.url.path,
+        request.url.query,
+        await request.body(),
+    )
+
+
 @router.post("/{job_id}/start")
-async def start_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    """Trigger a run. Returns once the run is queued; never waits for it to finish."""
-    async with ctx.transaction() as session:
+async def start_job(
+    ctx: Ctx, caller: Caller, job_id: str, request: Request, idempotency_key: IdempotencyKey = None
+) -> dict[str, Any]:
+    """Trigger a run. Returns once the run is queued; never waits for it to finish.
+    With an `Idempotency-Key` header, a repeat answers as the first did (the same
+    run) and starts nothing (`services/idempotency.py`)."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         run, warnings = await job_service.trigger_run(
             session, job, caller.name, "manual", ctx.clock.now()
         )
+        # `warnings`: budgets nearly used up (also kept as events on the run).
         summary = run_summary(run)
+        return {"id": job_id, "run": summary, "status": "pending", "warnings": warnings}
+
+    answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
     ctx.wakers.scheduler.set()
-    # `warnings`: budgets nearly used up (also kept as events on the run).
-    return {"id": job_id, "run": summary, "status": "pending", "warnings": warnings}
+    return answer
 
 
 @router.post("/{job_id}/stop")
@@ -140,16 +167,22 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict
 
 
 @router.post("/{job_id}/restart")
-async def restart_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    """Stop the active runs and start a new one."""
-    async with ctx.transaction() as session:
+async def restart_job(
+    ctx: Ctx, caller: Caller, job_id: str, request: Request, idempotency_key: IdempotencyKey = None
+) -> dict[str, Any]:
+    """Stop the active runs and start a new one; idempotent with a key, as start."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.stop_job(ctx, session, job, caller)
         run = await job_service.start_job(ctx, session, job, caller, trigger="restart")
-        summary = run_summary(run)
+        states = await recipe_states(session, [job])
+        return {**recipe_view(job, states[job.id]), "run": run_summary(run)}
+
+    answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
     ctx.wakers.supervision.set()
     ctx.wakers.scheduler.set()
-    return await _view(ctx, caller, job_id, {"run": summary})
+    return answer
 
 
 @router.post("/{job_id}/schedule")
@@ -168,6 +201,11 @@ async def schedule_job(
             if "backoff_limit" in payload:
                 changes["retries"] = payload["backoff_limit"]
             await job_service.update_job_spec(ctx, session, job, changes, caller)
+        # Before enabling it: also refuses a schedule stored before the rules tightened.
+        schedule = job.spec.get("schedule")
+        recipe_service.check_schedule(
+            str(schedule) if schedule else None, ctx.settings.min_schedule_interval
+        )
         job_service.set_scheduled(ctx, session, job, True, caller)
     ctx.wakers.cron.set()
     return await _view(ctx, caller, job_id)
@@ -210,11 +248,11 @@ async def job_logs(
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         runs = await recipe_runs(session, job.id, limit=1000)
         tasks = [t for ts in (await run_tasks(session, [r.id for r in runs])).values() for t in ts]
-        specs = {r.id: r.spec for r in runs}
+        by_id = {r.id: r for r in runs}
         task = _pick_log_task(tasks, runs, pod_name, job.name)
         if task is None:
             return {"logs": ""}
-        redactor = await log_redactor(session, ctx.secret_box, specs[task.run_id], job)
+        redactor = await log_redactor(session, ctx.secret_box, by_id[task.run_id], job)
     files = ctx.backend.log_files(task_ref(task))
     return {"logs": read_log(files.setup, redactor) + read_log(files.main, redactor)}
 

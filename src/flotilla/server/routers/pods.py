@@ -43,7 +43,7 @@ async def _find(ctx: Ctx, caller: Caller, name: str) -> tuple[Any, Any, str, Red
         recipe = await session.get(RecipeModel, run.recipe_id)
         if recipe is None or not caller.can_read(recipe.owner, recipe.project):
             raise NotFound(f"pod {name!r}")
-        redactor = await log_redactor(session, ctx.secret_box, run.spec, recipe)
+        redactor = await log_redactor(session, ctx.secret_box, run, recipe)
     return task, run, recipe.name, redactor
 
 

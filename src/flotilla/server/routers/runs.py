@@ -67,7 +67,7 @@ async def get_run_logs(
     async with ctx.sessions() as session:
         run, recipe = await readable_run(session, caller, run_id)
         tasks = (await run_tasks(session, [run.id]))[run.id]
-        redactor = await log_redactor(session, ctx.secret_box, run.spec, recipe)
+        redactor = await log_redactor(session, ctx.secret_box, run, recipe)
     wanted = run.attempt if attempt is None else attempt
     match = [t for t in tasks if t.rank == rank and t.attempt == wanted]
     if not match:

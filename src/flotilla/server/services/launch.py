@@ -13,7 +13,7 @@ from flotilla.errors import ClientError
 from flotilla.recipes.job import JobSpec, SecretAttachment
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.secretbox import SecretBox
-from flotilla.server.services.secrets import attached_secret
+from flotilla.server.services.secrets import attached_secret, remember_given
 
 
 def task_ref(task: TaskModel) -> TaskRef:
@@ -29,8 +29,15 @@ def free_port() -> int:
 
 
 async def resolve_secrets(
-    session: AsyncSession, box: SecretBox, spec: JobSpec, recipe: RecipeModel
+    session: AsyncSession,
+    box: SecretBox,
+    spec: JobSpec,
+    recipe: RecipeModel,
+    run: RunModel | None = None,
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The attached secrets' values, as env vars and files, for launching `run`.
+    The values are also kept (sealed) with the run, so its logs stay masked with
+    them after the secrets change (`remember_given`)."""
     env: dict[str, str] = {}
     files: list[tuple[str, str]] = []
     for ref in spec.secrets:
@@ -46,6 +53,8 @@ async def resolve_secrets(
             env[ref.location] = value
         else:
             files.append((ref.location, value))
+    if run is not None:
+        remember_given(box, run, [*env.values(), *(value for _, value in files)])
     return env, files
 
 

@@ -1,7 +1,9 @@
 """The secret store: named values owned by a user, a group or a project, encrypted
 at rest, never returned after creation. Recipes attach them by name; values are
 resolved only when a task is launched and handed straight to the node, and masked
-in every log the API returns (`log_redactor`).
+in every log the API returns (`log_redactor`): with the values the run was given,
+kept sealed with the run (`remember_given`), so rotating or deleting a secret
+does not unmask it in the logs of the runs that had it.
 
 Who may use a secret (see its metadata, attach it, replace or delete it): the
 owning user; members of the owning group; members and admins of the owning project
@@ -10,11 +12,11 @@ owning user; members of the owning group; members and admins of the owning proje
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.core.redact import Redactor
 from flotilla.errors import ClientError, FieldProblem, Forbidden, InvalidRecipe, NotFound
 from flotilla.recipes.job import JobSpec, SecretRef
-from flotilla.server.db.models import GroupModel, ProjectModel, RecipeModel, SecretModel
+from flotilla.server.db.models import (
+    GroupModel,
+    ProjectModel,
+    RecipeModel,
+    RunModel,
+    SecretModel,
+)
 from flotilla.server.identity import Identity, Role
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.services.events import record_event
@@ -200,19 +208,36 @@ async def check_attachments(
         raise InvalidRecipe(problems)
 
 
+def remember_given(box: SecretBox, run: RunModel, values: Sequence[str]) -> None:
+    """Keep with the run the secret values a launch of it was given (added to those
+    of earlier attempts), sealed: its logs are masked with them even after the
+    secrets are rotated or deleted (`log_redactor`)."""
+    kept = given_values(box, run)
+    merged = list(dict.fromkeys([*kept, *values]))
+    if len(merged) > len(kept):
+        run.secret_masks = box.encrypt(json.dumps(merged))
+
+
+def given_values(box: SecretBox, run: RunModel) -> list[str]:
+    """The values kept by `remember_given`; none for a run launched before they were."""
+    if not run.secret_masks:
+        return []
+    values: list[str] = json.loads(box.decrypt(run.secret_masks))
+    return values
+
+
 async def log_redactor(
-    session: AsyncSession, box: SecretBox, run_spec: dict[str, Any], recipe: RecipeModel
+    session: AsyncSession, box: SecretBox, run: RunModel, recipe: RecipeModel
 ) -> Redactor:
-    """A redactor for the logs of a run (its spec as triggered): every secret the
-    run attaches, at its current value and owner."""
-    if not run_spec.get("secrets"):
-        return Redactor([])
-    spec = JobSpec.model_validate(run_spec)
-    values = []
-    for ref in spec.secrets:
-        secret = await attached_secret(session, ref, recipe.owner, recipe.project)
-        if secret is not None:
-            values.append(box.decrypt(secret.ciphertext))
+    """A redactor for the logs of a run: the secret values its launches were given,
+    and the current value of every secret it attaches (all a run launched before
+    the values were kept has; masking more is harmless)."""
+    values = given_values(box, run)
+    if run.spec.get("secrets"):
+        for ref in JobSpec.model_validate(run.spec).secrets:
+            secret = await attached_secret(session, ref, recipe.owner, recipe.project)
+            if secret is not None:
+                values.append(box.decrypt(secret.ciphertext))
     return Redactor(values)
 
 
