@@ -139,6 +139,7 @@ FOREIGN_BODIES: dict[tuple[str, str], Any] = {
     },
     ("POST", "/api/secrets"): {"name": "victim-key", "value": "overwrite", "owner": "victim"},
     ("PUT", "/api/scheduler/policy"): {"user_quota": {"victim": 0}},
+    ("PUT", "/api/load_balancers/policy"): {"allowed_backend_cidrs": ["127.0.0.0/8"]},
     ("POST", "/api/users"): {"username": "victim2", "email": "v@example.com"},
     ("POST", "/api/service_accounts"): {"name": "robot2"},
     ("POST", "/api/groups"): {"name": "victims2"},

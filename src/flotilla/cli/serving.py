@@ -1,4 +1,4 @@
-"""`flo lb list|describe|delete|serve` and `flo deployments`, `flo deployment
+"""`flo lb list|describe|delete|serve|policy` and `flo deployments`, `flo deployment
 describe|delete NAME`: the serving side of Flotilla. Both kinds are created and
 changed with `flo apply` like any recipe; `flo lb serve` runs one load balancer as
 its own process, without a server. Registered on the main app by `register(app)`
@@ -97,6 +97,66 @@ def lb_delete(
     with connected() as api:
         api.delete_load_balancer(name, owner)
     print(f"deleted load balancer {name}; open connections drain before its listeners close")
+
+
+@lb_app.command("policy")
+def lb_policy(
+    set_file: Annotated[
+        Path | None, typer.Option("--set", help="replace the policy with this YAML/JSON file")
+    ] = None,
+    allow_backend: Annotated[
+        list[str] | None,
+        typer.Option("--allow-backend", help="add a CIDR to allowed_backend_cidrs (repeatable)"),
+    ] = None,
+    allow_listen: Annotated[
+        list[str] | None,
+        typer.Option("--allow-listen", help="add a CIDR to allowed_listen_cidrs (repeatable)"),
+    ] = None,
+    wildcard_listen: Annotated[
+        bool | None,
+        typer.Option(
+            "--wildcard-listen/--no-wildcard-listen",
+            help="let non-admins listen on 0.0.0.0 and ::",
+        ),
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show the network policy of non-admins' load balancers, or change it (admins).
+
+    By default their backends may not be loopback, link-local (cloud metadata),
+    unspecified, multicast or this server's own addresses, and they listen only on
+    the server's address or loopback. Ports the server itself listens on are never
+    allowed."""
+    import yaml
+
+    with connected() as api:
+        if set_file is not None:
+            try:
+                policy = yaml.safe_load(set_file.read_text())
+            except (OSError, yaml.YAMLError) as e:
+                fail(f"cannot read {set_file}: {e}")
+            if not isinstance(policy, dict):
+                fail(f"{set_file}: expected a mapping with allowed_backend_cidrs and friends")
+        else:
+            policy = api.load_balancer_policy()
+        changed = set_file is not None
+        for field, added in (
+            ("allowed_backend_cidrs", allow_backend),
+            ("allowed_listen_cidrs", allow_listen),
+        ):
+            if added:
+                policy[field] = [*policy.get(field, []), *added]
+                changed = True
+        if wildcard_listen is not None:
+            policy["allow_wildcard_listen"] = wildcard_listen
+            changed = True
+        if changed:
+            policy = api.set_load_balancer_policy(policy)
+    if json:
+        return print_json(policy)
+    for field, value in policy.items():
+        shown = ", ".join(value) if isinstance(value, list) else str(value).lower()
+        print(f"{field}: {shown or '(none)'}")
 
 
 @lb_app.command("serve")

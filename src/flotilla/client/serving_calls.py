@@ -1,6 +1,7 @@
 """`ServingCalls`, the serving part of `FlotillaClient`: load balancers and
-deployments, read and deleted here and created with `apply` like any recipe (used by
-`flo lb`, `flo deployments` and `flo deployment`)."""
+deployments, read and deleted here and created with `apply` like any recipe, and the
+load balancers' network policy (used by `flo lb`, `flo deployments` and
+`flo deployment`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ class ServingCalls(_Calls):
     def delete_load_balancer(self, name: str, owner: str | None = None) -> None:
         params = {"owner_name": owner} if owner else {}
         self._request("DELETE", f"/api/load_balancers/{name}", params=params)
+
+    def load_balancer_policy(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/load_balancers/policy"))
+
+    def set_load_balancer_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PUT", "/api/load_balancers/policy", json=policy))
 
     def list_deployments(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/api/deployments")["deployments"])

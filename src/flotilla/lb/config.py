@@ -96,13 +96,7 @@ class Listener(BaseModel):
     @field_validator("allow")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            try:
-                out.append(str(ipaddress.ip_network(value, strict=False)))
-            except ValueError:
-                raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
-        return out
+        return parse_cidrs(values)
 
     @field_validator("backends")
     @classmethod
@@ -117,6 +111,18 @@ class Listener(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def parse_cidrs(values: list[str]) -> list[str]:
+    """Source CIDRs as a listener keeps them (`10.1.2.3/8` -> `10.0.0.0/8`); recipes
+    that end up as listeners (a deployment's routes) validate with it at apply."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
+    return out
 
 
 class LoadBalancerConfig(BaseModel):

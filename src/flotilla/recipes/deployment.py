@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from flotilla.core.units import parse_duration
-from flotilla.lb.config import Algorithm, HealthCheck
+from flotilla.lb.config import Algorithm, HealthCheck, parse_cidrs
 from flotilla.recipes.job import JobSpec, Strict, Workload
 
 _RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
@@ -44,6 +44,13 @@ class Route(Strict):
     )
     allow: list[str] = Field(default_factory=list, description="source CIDRs for the TCP port")
     subdomain: str | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        # Checked here, as the load balancer's listener will check it: a value the
+        # reconciler cannot use must be refused at apply, not found at every step.
+        return parse_cidrs(values)
 
 
 class Viewer(Strict):

@@ -17,6 +17,9 @@ from pydantic import BeforeValidator, Field, field_validator
 from flotilla.lb.config import Backend, Listener, LoadBalancerConfig
 from flotilla.recipes.job import NAME_PATTERN, Strict
 
+# `/api/load_balancers/policy` is the network policy, not a load balancer's page.
+RESERVED_NAMES = frozenset({"policy"})
+
 
 def parse_backend(text: str) -> Backend:
     """`10.0.0.5:8000` or `[fd00::5]:8000`."""
@@ -49,6 +52,13 @@ class ListenerSpec(Listener):
         default_factory=list, description="address:port of each backend"
     )
 
+    @field_validator("host")
+    @classmethod
+    def _host_literal(cls, value: str | None) -> str | None:  # type: ignore[override]
+        # Replaces the data plane's check: no host (stored as null) means the
+        # server's address, and the stored recipe must validate again as it was.
+        return None if value is None else Listener._host_literal(value)
+
     def to_listener(self, default_host: str) -> Listener:
         return Listener(**{**self.model_dump(), "host": self.host or default_host})
 
@@ -59,6 +69,13 @@ class LoadBalancerSpec(Strict):
     project: str = Field("default", pattern=NAME_PATTERN)
     description: str = Field("", max_length=2048)
     listeners: list[ListenerSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved (GET /api/load_balancers/{value})")
+        return value
 
     @field_validator("listeners")
     @classmethod

@@ -4,6 +4,10 @@ Each scheduled job stores its next tick. When it is due, one run starts (however
 many ticks were missed while the server was down: no burst), subject to the job's
 concurrency policy, and the next tick after now is stored in the same transaction,
 so a crash never fires a tick twice.
+
+One scheduled job whose tick fails (a stored schedule or spec that no longer
+parses) fails only itself: the transaction is redone without it, and it gets an
+error event and backs off (`isolation.py`) while every other job's ticks fire.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from flotilla.errors import ClientError
 from flotilla.recipes.job import ConcurrencyPolicy
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
+from flotilla.server.reconcilers.isolation import Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.jobs import trigger_run
@@ -34,9 +39,29 @@ class Cron(ReconcileLoop):
     def __init__(self, ctx: ServerContext, interval: float = 1.0) -> None:
         super().__init__(ctx.wakers.cron, interval)
         self.ctx = ctx
+        self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
         now = self.ctx.clock.now()
+        started, failures = await self.quarantine.rerun(lambda: self._ticks(now))
+        said = [f for f in failures if f.new]
+        if said:
+            async with self.ctx.transaction() as session:
+                for failure in said:
+                    record_event(
+                        session,
+                        kind="error",
+                        message=failure.event_message,
+                        actor=ACTOR,
+                        now=now,
+                        recipe_id=failure.key,
+                    )
+        if started:
+            self.ctx.wakers.scheduler.set()
+            self.ctx.wakers.supervision.set()
+
+    async def _ticks(self, now: datetime) -> bool:
+        """Fire every due tick, in one transaction; True if a run started."""
         started = False
         async with self.ctx.sessions() as session, session.begin():
             due = (
@@ -57,25 +82,31 @@ class Cron(ReconcileLoop):
                 .all()
             )
             for recipe in due:
-                schedule = recipe.spec.get("schedule")
-                if not schedule or recipe.next_tick_at is None:
-                    recipe.schedule_enabled = False
+                if self.quarantine.holds(recipe.id, recipe.version):
                     continue
-                decision = decide_tick(schedule, recipe.next_tick_at, now)
-                recipe.next_tick_at = decision.next_at
-                if decision.missed:
-                    record_event(
-                        session,
-                        kind="cron",
-                        actor=ACTOR,
-                        now=now,
-                        recipe_id=recipe.id,
-                        message=f"{decision.missed} missed ticks skipped (not replayed)",
-                    )
-                started |= await self._fire(session, recipe, now)
-        if started:
-            self.ctx.wakers.scheduler.set()
-            self.ctx.wakers.supervision.set()
+                with self.quarantine.blame(recipe.id, recipe.version):
+                    started |= await self._tick(session, recipe, now)
+        return started
+
+    async def _tick(self, session: AsyncSession, recipe: RecipeModel, now: datetime) -> bool:
+        schedule = recipe.spec.get("schedule")
+        if not schedule or recipe.next_tick_at is None:
+            recipe.schedule_enabled = False
+            return False
+        decision = decide_tick(schedule, recipe.next_tick_at, now)
+        recipe.next_tick_at = decision.next_at
+        if decision.missed:
+            record_event(
+                session,
+                kind="cron",
+                actor=ACTOR,
+                now=now,
+                recipe_id=recipe.id,
+                message=f"{decision.missed} missed ticks skipped (not replayed)",
+            )
+        fired = await self._fire(session, recipe, now)
+        self.quarantine.succeeded(recipe.id)
+        return fired
 
     async def _fire(self, session: AsyncSession, recipe: RecipeModel, now: datetime) -> bool:
         policy = ConcurrencyPolicy(recipe.spec.get("concurrency_policy", "Allow"))

@@ -8,8 +8,14 @@ replaced, with back-off when they keep exiting); probe new replicas and route to
 them once their port answers; replace a replica whose health check took it
 Offline; on a new recipe version, start new replicas and drain the old ones only
 once as many new ones are ready (a rolling update); stop surplus replicas.
-Removing a replica from the load balancer drains its connections; it is stopped
-at the next step.
+A replica leaving the load balancer (rollout, scale-down) is stopped once its
+connections there have ended: at least DRAIN_MIN (1 s, for requests the front
+door has in flight) and at most DRAIN_MAX (30 s) after it left.
+
+All deployments are decided in one transaction. One that fails (a stored spec
+the recipe no longer accepts, say) fails only itself: the transaction is redone
+without it, it gets an error event and backs off (`isolation.py`), and every
+other deployment goes on. Its load balancer keeps what it was serving.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
+from flotilla.server.reconcilers.isolation import Failure, Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.budgets import check_new_run
 from flotilla.server.services.deployments import (
@@ -69,6 +76,7 @@ class Deployments(ReconcileLoop):
         self.demanded: set[str] = set()  # deployments a held TCP connection waits on
         self.changed = False  # this step started or stopped replicas
         self.refused: dict[str, str] = {}  # deployment -> why a budget refuses replicas
+        self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
         # Probing is network work: done before the transaction, never inside it.
@@ -83,21 +91,66 @@ class Deployments(ReconcileLoop):
         self.unrouted = {run: at for run, at in self.unrouted.items() if run in active}
         self.changed = False
         now = self.ctx.clock.now()
-        configs: dict[str, tuple[LoadBalancerConfig, str]] = {}
-        async with self.ctx.transaction() as session:
-            for recipe in await live_deployments(session):
-                config = await self._reconcile(session, recipe, now)
-                configs[plane_key(recipe)] = (config, recipe.id)
+        memory = self._memory()
+        live: list[str] = []
+        held: set[str] = set()
+
+        async def decide_all() -> dict[str, tuple[LoadBalancerConfig, str]]:
+            self._restore(memory)  # a redone attempt starts from the same memory
+            live.clear()
+            held.clear()
+            configs: dict[str, tuple[LoadBalancerConfig, str]] = {}
+            async with self.ctx.transaction() as session:
+                for recipe in await live_deployments(session):
+                    live.append(recipe.id)
+                    if self.quarantine.holds(recipe.id, recipe.version):
+                        held.add(plane_key(recipe))
+                        continue
+                    with self.quarantine.blame(recipe.id, recipe.version):
+                        config = await self._reconcile(session, recipe, now)
+                    configs[plane_key(recipe)] = (config, recipe.id)
+            return configs
+
+        configs, failures = await self.quarantine.rerun(decide_all)
+        await self._record(failures, now)
+        for _, recipe_id in configs.values():
+            self.quarantine.succeeded(recipe_id)
+        self.quarantine.keep_only(live)
         # The load balancers follow what was committed.
         plane = self.ctx.lb_plane
         for key, (config, recipe_id) in configs.items():
             await plane.put(key, config, on_demand=functools.partial(self._demand, recipe_id))
         for key in plane.running_keys():
-            if key.startswith(f"{DEPLOYMENT}:") and key not in configs:
+            if key.startswith(f"{DEPLOYMENT}:") and key not in configs and key not in held:
                 await plane.remove(key)
         if self.changed:  # replicas to place or to stop
             self.ctx.wakers.scheduler.set()
             self.ctx.wakers.supervision.set()
+
+    def _memory(self) -> tuple[set[str], dict[str, float], set[str], dict[str, str]]:
+        return set(self.ready), dict(self.unrouted), set(self.demanded), dict(self.refused)
+
+    def _restore(self, memory: tuple[set[str], dict[str, float], set[str], dict[str, str]]) -> None:
+        ready, unrouted, demanded, refused = memory
+        self.ready.clear()
+        self.ready.update(ready)  # shared with the front door: the same set, refilled
+        self.unrouted, self.refused = dict(unrouted), dict(refused)
+        self.demanded |= demanded  # kept: demand that came in during the attempt
+
+    async def _record(self, failures: list[Failure], now: datetime) -> None:
+        said = [f for f in failures if f.new]
+        if not said:
+            return
+        async with self.ctx.transaction() as session:
+            for failure in said:
+                record_event(
+                    session,
+                    kind="error",
+                    message=failure.event_message,
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=failure.key,
+                )
 
     async def _reconcile(
         self, session: AsyncSession, recipe: RecipeModel, now: datetime

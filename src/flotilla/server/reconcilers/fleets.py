@@ -7,6 +7,11 @@ pure); apply — create instances, release idle, failed and orphaned nodes, drai
 the busy nodes of deleted fleets. Provider calls happen outside any database
 transaction; each outcome is recorded in its own short one.
 
+One fleet whose stored spec no longer validates is left out of the plan, nodes
+and all, with an error event (once per message); one whose
+provider call fails unexpectedly backs off like a refused request. Every other
+fleet goes on.
+
 Woken through `ctx.wakers.fleets` (the scheduler sets it when runs wait for
 capacity; fleet applies and deletes set it) and every `resync_seconds` otherwise.
 """
@@ -24,6 +29,7 @@ from flotilla.core.status import NodeState
 from flotilla.errors import TemporaryError
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel, RecipeModel
+from flotilla.server.reconcilers.isolation import describe
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.fleet_nodes import (
@@ -71,6 +77,7 @@ class Fleets(ReconcileLoop):
         # fleet id -> (nodes in a row that failed before becoming ready, when the last did)
         self._boot_failures: dict[str, tuple[int, datetime]] = {}
         self._counted_failures: set[str] = set()  # node ids
+        self._broken: dict[str, str] = {}  # fleet id -> why its stored spec is invalid
 
     async def step(self) -> None:
         changed = await self._provider_events()
@@ -78,9 +85,19 @@ class Fleets(ReconcileLoop):
         async with self.ctx.transaction() as session:
             snapshot = await load_fleets(session, self.ctx.providers)
             self._count_boot_failures(session, snapshot, now)
+            self._report_broken(session, snapshot, now)
         changed |= await self._apply(decide(snapshot, now, self._backing_off(snapshot, now)), now)
         if changed:
             self.ctx.wakers.scheduler.set()
+
+    def _report_broken(self, session: AsyncSession, snapshot: FleetSnapshot, now: datetime) -> None:
+        """An error event for each fleet left out of the plan, once per message."""
+        for fleet_id, why in snapshot.broken.items():
+            if self._broken.get(fleet_id) != why:
+                message = f"fleet left alone, its stored spec is invalid: {why}"
+                log.warning("fleet %s: %s", fleet_id, message)
+                _fleet_event(session, fleet_id, FLEET_ERROR, message, now)
+        self._broken = dict(snapshot.broken)
 
     def _backing_off(self, snapshot: FleetSnapshot, now: datetime) -> set[str]:
         """Fleets whose last request failed and whose retry time has not come, unless
@@ -155,7 +172,7 @@ class Fleets(ReconcileLoop):
         return changed
 
     async def _provision(self, request: Provision, now: datetime) -> None:
-        provider = self.ctx.providers[request.provider]
+        provider = self.ctx.providers[request.provider]  # the plan only uses known ones
         instances: list[Instance] = []
         failure: tuple[str, str, float] | None = None
         try:
@@ -174,6 +191,12 @@ class Fleets(ReconcileLoop):
             failure = (FLEET_ERROR, f"{request.provider} refused: {e}", ERROR_RETRY_SECONDS)
         except TemporaryError as e:
             failure = (FLEET_WAITING, f"{request.provider} unavailable: {e}", e.retry_after)
+        except Exception as e:  # a provider's bug fails this request, not every fleet's
+            failure = (
+                FLEET_ERROR,
+                f"{request.provider} failed: {describe(e)}",
+                ERROR_RETRY_SECONDS,
+            )
         async with self.ctx.transaction() as session:
             fleet = await session.get(RecipeModel, request.fleet_id)
             assert fleet is not None

@@ -16,6 +16,10 @@ the task id, and closing writes the same end whoever does it.
 
 Fleet nodes that no task holds are metered too, as idle time billed to their fleet
 (`services/usage_rows.py`). Share and billing rules: `core.metering`.
+
+One task whose row cannot be computed (a stored run spec with a value the code did
+not expect) fails only itself: it gets an error event on its run and backs off
+(`isolation.py`), and every other task is metered.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from flotilla.server.db.models import (
     TaskModel,
     UsageModel,
 )
+from flotilla.server.reconcilers.isolation import Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services.events import record_event
 from flotilla.server.services.usage_rows import insert_usage_rows, is_task_row, meter_idle_nodes
 
 log = logging.getLogger("flotilla.metering")
@@ -61,13 +67,14 @@ class Metering(ReconcileLoop):
         self.full_every = full_every
         self._last_full = -1e9
         self._watermark: datetime | None = None  # when the last successful step began
+        self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
         full = time.monotonic() - self._last_full >= self.full_every
         began = self.ctx.clock.now()
         since = None if full or self._watermark is None else self._watermark - RECENT_SLACK
         async with self.ctx.transaction() as session:
-            opened = await open_rows(session, since)
+            opened = await open_rows(session, since, self.quarantine, began)
             closed = await close_rows(session, began)
             opened += await meter_idle_nodes(session, began)
         if opened or closed:
@@ -82,9 +89,15 @@ class Metering(ReconcileLoop):
         await self.step()
 
 
-async def open_rows(session: AsyncSession, finished_since: datetime | None) -> int:
+async def open_rows(
+    session: AsyncSession,
+    finished_since: datetime | None,
+    quarantine: Quarantine,
+    now: datetime,
+) -> int:
     """A usage row for every started, placed task that has none. With
-    `finished_since`, only tasks of runs that are watched or finished after it."""
+    `finished_since`, only tasks of runs that are watched or finished after it.
+    A task whose row fails is set aside in `quarantine` (an event at `now`)."""
     query = (
         select(TaskModel, RunModel, RecipeModel)
         .join(RunModel, RunModel.id == TaskModel.run_id)
@@ -116,11 +129,27 @@ async def open_rows(session: AsyncSession, finished_since: datetime | None) -> i
         .scalars()
         .all()
     )
-    values = [
-        usage_values(task, run, recipe, nodes.get(task.node or ""), recipe.owner in groups)
-        for task, run, recipe in found
-    ]
-    await insert_usage_rows(session, values)
+    values = []
+    for task, run, recipe in found:
+        if quarantine.holds(task.id):
+            continue
+        try:
+            node = nodes.get(task.node or "")
+            values.append(usage_values(task, run, recipe, node, recipe.owner in groups))
+        except Exception as e:
+            failure = quarantine.failed(task.id, e)
+            if failure.new:
+                record_event(
+                    session,
+                    kind="error",
+                    message=f"metering task {task.id}: {failure.event_message}",
+                    actor="metering",
+                    now=now,
+                    recipe_id=recipe.id,
+                    run_id=run.id,
+                )
+    if values:
+        await insert_usage_rows(session, values)
     return len(values)
 
 

@@ -7,6 +7,10 @@ preemption, a reason for every waiting run) -> apply (assign tasks, mark runs
 starting, build launch requests, all in one transaction) -> launch through the
 backend after the commit. A launch lost to a crash in between is redone by the
 supervision reconciler, because launching is idempotent.
+
+One run whose start fails unexpectedly fails only itself: the cycle is redone
+without it, and it gets an error event and backs off (`isolation.py`). A pending
+run whose stored spec no longer validates ends in error, saying why.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from flotilla.recipes.job import JobSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers import recovery
+from flotilla.server.reconcilers.isolation import Failure, Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import free_port, launch_requests, resolve_secrets
@@ -56,11 +61,16 @@ class Scheduler(ReconcileLoop):
         self._last_seen: tuple[object, ...] | None = None
         self._deciding: tuple[object, ...] | None = None
         self._usage: tuple[float, dict[str, float]] = (-1e9, {})
+        self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
-        self._deciding = None
-        async with self.ctx.sessions() as session, session.begin():
-            requests = await self._cycle(session)
+        async def cycle() -> list[LaunchRequest]:
+            self._deciding = None
+            async with self.ctx.sessions() as session, session.begin():
+                return await self._cycle(session)
+
+        requests, failures = await self.quarantine.rerun(cycle)
+        await self._record(failures)
         # Only a committed decision may be skipped next time: after a failed cycle
         # the same inputs must be decided again.
         if self._deciding is not None:
@@ -87,6 +97,18 @@ class Scheduler(ReconcileLoop):
     async def _cycle(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
         snapshot = await load_snapshot(session)
+        for run, why in snapshot.broken:
+            switch_run_status(
+                session,
+                run,
+                RunStatus.ERROR,
+                reason=f"cannot be scheduled: its stored spec is invalid: {why}",
+                actor=ACTOR,
+                now=now,
+            )
+        snapshot.pending = [
+            w for w in snapshot.pending if not self.quarantine.holds(w.run.id, w.run.attempt)
+        ]
         if recovery.evict_from_lost_nodes(session, snapshot, now):
             self.ctx.wakers.supervision.set()
         recovery.finish_drains(session, snapshot, now)
@@ -121,8 +143,27 @@ class Scheduler(ReconcileLoop):
         for waiting in snapshot.pending:
             placements = decided.placements.get(waiting.run.id)
             if placements is not None:
-                requests += await self._start(session, waiting, placements)
+                with self.quarantine.blame(waiting.run.id, waiting.run.attempt):
+                    requests += await self._start(session, waiting, placements)
         return requests
+
+    async def _record(self, failures: list[Failure]) -> None:
+        said = [f for f in failures if f.new]
+        if not said:
+            return
+        now = self.ctx.clock.now()
+        async with self.ctx.transaction() as session:
+            for failure in said:
+                run = await session.get(RunModel, failure.key)
+                record_event(
+                    session,
+                    kind="error",
+                    message=failure.event_message,
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=run.recipe_id if run is not None else None,
+                    run_id=failure.key,
+                )
 
     async def _start(
         self, session: AsyncSession, waiting: Waiting, placements: list[TaskPlacement]
@@ -131,7 +172,7 @@ class Scheduler(ReconcileLoop):
         now = self.ctx.clock.now()
         try:
             secret_env, secret_files = await resolve_secrets(
-                session, self.ctx.secret_box, spec, recipe
+                session, self.ctx.secret_box, spec, recipe, run
             )
         except ClientError as e:
             reason = f"cannot launch: {e.message}"
@@ -189,7 +230,9 @@ class Scheduler(ReconcileLoop):
         recipe = await session.get(RecipeModel, run.recipe_id)
         assert recipe is not None
         spec = JobSpec.model_validate(run.spec)
-        secret_env, secret_files = await resolve_secrets(session, self.ctx.secret_box, spec, recipe)
+        secret_env, secret_files = await resolve_secrets(
+            session, self.ctx.secret_box, spec, recipe, run
+        )
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
         requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files)

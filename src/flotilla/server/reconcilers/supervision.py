@@ -4,6 +4,10 @@ Inputs: task events pushed by the backend (fast path) and, every resync interval
 a full `observe` of every placed task (the level-triggered truth after restarts
 and lost events). It also delivers stop requests, enforces `max_duration`, relaunches
 tasks the backend never got, and requeues failed runs within their `retries`.
+
+One run whose update fails (a stored spec that no longer parses) fails only itself:
+the transaction is redone without it, and it gets an error event and backs off
+(`isolation.py`) while every other run is supervised.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -25,8 +30,10 @@ from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.reconcilers.isolation import Failure, Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.reconcilers.scheduler import Scheduler
+from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.runs import (
     current_tasks,
@@ -51,6 +58,7 @@ class Supervision(ReconcileLoop):
         self.events: dict[str, TaskState] = {}
         self._last_full = 0.0
         self._signalled: dict[str, float] = {}  # task id -> when we last sent SIGTERM
+        self.quarantine = Quarantine(self.name)
 
     async def on_task_event(self, state: TaskState) -> None:
         """Backend callback: remember the newest state and wake the loop."""
@@ -68,33 +76,37 @@ class Supervision(ReconcileLoop):
             )
             events = {**{s.task_id: s for s in observed}, **events}
             self._last_full = time.monotonic()
-        stops: list[TaskRef] = []
-        relaunch: list[LaunchRequest] = []
-        requeued = False
-        finished = False
         # Between full resyncs, only the runs that events (or stop requests) touch
         # are loaded: a step costs O(changes), not O(everything running).
         scope = None if full else {task_id.split("-", 1)[0] for task_id in events}
-        async with self.ctx.sessions() as session, session.begin():
-            runs, tasks = await self._load(session, scope)
-            by_run: dict[str, list[TaskModel]] = {}
-            for task in tasks:
-                by_run.setdefault(task.run_id, []).append(task)
-            for run in runs:
-                run_tasks_now = by_run.get(run.id, [])
-                unknown = [t for t in run_tasks_now if self._apply(t, events.get(t.id))]
-                gang_stop = await self._judge(session, run, run_tasks_now)
+
+        async def supervise() -> tuple[list[TaskRef], list[LaunchRequest], bool, bool]:
+            stops: list[TaskRef] = []
+            relaunch: list[LaunchRequest] = []
+            requeued = finished = False
+            async with self.ctx.sessions() as session, session.begin():
+                runs, tasks = await self._load(session, scope)
+                by_run: dict[str, list[TaskModel]] = {}
+                for task in tasks:
+                    by_run.setdefault(task.run_id, []).append(task)
+                for run in runs:
+                    if self.quarantine.holds(run.id, run.attempt):
+                        continue
+                    with self.quarantine.blame(run.id, run.attempt):
+                        found = await self._supervise(
+                            session, run, by_run.get(run.id, []), events, full
+                        )
+                    stops += found.stops
+                    relaunch += found.relaunch
+                    status = RunStatus(run.status)
+                    requeued |= status == RunStatus.PENDING
+                    finished |= status.is_finished()
                 if full:
-                    self._enforce_max_duration(session, run)
-                status = RunStatus(run.status)
-                requeued |= status == RunStatus.PENDING
-                finished |= status.is_finished()
-                if (run.stop_requested_at is not None or gang_stop) and status.is_active():
-                    stops += [
-                        task_ref(t) for t in run_tasks_now if not TaskStatus(t.status).is_finished()
-                    ]
-                elif unknown and full:
-                    relaunch += await self.scheduler.relaunch(session, run, unknown)
+                    self.quarantine.keep_only(r.id for r in runs)
+            return stops, relaunch, requeued, finished
+
+        (stops, relaunch, requeued, finished), failures = await self.quarantine.rerun(supervise)
+        await self._record(failures)
         await self._signal(self._due_for_signal(stops))
         if relaunch:
             log.warning("relaunching %d tasks the backend did not know", len(relaunch))
@@ -103,6 +115,46 @@ class Supervision(ReconcileLoop):
             self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
         if events:
             self.ctx.wakers.metering.set()  # tasks may have started or ended: meter them
+
+    async def _supervise(
+        self,
+        session: AsyncSession,
+        run: RunModel,
+        tasks: list[TaskModel],
+        events: dict[str, TaskState],
+        full: bool,
+    ) -> _Found:
+        """One run: record what its tasks' nodes said, judge it, and say which of
+        its tasks to stop or launch again."""
+        found = _Found()
+        unknown = [t for t in tasks if self._apply(t, events.get(t.id))]
+        gang_stop = await self._judge(session, run, tasks)
+        if full:
+            self._enforce_max_duration(session, run)
+        status = RunStatus(run.status)
+        if (run.stop_requested_at is not None or gang_stop) and status.is_active():
+            found.stops = [task_ref(t) for t in tasks if not TaskStatus(t.status).is_finished()]
+        elif unknown and full:
+            found.relaunch = await self.scheduler.relaunch(session, run, unknown)
+        return found
+
+    async def _record(self, failures: list[Failure]) -> None:
+        said = [f for f in failures if f.new]
+        if not said:
+            return
+        now = self.ctx.clock.now()
+        async with self.ctx.transaction() as session:
+            for failure in said:
+                run = await session.get(RunModel, failure.key)
+                record_event(
+                    session,
+                    kind="error",
+                    message=failure.event_message,
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=run.recipe_id if run is not None else None,
+                    run_id=failure.key,
+                )
 
     async def _load(
         self, session: AsyncSession, scope: set[str] | None = None
@@ -215,6 +267,12 @@ class Supervision(ReconcileLoop):
                 log.warning("stopping task %s failed: %s", task.task_id, result)
             elif isinstance(result, BaseException):
                 raise result
+
+
+@dataclass
+class _Found:
+    stops: list[TaskRef] = field(default_factory=list)
+    relaunch: list[LaunchRequest] = field(default_factory=list)
 
 
 def _exited_status(state: TaskState) -> TaskStatus:

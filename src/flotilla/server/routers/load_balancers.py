@@ -1,6 +1,10 @@
 """Load balancers: list them with their listeners and backends (state, connections,
 bytes, health history), read one, delete one (its connections drain). They are
-created and changed like any recipe, through `PUT /api/recipes`."""
+created and changed like any recipe, through `PUT /api/recipes`.
+
+`GET|PUT /api/load_balancers/policy` reads and replaces the network policy that
+limits the backends and listen addresses of non-admins' load balancers
+(`services/lb_policy.py`); anyone signed in may read it, platform admins replace it."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from fastapi import APIRouter, Response
 
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import lb_policy
 from flotilla.server.services import recipes as recipe_service
+from flotilla.server.services.lb_policy import LoadBalancerPolicy
 from flotilla.server.services.load_balancers import LOAD_BALANCER, load_balancer_state, plane_key
 
 router = APIRouter(prefix="/api/load_balancers", tags=["load balancers"])
@@ -32,6 +38,23 @@ async def list_load_balancers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(session, caller, LOAD_BALANCER)
     return {"load_balancers": [_view(ctx, r) for r in recipes]}
+
+
+# Before `/{name}`, which would take `policy` for a load balancer's name (the name
+# is reserved for it).
+@router.get("/policy")
+async def get_policy(ctx: Ctx, caller: Caller) -> LoadBalancerPolicy:
+    async with ctx.sessions() as session:
+        return await lb_policy.load_policy(session)
+
+
+@router.put("/policy")
+async def put_policy(ctx: Ctx, caller: Caller, body: LoadBalancerPolicy) -> LoadBalancerPolicy:
+    caller.require_admin()
+    async with ctx.transaction() as session:
+        await lb_policy.save_policy(session, body, caller.name, ctx.clock.now())
+    ctx.wakers.load_balancers.set()  # a tightened policy stops listeners it now refuses
+    return body
 
 
 @router.get("/{name}")

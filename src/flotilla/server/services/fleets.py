@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,6 +79,9 @@ class FleetSnapshot:
     orphans: list[NodeModel]  # live nodes of deleted fleets
     busy: set[str]  # names of nodes a run holds
     demands: list[autoscale.Demand]
+    # Fleets whose stored spec no longer validates, with why: left out of the plan,
+    # and so are their nodes (neither grown, shrunk nor released as orphans).
+    broken: dict[str, str] = field(default_factory=dict)
 
     def members(self, fleet: FleetState) -> list[autoscale.Member]:
         return [member(n, n.name in self.busy, stale(fleet, n)) for n in fleet.members]
@@ -156,7 +160,13 @@ async def load_fleets(
     if names is not None:
         query = query.where(RecipeModel.name.in_(names))
     recipes = (await session.execute(query.order_by(RecipeModel.name))).scalars().all()
-    fleets = {r.id: fleet_state(r, providers) for r in recipes}
+    fleets: dict[str, FleetState] = {}
+    broken: dict[str, str] = {}
+    for recipe in recipes:
+        try:
+            fleets[recipe.id] = fleet_state(recipe, providers)
+        except ValidationError as e:  # one bad row must not stop every fleet
+            broken[recipe.id] = " ".join(str(e).split())[:500]
     nodes = (
         await session.execute(
             select(NodeModel)
@@ -168,15 +178,17 @@ async def load_fleets(
     for node in nodes:
         if node.fleet_id in fleets:
             fleets[node.fleet_id].members.append(node)
-        elif names is None:
+        elif names is None and node.fleet_id not in broken:
             orphans.append(node)
     for fleet_id, (kind, message) in (await fleet_reasons(session, list(fleets))).items():
         fleets[fleet_id].reason_kind = kind
         fleets[fleet_id].reason = "" if kind == FLEET_OK else message
     if not fleets and not orphans:
-        return FleetSnapshot([], [], set(), [])  # the common case without fleets: no queries
+        # the common case without fleets: no queries
+        return FleetSnapshot([], [], set(), [], broken)
     demands = await pending_demand(session) if fleets else []
-    return FleetSnapshot(list(fleets.values()), orphans, await busy_nodes(session), demands)
+    busy = await busy_nodes(session)
+    return FleetSnapshot(list(fleets.values()), orphans, busy, demands, broken)
 
 
 async def busy_nodes(session: AsyncSession, node: str | None = None) -> set[str]:

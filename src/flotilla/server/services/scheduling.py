@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +53,9 @@ class Snapshot:
     busy: set[str] = field(default_factory=set)  # nodes holding any task
     placed: list[Placed] = field(default_factory=list)
     pending: list[Waiting] = field(default_factory=list)
+    # Pending runs whose stored spec no longer validates, with why: the scheduler
+    # ends them in error instead of failing the whole cycle for everyone.
+    broken: list[tuple[RunModel, str]] = field(default_factory=list)
 
     def free_gpus(self, node: NodeModel) -> list[int]:
         held = self.held.get(node.name, set())
@@ -81,7 +85,11 @@ async def load_snapshot(session: AsyncSession) -> Snapshot:
     for run, recipe in rows:
         current = current_tasks(run, tasks[run.id])
         if run.status == RunStatus.PENDING.value:
-            spec = JobSpec.model_validate(run.spec)
+            try:
+                spec = JobSpec.model_validate(run.spec)
+            except ValidationError as e:
+                snapshot.broken.append((run, " ".join(str(e).split())[:500]))
+                continue
             snapshot.pending.append(Waiting(run, recipe, spec, current))
             continue
         snapshot.placed.append(Placed(run, recipe, current))
