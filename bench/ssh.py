@@ -39,6 +39,7 @@ import asyncssh
 import httpx
 
 from flotilla.config import Settings
+from flotilla.core.status import RunStatus
 from flotilla.server.app import create_app
 
 ADMIN = "flo_bench-admin-token"
@@ -138,7 +139,8 @@ async def flotilla_task(workdir: Path, key: asyncssh.SSHKey, run: Callable[[int]
             spec = {"name": "bench", "command": "sleep 3600", "start_ssh": True}
             applied = await api.put("/api/recipes", json={"type": "job", "spec": spec})
             applied.raise_for_status()
-            started = await api.post(f"/api/jobs/{applied.json()['state']['id']}/start")
+            job_id = applied.json()["state"]["id"]
+            started = await api.post(f"/api/jobs/{job_id}/start")
             run_id = started.json()["run"]["id"]
             while (await api.get(f"/api/runs/{run_id}")).json()["status"] != "running":  # noqa: ASYNC110 - polling the API is the point
                 await asyncio.sleep(0.1)
@@ -146,7 +148,15 @@ async def flotilla_task(workdir: Path, key: asyncssh.SSHKey, run: Callable[[int]
             try:
                 return await asyncio.to_thread(run, port)
             finally:
-                await api.post(f"/api/runs/{run_id}/stop")
+                # Stopped and gone before the server goes: tasks outlive their server.
+                (await api.post(f"/api/jobs/{job_id}/stop")).raise_for_status()
+                while not await run_finished(api, run_id):  # noqa: ASYNC110 - polling the API is the point
+                    await asyncio.sleep(0.1)
+
+
+async def run_finished(api: httpx.AsyncClient, run_id: str) -> bool:
+    status = (await api.get(f"/api/runs/{run_id}")).json()["status"]
+    return RunStatus(status).is_finished()
 
 
 def main() -> None:

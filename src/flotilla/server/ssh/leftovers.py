@@ -2,7 +2,10 @@
 task and no longer, since it may hold the task's GPUs once they are someone
 else's. Every process a session starts carries SESSION_MARK in its environment,
 so a gateway that starts after a server restart finds what earlier sessions left
-and adopts it (its task still runs) or kills it (its task is gone)."""
+and adopts it (its task still runs) or kills it (its task is gone). A marked
+process of a run this server does not know is another server's on the same machine
+(tests, a second data directory): left alone, or starting one server would kill the
+sessions of every other."""
 
 from __future__ import annotations
 
@@ -24,16 +27,18 @@ SESSION_MARK = "FLOTILLA_SSH_SESSION"
 
 
 async def adopt_leftovers(ctx: ServerContext) -> dict[Target, set[int]]:
-    """The sessions (ids) that earlier SSH sessions left, by their still running
-    task; those whose task is gone are killed."""
+    """The sessions (ids) that this server's earlier SSH sessions left, by their
+    still running task; those whose task is gone are killed."""
     found = await asyncio.to_thread(_marked_sessions)
     adopted: dict[Target, set[int]] = {}
     orphans: list[int] = []
     async with ctx.sessions() as session:
         for (run_id, rank), sessions in found.items():
             run = await session.get(RunModel, run_id)
-            recipe = await session.get(RecipeModel, run.recipe_id) if run else None
-            target = await running_task(session, recipe, run, rank) if run and recipe else None
+            if run is None:  # run ids are unique and runs never deleted: not ours
+                continue
+            recipe = await session.get(RecipeModel, run.recipe_id)
+            target = await running_task(session, recipe, run, rank) if recipe else None
             if target is None:
                 orphans += sessions
             else:

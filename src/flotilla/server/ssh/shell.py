@@ -4,7 +4,9 @@ the task's own environment and working directory, its bytes carried both ways.
 With a terminal the process gets a pseudo-terminal (and job control); without one,
 plain pipes, stderr kept apart. Output is read only while the client's window has
 room, and input stops being read from the client while the process does not read
-it, so neither side can make the gateway buffer without bound. Created by the
+it, so neither side can make the gateway buffer without bound. Input and EOF that
+come while the process is still being started wait for it (scripts send EOF at once:
+`ssh HOST cmd </dev/null`); on a terminal EOF is ignored, as sshd does. Created by the
 gateway's `session_requested`; the gateway ends sessions whose task has stopped.
 """
 
@@ -92,6 +94,8 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self.input.extend(data)
+        if self.stdin is None and len(self.input) > _INPUT_HIGH_WATER and self.chan is not None:
+            self.chan.pause_reading()  # not started yet: `_watch` resumes
         self._write_input()
 
     def eof_received(self) -> bool:
@@ -100,6 +104,8 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         return True  # keep sending the process's output
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self.terminal is not None:  # kept for a terminal still being started
+            self.terminal = (self.terminal[0], (width, height, pixwidth, pixheight))
         if self.master is not None:
             _set_size(self.master, (width, height, pixwidth, pixheight))
 
@@ -149,15 +155,13 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         assert self.chan is not None
         if not is_task_process(self.target.pid, self.target.run_id, self.target.rank):
-            self.chan.write_stderr(f"flotilla: {self.target.label} has stopped\r\n".encode())
-            self.chan.exit(255)
+            self._refuse(f"{self.target.label} has stopped", 255)
             return
         try:
             self.process = await self._spawn()
         except Exception as e:  # a bad environment value, no such program, no fds left
-            self._close_fds()
-            self.chan.write_stderr(f"flotilla: cannot start {self.argv}: {e}\r\n".encode())
-            self.chan.exit(127)
+            # repr: some errors (an OSError without text) say nothing as str.
+            self._refuse(f"cannot start {self.argv}: {e!r}", 127)
             return
         self.on_change(self, True)
         if self.chan.is_closing():  # the client left while the process started
@@ -185,7 +189,17 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         else:
             self.chan.exit(code)
 
+    def _refuse(self, message: str, code: int) -> None:
+        """Say why no process runs, and exit `code`, unless the client has gone."""
+        assert self.chan is not None
+        if not self.chan.is_closing():
+            self.chan.write_stderr(f"flotilla: {message}\r\n".encode())
+            self.chan.exit(code)
+
     async def _spawn(self) -> asyncio.subprocess.Process:
+        """Start the process. Until it runs, the session holds no fd of it: input and
+        EOF wait in `self.input`/`self.input_eof`, a hang-up has nothing to close, and
+        `_watch` hands all of it over once the process is there."""
         env = self._task_env()
         assert self.chan is not None
         for name, value in self.chan.get_environment().items():
@@ -199,27 +213,38 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         cwd = proctree.working_directory(self.target.pid) or env.get("HOME") or "/"
         if self.terminal is not None:
             env["TERM"] = self.terminal[0] or "xterm"
-            self.master, slave = os.openpty()
-            self.stdin = self.master
-            _set_size(self.master, self.terminal[1])
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *[sys.executable, "-I", "-S", "-c", _LOGIN_TTY, *argv],
-                    stdin=slave,
-                    stdout=slave,
-                    stderr=slave,
-                    cwd=cwd,
-                    env=env,
-                )
-            finally:
-                os.close(slave)
-            self._watch({self.master: None})
-            return process
-        stdin_r, self.stdin = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        # Owned from here, so that a failed start closes them (`_close_fds`).
-        self.outputs = {stdout_r: None, stderr_r: asyncssh.EXTENDED_DATA_STDERR}
+            return await self._spawn_on_terminal(argv, cwd, env)
+        return await self._spawn_on_pipes(argv, cwd, env)
+
+    async def _spawn_on_terminal(
+        self, argv: list[str], cwd: str, env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        assert self.terminal is not None
+        master, slave = os.openpty()
+        try:
+            _set_size(master, self.terminal[1])
+            process = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-I", "-S", "-c", _LOGIN_TTY, *argv],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=env,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.master = master
+        _set_size(master, self.terminal[1])  # the window may have changed meanwhile
+        self._watch(master, {master: None})
+        return process
+
+    async def _spawn_on_pipes(
+        self, argv: list[str], cwd: str, env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = _pipes(3)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -230,10 +255,14 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
                 env=env,
                 start_new_session=True,
             )
+        except BaseException:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (stdin_r, stdout_w, stderr_w):
                 os.close(fd)
-        self._watch(self.outputs)
+        self._watch(stdin_w, {stdout_r: None, stderr_r: asyncssh.EXTENDED_DATA_STDERR})
         return process
 
     def _task_env(self) -> dict[str, str]:
@@ -242,10 +271,11 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.target.gpus)
         return env
 
-    def _watch(self, outputs: dict[int, int | None]) -> None:
-        self.outputs = outputs
-        assert self.stdin is not None
-        os.set_blocking(self.stdin, False)
+    def _watch(self, stdin: int, outputs: dict[int, int | None]) -> None:
+        """The process runs: carry its output to the client, and the client's input,
+        what came before included, to it."""
+        self.stdin, self.outputs = stdin, outputs
+        os.set_blocking(stdin, False)
         for fd in outputs:
             os.set_blocking(fd, False)
             if not self.paused:
@@ -329,6 +359,20 @@ def _shell(env: dict[str, str]) -> str:
         if candidate and (found := shutil.which(candidate, path=env.get("PATH"))):
             return found
     return "/bin/sh"
+
+
+def _pipes(count: int) -> list[tuple[int, int]]:
+    """`count` pipes, or none at all (no fds left: those made are closed)."""
+    made: list[tuple[int, int]] = []
+    try:
+        for _ in range(count):
+            made.append(os.pipe())
+    except OSError:
+        for pair in made:
+            for fd in pair:
+                os.close(fd)
+        raise
+    return made
 
 
 def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
