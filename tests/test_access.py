@@ -126,6 +126,9 @@ PUBLIC = {
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
     ("POST", "/api/auth/logout"),
+    # Authenticated by its one-time join token, not an API credential
+    # (tests/test_agent_tls.py).
+    ("POST", "/api/agents/join"),
 }
 # Mutations without a path parameter, each with a body aimed at the victim.
 FOREIGN_BODIES: dict[tuple[str, str], Any] = {
@@ -140,6 +143,7 @@ FOREIGN_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/secrets"): {"name": "victim-key", "value": "overwrite", "owner": "victim"},
     ("PUT", "/api/scheduler/policy"): {"user_quota": {"victim": 0}},
     ("PUT", "/api/load_balancers/policy"): {"allowed_backend_cidrs": ["127.0.0.0/8"]},
+    ("POST", "/api/agents/join-tokens"): {"node": "victim-node"},
     ("POST", "/api/users"): {"username": "victim2", "email": "v@example.com"},
     ("POST", "/api/service_accounts"): {"name": "robot2"},
     ("POST", "/api/groups"): {"name": "victims2"},

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from flotilla.cli.agents import register as register_agents
 from flotilla.cli.audit import register as register_audit
 from flotilla.cli.fleets import register as register_fleets
 from flotilla.cli.groups import register as register_groups
@@ -120,6 +121,7 @@ register_projects(app)  # flo project create|list|show|delete|add-member|remove-
 register_tokens(app)  # flo token create|list|revoke
 register_serving(app)  # flo lb list|describe|delete|serve, flo deployments, flo deployment ...
 register_ssh(app)  # flo ssh TARGET
+register_agents(app)  # flo agent token create|join|serve|list
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from flotilla.client.agent_calls import AgentCalls
 from flotilla.client.calls import ApiError, _decode
 from flotilla.client.connection import (
     Connection,
@@ -37,7 +38,7 @@ START_ATTEMPTS = 3
 START_RETRY_DELAY = 0.5
 
 
-class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls):
+class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentCalls):
     def __init__(
         self,
         connection: Connection | None = None,

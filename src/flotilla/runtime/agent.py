@@ -2,13 +2,20 @@
 
 The server talks to it over a Unix socket with newline-delimited JSON requests
 (`launch`, `stop`, `inspect`, `hello`) and receives pushed `task` events as tasks start
-and exit. Each task runs under its own supervisor forked from the agent (fork is
-~1 ms; starting a fresh Python would cost ~30 ms per task). Supervisors live in
-their own sessions, so the agent, like the server, can die without taking work with
-it; a new agent reads task state from disk. The agent exits by itself when it has
-had no tasks and no clients for a while.
+and exit. The agent of another host serves the same protocol over TCP with mutual
+TLS (`--listen ADDR:PORT --tls-dir DIR`, after `flo agent join`): only a client
+with the control plane's certificate from the CA pinned at join is served
+(`runtime/tls.py`); a failed handshake closes that connection and nothing else.
 
-Run as `python -m flotilla.runtime.agent --socket PATH --lock PATH`.
+Each task runs under its own supervisor forked from the agent (fork is ~1 ms;
+starting a fresh Python would cost ~30 ms per task). Supervisors live in their own
+sessions, so the agent, like the server, can die without taking work with it; a new
+agent reads task state from disk. The agent exits by itself when it has had no tasks
+and no clients for a while.
+
+Run as `python -m flotilla.runtime.agent --socket PATH --lock PATH`, or on a joined
+host `python -m flotilla.runtime.agent --listen 0.0.0.0:7477 --tls-dir DIR` (`flo agent
+serve`), which does not exit when idle.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import gc
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -28,17 +36,33 @@ from typing import Any
 
 from flotilla import __version__
 from flotilla.runtime.diskstate import inspect_task
+from flotilla.runtime.isolation import NodeIsolation, TaskCgroup
 from flotilla.runtime.procs import read_json
 from flotilla.runtime.supervisor import Supervisor
 from flotilla.runtime.taskspec import EXITED, TaskFiles, TaskSpec
+from flotilla.runtime.tls import is_control_plane, server_context
 
 _LIMIT = 64 * 1024 * 1024  # a launch request carries the whole environment
+_HANDSHAKE_TIMEOUT = 10.0  # a client that never finishes its handshake is dropped
 
 
 class Agent:
-    def __init__(self, socket_path: Path, idle_exit: float) -> None:
+    def __init__(
+        self,
+        socket_path: Path | None,
+        idle_exit: float,
+        listen: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | None = None,
+        isolation: NodeIsolation | None = None,
+    ) -> None:
+        if listen is not None and tls is None:
+            raise ValueError("a TCP listener needs TLS: never an unauthenticated port")
         self.socket_path = socket_path
         self.idle_exit = idle_exit
+        self.listen = listen
+        self.tls = tls
+        # Probed once; every supervisor applies it to its task (runtime/isolation).
+        self.isolation = isolation or NodeIsolation.disabled("not probed")
         self.clients: set[asyncio.StreamWriter] = set()
         self.children: dict[int, str] = {}  # supervisor pid -> task id
         self.task_dirs: dict[str, str] = {}
@@ -49,20 +73,38 @@ class Agent:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        old_umask = os.umask(0o177)  # the socket is for its owner only
-        try:
-            server = await asyncio.start_unix_server(self._client, self.socket_path, limit=_LIMIT)
-        finally:
-            os.umask(old_umask)
+        servers = []
+        if self.socket_path is not None:
+            servers.append(await self._unix_server(self.socket_path))
+        if self.listen is not None:
+            servers.append(
+                await asyncio.start_server(
+                    self._tls_client,
+                    *self.listen,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+                    limit=_LIMIT,
+                )
+            )
         gc.freeze()  # fewer copy-on-write pages in every forked supervisor
         idle = asyncio.create_task(self._idle_watch())
-        async with server:
+        async with contextlib.AsyncExitStack() as stack:
+            for server in servers:
+                await stack.enter_async_context(server)
             await self.done.wait()
         idle.cancel()
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+
+    async def _unix_server(self, path: Path) -> asyncio.Server:
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+            os.unlink(path)
+        old_umask = os.umask(0o177)  # the socket is for its owner only
+        try:
+            return await asyncio.start_unix_server(self._client, path, limit=_LIMIT)
+        finally:
+            os.umask(old_umask)
 
     async def _idle_watch(self) -> None:
         while True:
@@ -75,6 +117,14 @@ class Agent:
 
     # -- protocol ----------------------------------------------------------------
 
+    async def _tls_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The handshake proved the CA; the CN tells the control plane from a node
+        # (whose certificate the same CA issued).
+        if not is_control_plane(writer.get_extra_info("ssl_object")):
+            writer.close()
+            return
+        await self._client(reader, writer)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients.add(writer)
         try:
@@ -86,7 +136,7 @@ class Agent:
                     reply = {"id": request.get("id"), "ok": False, "error": repr(e)}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, ValueError):
+        except (OSError, ValueError):  # ConnectionError, and TLS errors on TCP
             pass
         finally:
             self.clients.discard(writer)
@@ -95,7 +145,11 @@ class Agent:
     def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
-            return {"version": __version__, "pid": os.getpid()}
+            return {
+                "version": __version__,
+                "pid": os.getpid(),
+                "isolation": self.isolation.probe.to_dict(),
+            }
         if op == "launch":
             return self._launch(TaskSpec.from_dict(request["task"]))
         if op == "stop":
@@ -113,7 +167,7 @@ class Agent:
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
-            Supervisor(spec, write_fd).run()
+            Supervisor(spec, write_fd, self.isolation).run()
         os.close(write_fd)
         self.children[pid] = spec.task_id
         self.task_dirs[spec.task_id] = spec.task_dir
@@ -129,11 +183,16 @@ class Agent:
         if supervisor and state.phase != "lost":
             os.kill(int(supervisor["pid"]), signal.SIGTERM)  # it applies the grace period
             return {"signalled": "supervisor"}
+        # Supervisor gone: kill the task's cgroup, or its command's group, ourselves.
+        if (cgroup := TaskCgroup.load(files.cgroup)) is not None:
+            cgroup.remove(timeout=0.5)  # blocks the loop: bounded
         started = read_json(files.started)
-        if started:  # supervisor gone: signal the command's group ourselves
+        if started:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(started["pid"]), signal.SIGKILL)
-            return {"signalled": "group"}
+            return {"signalled": "cgroup" if cgroup is not None else "group"}
+        if cgroup is not None:
+            return {"signalled": "cgroup"}
         return {"signalled": None}
 
     # -- reports from supervisors --------------------------------------------------
@@ -179,16 +238,42 @@ class Agent:
             task_id = self.children.pop(pid, None)
             if task_id is not None:
                 self.task_dirs.pop(task_id, None)
+                # A supervisor killed before its cleanup leaves its cgroup behind.
+                if (cgroup := self.isolation.cgroup_for(task_id)) is not None:
+                    cgroup.remove_if_empty()
                 self.last_busy = time.monotonic()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`ADDR:PORT`, `[V6]:PORT` or `:PORT` (every interface)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Flotilla node agent")
-    parser.add_argument("--socket", required=True, type=Path)
-    parser.add_argument("--lock", required=True, type=Path)
-    parser.add_argument("--idle-exit", type=float, default=600.0)
+    parser.add_argument("--socket", type=Path, help="serve the local server on this Unix socket")
+    parser.add_argument("--listen", type=parse_listen, help="serve over TCP+TLS on ADDR:PORT")
+    parser.add_argument("--tls-dir", type=Path, help="the TLS directory `flo agent join` wrote")
+    parser.add_argument("--lock", type=Path, help="default with --listen: TLS_DIR/agent.lock")
+    parser.add_argument(
+        "--idle-exit", type=float, help="seconds (default 600; never with --listen)"
+    )
     parser.add_argument("--daemonize", action="store_true", help="fork; the parent exits at once")
     args = parser.parse_args(argv)
+    if args.socket is None and args.listen is None:
+        parser.error("give --socket, --listen or both")
+    if args.listen is not None and args.tls_dir is None:
+        parser.error("--listen needs --tls-dir: the agent never serves an unauthenticated port")
+    if args.lock is None:
+        if args.tls_dir is None:
+            parser.error("give --lock")
+        args.lock = args.tls_dir / "agent.lock"
+    if args.idle_exit is None:
+        args.idle_exit = float("inf") if args.listen else 600.0
+    tls = server_context(args.tls_dir) if args.listen is not None else None  # fails early
     if args.daemonize and os.fork() != 0:
         os._exit(0)
     lock = open(args.lock, "a+")  # noqa: SIM115 - held for the life of the process
@@ -203,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     lock.flush()
     # Plain asyncio, not uvloop: uvloop reserves SIGCHLD, which the agent needs to
     # reap its supervisors; the agent's traffic is light either way.
-    asyncio.run(Agent(args.socket, args.idle_exit).serve())
+    isolation = NodeIsolation.detect(identity=str(args.lock.resolve()))
+    asyncio.run(Agent(args.socket, args.idle_exit, args.listen, tls, isolation).serve())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""The server's side of the agent protocol: one persistent Unix-socket connection,
-request/response matched by id, pushed `task` events handed to a callback.
+"""The server's side of the agent protocol: one persistent connection, request/response
+matched by id, pushed `task` events handed to a callback.
 
-`ensure_agent` starts the agent as a detached daemon when none answers, so the
-first server start on a machine needs no extra step.
+The local agent is reached over a Unix socket, and started as a detached daemon when
+none answers, so the first server start on a machine needs no extra step. The agent
+of another host is reached over TCP with mutual TLS (`TlsTarget`: the control plane's
+client certificate, and the node's checked to name that node); it is never started
+from here, and a lost connection is re-opened in the background with back-off so
+that pushed events flow again (events while it was down are not replayed yet: the
+caller inspects its tasks in `on_reconnect`).
 """
 
 from __future__ import annotations
@@ -13,18 +18,44 @@ import hashlib
 import itertools
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flotilla.errors import TemporaryError
 from flotilla.runtime.taskspec import TaskSpec, TaskState
+from flotilla.runtime.tls import TlsFiles, client_context
 
 EventHandler = Callable[[TaskState], Awaitable[None]]
+ReconnectHandler = Callable[[], Awaitable[None]]
 _LIMIT = 64 * 1024 * 1024
 _MAX_UNIX_PATH = 100
+_CONNECT_TIMEOUT = 10.0
+_RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # then 5 s between tries
+
+
+@dataclass(frozen=True)
+class TlsTarget:
+    """An agent on another host: where it listens, the node name its certificate must
+    carry, and the control plane's TLS context (`client_context`)."""
+
+    host: str
+    port: int
+    node: str
+    context: ssl.SSLContext
+
+    @classmethod
+    def of(cls, address: str, node: str, files: TlsFiles) -> TlsTarget:
+        """From `tls://host:port` (`tls://[v6]:port`) and the control plane's files."""
+        scheme, sep, rest = address.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if scheme != "tls" or not sep or not colon or not port.isdigit() or not host:
+            raise ValueError(f"{address!r} is not tls://HOST:PORT")
+        return cls(host.strip("[]"), int(port), node, client_context(files))
 
 
 def agent_socket_path(data_dir: Path) -> Path:
@@ -37,16 +68,38 @@ def agent_socket_path(data_dir: Path) -> Path:
 
 
 class AgentClient:
-    def __init__(self, data_dir: Path, on_event: EventHandler, idle_exit: float = 600.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        on_event: EventHandler,
+        idle_exit: float = 600.0,
+        *,
+        tls: TlsTarget | None = None,
+        on_reconnect: ReconnectHandler | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.socket = agent_socket_path(data_dir)
         self.on_event = on_event
         self.idle_exit = idle_exit
+        self.tls = tls
+        self.on_reconnect = on_reconnect
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closed = False
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def over_tls(
+        cls,
+        target: TlsTarget,
+        on_event: EventHandler,
+        on_reconnect: ReconnectHandler | None = None,
+    ) -> AgentClient:
+        """A client of the agent of another host (no local data dir, nothing spawned)."""
+        return cls(Path("/nonexistent"), on_event, tls=target, on_reconnect=on_reconnect)
 
     async def connect(self) -> None:
         async with self._lock:
@@ -57,6 +110,11 @@ class AgentClient:
             self._reader_task = asyncio.create_task(self._read_loop(reader))
 
     async def close(self) -> None:
+        self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect_task
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,15 +175,31 @@ class AgentClient:
                     await self.on_event(TaskState.from_dict(message["task"]))
                 elif (future := self._pending.get(message.get("id"))) and not future.done():
                     future.set_result(message)
-        except (ConnectionError, ValueError):
+        except (OSError, ValueError):  # ConnectionError, and TLS errors on TCP
             pass
         finally:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionResetError("agent connection lost"))
             await self._close_writer()
+            if self.tls is not None and not self._closed:
+                self._reconnect_task = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Re-open a lost TLS connection with back-off until it opens or `close()`."""
+        for attempt in itertools.count():
+            await asyncio.sleep(_RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)])
+            try:
+                await self.connect()
+            except OSError:  # refused, unreachable, timed out, handshake failed
+                continue
+            if self.on_reconnect is not None:
+                await self.on_reconnect()
+            return
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.tls is not None:
+            return await self._open_tls(self.tls)
         try:
             return await asyncio.open_unix_connection(self.socket, limit=_LIMIT)
         except (ConnectionError, FileNotFoundError):
@@ -139,6 +213,23 @@ class AgentClient:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.02)
+
+    async def _open_tls(
+        self, target: TlsTarget
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # ssl.SSLError (a failed handshake, the wrong name) is an OSError: callers
+        # treat it like any unreachable agent.
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                target.host,
+                target.port,
+                ssl=target.context,
+                server_hostname=target.node,
+                ssl_handshake_timeout=_CONNECT_TIMEOUT,
+                limit=_LIMIT,
+            ),
+            _CONNECT_TIMEOUT,
+        )
 
     async def _spawn_agent(self) -> None:
         """Start the agent as a daemon: `--daemonize` forks and the first process

@@ -39,6 +39,7 @@ from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.supervision import Supervision
 from flotilla.server.reconnect import RetryDroppedConnection
 from flotilla.server.routers import (
+    agents,
     audit,
     auth,
     budgets,
@@ -88,7 +89,7 @@ def create_app(
         ctx = ServerContext(
             settings=settings,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=session_factory(engine, settings.unix_id_range),
             backend=backend or local,
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
             providers=providers if providers is not None else default_providers(settings, local),
@@ -179,7 +180,7 @@ def create_app(
     app.include_router(frontdoor_router)
     for module in (usage, budgets, metrics):  # metering, cost, budgets
         app.include_router(module.router)
-    for module in (users, groups, projects, tokens, auth):  # identity, logins
+    for module in (users, groups, projects, tokens, auth, agents):  # identity, logins, joins
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""Node agents joining: `POST /api/agents/join-tokens` (platform admins) makes a
+one-time join token; `POST /api/agents/join` spends one, with the node's CSR, for its
+certificate and the CA's (`flo agent join`). The join is authenticated by the token
+alone: the host has no account. `GET /api/agents` lists the joined nodes'
+certificates (admins). The logic is in `services/agents.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.services import agents as agent_service
+
+router = APIRouter(prefix="/api/agents", tags=["agents"])
+
+
+class CreateJoinTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str | None = Field(
+        None, description="the node name the token joins (default: the host says it)"
+    )
+    expires_in_seconds: int = Field(3600, description="lifetime, 60 s to 7 days")
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str
+    node: str = Field(description="the node's name (a DNS label): its certificate's name")
+    csr: str = Field(description="a PEM certificate request; the key stays on the node")
+
+
+@router.post("/join-tokens", status_code=201)
+async def create_join_token(
+    ctx: Ctx, caller: Caller, body: CreateJoinTokenRequest
+) -> dict[str, Any]:
+    caller.require_admin()
+    async with ctx.transaction() as session:
+        made = await agent_service.create_join_token(
+            session,
+            ctx.secret_box,
+            node=body.node,
+            ttl_seconds=body.expires_in_seconds,
+            actor=caller.name,
+            now=ctx.clock.now(),
+        )
+    return {
+        "token": made.token,
+        "node": made.node,
+        "expires_at": made.expires_at.isoformat(),
+        "ca_sha256": made.ca_sha256,
+    }
+
+
+@router.post("/join")
+async def join(ctx: Ctx, body: JoinRequest) -> dict[str, Any]:
+    async with ctx.transaction() as session:
+        return await agent_service.join(
+            session,
+            ctx.secret_box,
+            token=body.token,
+            node=body.node,
+            csr=body.csr,
+            now=ctx.clock.now(),
+        )
+
+
+@router.get("")
+async def list_agents(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    caller.require_admin()
+    async with ctx.sessions() as session:
+        return {"agents": await agent_service.joined_nodes(session)}
