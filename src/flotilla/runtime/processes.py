@@ -14,11 +14,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from flotilla.runtime.isolation.launch import Confinement, spawn_confined
 from flotilla.runtime.taskspec import TaskSpec
 
 # The supervisor handles or ignores these itself; the task's processes must start
 # with the defaults, or a stop's SIGTERM would not end them.
-_DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP)
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGALRM, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP)
 
 NOT_STARTED = 127  # what shells report for a command that could not be executed
 
@@ -34,10 +35,20 @@ def command_line(spec: TaskSpec, env: dict[str, str]) -> tuple[str, list[str]]:
     return "/bin/bash", ["/bin/bash", "-c", spec.shell or ""]
 
 
-def spawn(program: str, argv: list[str], env: dict[str, str], log: Path, pgid: int) -> int:
+def spawn(
+    program: str,
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    pgid: int,
+    confinement: Confinement | None = None,
+) -> int:
     """Start one process with stdout and stderr appended to `log`, in process group
-    `pgid` (0: a new group that it leads), in the current working directory.
-    Raises OSError if it cannot be started."""
+    `pgid` (0: a new group that it leads), in the current working directory; with
+    a `confinement`, inside the task's cgroup and as the task's user (see
+    isolation/launch.py). Raises OSError if it cannot be started."""
+    if confinement is not None:
+        return spawn_confined(program, argv, env, confinement=confinement, log=str(log), pgid=pgid)
     # posix_spawn (vfork + exec) costs a fraction of fork + exec: it copies no
     # page tables, which matters when thousands of processes start at once.
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # several processes share the log
@@ -50,7 +61,7 @@ def spawn(program: str, argv: list[str], env: dict[str, str], log: Path, pgid: i
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ],
         setpgroup=pgid,
-        setsigdef=_DEFAULT_SIGNALS,
+        setsigdef=DEFAULT_SIGNALS,
     )
 
 

@@ -8,6 +8,13 @@ a gang: when one fails, the others get SIGTERM. On SIGTERM (a stop) it forwards
 SIGTERM to the group; either way the group gets SIGKILL after the grace period. It
 writes the outcome to `result.json` and reports progress on a pipe to the agent, if
 the agent is still there to read it.
+
+Isolation (runtime/isolation): where the spec asks for it and the node can, the
+task's processes, setup included, run in the task's own cgroup (its limits; the
+final SIGKILL is `cgroup.kill`, which reaches processes that left the group), as
+the task's Unix account, in a mount namespace where the server's files are
+hidden. The supervisor itself stays outside the cgroup: neither the kill nor an
+OOM under the task's limit can take it before it has written the result.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +31,16 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, NoReturn
 
-from flotilla.runtime.processes import NOT_STARTED, command_line, spawn, wait_gang
+from flotilla.runtime.isolation import NodeIsolation
+from flotilla.runtime.isolation.launch import run_as_user, spawn_confined
+from flotilla.runtime.isolation.task import IsolationFailed, TaskIsolation
+from flotilla.runtime.processes import (
+    DEFAULT_SIGNALS,
+    NOT_STARTED,
+    command_line,
+    spawn,
+    wait_gang,
+)
 from flotilla.runtime.procs import process_start_ticks, write_json_atomic
 from flotilla.runtime.taskspec import EXITED, RUNNING, TaskFiles, TaskSpec, TaskState
 
@@ -35,9 +52,11 @@ class SetupFailed(Exception):
 
 
 class Supervisor:
-    def __init__(self, spec: TaskSpec, report_fd: int) -> None:
+    def __init__(self, spec: TaskSpec, report_fd: int, node: NodeIsolation | None = None) -> None:
         self.spec = spec
         self.files = TaskFiles(spec.task_dir)
+        node = node or NodeIsolation.disabled("the supervisor was given no node isolation")
+        self.isolation = TaskIsolation(spec, node, DEFAULT_SIGNALS)
         self.report_fd = report_fd
         self.child_pgid: int | None = None  # the group that SIGTERM must reach
         self.stopping = False  # asked to stop (SIGTERM)
@@ -86,27 +105,34 @@ class Supervisor:
         )
 
     def _run_task(self) -> int:
+        for note in self.isolation.notes:  # asked for, not possible on this node
+            print(note, flush=True)
+        exit_code: int | None = None
+        message = ""
         try:
+            self.isolation.prepare()
             self._setup()
-        except SetupFailed as e:
-            self._finish(exit_code=None, message=str(e))
-            return 0
-        if self.stopping:
-            self._finish(exit_code=None, message="stopped during setup")
-            return 0
-        self._finish(exit_code=self._run_command(), message="")
+            if self.stopping:
+                message = "stopped during setup"
+            else:
+                exit_code = self._run_command()
+        except (SetupFailed, IsolationFailed) as e:
+            message = str(e)
+        if note := self.isolation.cleanup():
+            print(note, flush=True)
+        self._finish(exit_code=exit_code, message=message)
         return 0
 
     # -- setup -------------------------------------------------------------------
 
     def _setup(self) -> None:
-        os.makedirs(self.spec.workdir, exist_ok=True)
-        for secret in self.spec.files:
-            path = Path(secret.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secret.content)
+        if self.isolation.credentials is not None:  # the user's files, made by the user
+            try:
+                run_as_user(self.isolation.credentials, self._write_files)
+            except OSError as e:
+                raise SetupFailed(f"cannot create the task's files: {e}") from e
+        else:
+            self._write_files()
         if not self.spec.git and not self.spec.start_script:
             return
         with open(self.files.setup_log, "ab", buffering=0) as log:
@@ -118,10 +144,20 @@ class Supervisor:
                 if code != 0:
                     raise SetupFailed(f"start_script exited with code {code}")
 
+    def _write_files(self) -> None:
+        os.makedirs(self.spec.workdir, exist_ok=True)
+        for secret in self.spec.files:
+            path = Path(secret.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret.content)
+        for clone in self.spec.git:
+            Path(clone.dest).parent.mkdir(parents=True, exist_ok=True)
+
     def _clone(self, url: str, dest: str, ref: str | None, ref_type: str, log: BinaryIO) -> None:
         if self.stopping:
             return
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
         # "--" ends options: a URL or path can never be taken for a git flag.
         argv = ["git", "clone", "--quiet"]
         if ref and ref_type in ("branch", "tag"):
@@ -140,7 +176,9 @@ class Supervisor:
                 raise SetupFailed(f"git checkout of commit {ref} in {url} failed")
 
     def _setup_step(self, argv: list[str], log: BinaryIO) -> int:
-        env = {**self.spec.env, **_GIT_ENV}
+        env = self.isolation.env({**self.spec.env, **_GIT_ENV})
+        if self.isolation.active:
+            return self._confined_setup_step(argv, env, log)
         proc = subprocess.Popen(
             argv,
             cwd=self.spec.workdir,
@@ -155,6 +193,28 @@ class Supervisor:
             return int(proc.wait())
         finally:
             self.child_pgid = None
+
+    def _confined_setup_step(self, argv: list[str], env: dict[str, str], log: BinaryIO) -> int:
+        program = shutil.which(argv[0], path=env.get("PATH", os.defpath)) or argv[0]
+        try:
+            pid = spawn_confined(
+                program,
+                argv,
+                env,
+                confinement=self.isolation.confinement,
+                log=str(self.files.setup_log),
+                pgid=0,
+                cwd=self.spec.workdir,
+            )
+        except OSError as e:
+            self._log_line(log, f"flotilla: cannot start {argv[0]}: {e}")
+            return NOT_STARTED
+        self.child_pgid = pid
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            self.child_pgid = None
+        return os.waitstatus_to_exitcode(status)
 
     @staticmethod
     def _log_line(log: BinaryIO, text: str) -> None:
@@ -191,10 +251,12 @@ class Supervisor:
         for extra in self.spec.process_env or [{}]:
             if self.stopping:  # stopped part way: start no more
                 break
-            env = {**self.spec.env, **extra}
+            env = self.isolation.env({**self.spec.env, **extra})
+            confinement = self.isolation.confinement if self.isolation.active else None
             try:
                 program, argv = command_line(self.spec, env)
-                pid = spawn(program, argv, env, self.files.main_log, pids[0] if pids else 0)
+                pgid = pids[0] if pids else 0
+                pid = spawn(program, argv, env, self.files.main_log, pgid, confinement)
             except OSError as e:
                 with open(self.files.main_log, "a") as log:
                     log.write(f"flotilla: cannot start the command: {e}\n")
@@ -225,6 +287,8 @@ class Supervisor:
         self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
+        if sig == signal.SIGKILL:  # the whole cgroup, processes that left the group too
+            self.isolation.kill()
         if self.child_pgid is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):

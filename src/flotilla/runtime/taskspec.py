@@ -23,6 +23,40 @@ class SecretFile:
 
 
 @dataclass
+class RunAs:
+    """The Unix account a task runs as on its node: its owner's numbers, allocated
+    once by the server and never reused."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: list[tuple[str, int]] = field(default_factory=list)  # supplementary (name, gid)
+    home: str | None = None  # None: the task's own home in its task directory
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunAs:
+        data = dict(data)
+        data["groups"] = [(str(n), int(g)) for n, g in data.get("groups", [])]
+        return cls(**data)
+
+
+@dataclass
+class Limits:
+    """A task's cgroup limits; None: not limited."""
+
+    memory_bytes: int | None = None
+    cpus: float | None = None  # CPU time as a number of CPUs (a CFS quota)
+    pids: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        return cls(**data)
+
+
+@dataclass
 class TaskSpec:
     task_id: str
     task_dir: str
@@ -37,6 +71,12 @@ class TaskSpec:
     # One entry per process of the task, each applied on top of `env`; empty (as in
     # specs written before tasks had several processes) means one process with `env`.
     process_env: list[dict[str, str]] = field(default_factory=list)
+    # Isolation (runtime/isolation): the account to run as, the cgroup limits, and
+    # the paths the task must not see (the server's data dir; the task's own
+    # directory stays visible). A task with run_as or limits gets its own cgroup.
+    run_as: RunAs | None = None
+    limits: Limits | None = None
+    hide: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +86,10 @@ class TaskSpec:
         data = dict(data)
         data["git"] = [GitClone(**g) for g in data.get("git", [])]
         data["files"] = [SecretFile(**f) for f in data.get("files", [])]
+        if data.get("run_as") is not None:
+            data["run_as"] = RunAs.from_dict(data["run_as"])
+        if data.get("limits") is not None:
+            data["limits"] = Limits.from_dict(data["limits"])
         return cls(**data)
 
 
@@ -87,3 +131,4 @@ class TaskFiles:
         self.setup_log = self.dir / "setup.log"
         self.main_log = self.dir / "main.log"
         self.supervisor_log = self.dir / "supervisor.log"
+        self.cgroup = self.dir / "cgroup.json"  # where the task's cgroup is, if it has one
