@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.core.units import parse_memory
+from flotilla.core.unixids import DEFAULT_UID_MAX, DEFAULT_UID_MIN, UnixIdRange
 
 DEFAULT_PORT = 8765
 DEFAULT_SSH_PORT = 2222
@@ -72,6 +73,17 @@ class Settings:
     # passing it on) have their own limit, for uploads (FLOTILLA_MAX_FRONTDOOR_BYTES).
     max_request_bytes: int = 4 * 1024**2
     max_frontdoor_bytes: int = 100 * 1024**2
+    # The UIDs/GIDs given to users and groups, once each and never again
+    # (FLOTILLA_UID_MIN, FLOTILLA_UID_MAX; why these defaults: `core/unixids.py`).
+    uid_min: int = DEFAULT_UID_MIN
+    uid_max: int = DEFAULT_UID_MAX
+    # Run tasks as their user's Unix account (FLOTILLA_RUN_AS_USER=1). Off by default
+    # until the rest of tenant isolation (hidden data dir, limits, per-user dirs) is
+    # wired in: with it off, tasks run as the server's user, as before.
+    run_as_user: bool = False
+
+    def __post_init__(self) -> None:
+        UnixIdRange(self.uid_min, self.uid_max)  # a bad range fails at start, not at a create
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -96,6 +108,8 @@ class Settings:
             values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+        if env.get("FLOTILLA_RUN_AS_USER"):
+            values["run_as_user"] = env["FLOTILLA_RUN_AS_USER"].lower() not in ("0", "false", "no")
         if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):
             values["min_schedule_interval"] = float(env["FLOTILLA_MIN_SCHEDULE_INTERVAL"])
         for name in (
@@ -111,6 +125,9 @@ class Settings:
         for name in ("access_token_ttl", "refresh_token_ttl", "idempotency_key_ttl"):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = float(env[f"FLOTILLA_{name.upper()}"])
+        for name in ("uid_min", "uid_max"):
+            if env.get(f"FLOTILLA_{name.upper()}"):
+                values[name] = int(env[f"FLOTILLA_{name.upper()}"])
         for name in ("max_request_bytes", "max_frontdoor_bytes"):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = parse_memory(env[f"FLOTILLA_{name.upper()}"])
@@ -128,6 +145,10 @@ class Settings:
         return f"sqlite+aiosqlite:///{self.data_dir / 'flotilla.db'}"
 
     @property
+    def unix_id_range(self) -> UnixIdRange:
+        return UnixIdRange(self.uid_min, self.uid_max)
+
+    @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.data_dir / "checkpoints"
 
@@ -142,6 +163,14 @@ class Settings:
     @property
     def agent_socket(self) -> Path:
         return self.data_dir / "agent.sock"
+
+
+def unix_id_range_from_env() -> UnixIdRange:
+    """FLOTILLA_UID_MIN..FLOTILLA_UID_MAX as the server reads them; for the migration
+    that gives existing users and groups their numbers (`migrations/versions/0006`)."""
+    env = os.environ
+    first = int(env.get("FLOTILLA_UID_MIN") or DEFAULT_UID_MIN)
+    return UnixIdRange(first, int(env.get("FLOTILLA_UID_MAX") or DEFAULT_UID_MAX))
 
 
 def _ssh_port(text: str) -> int | None:

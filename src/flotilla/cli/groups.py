@@ -43,8 +43,8 @@ def list_(json: JsonOpt = False) -> None:
         groups = api.list_groups()
     if json:
         return print_json(groups)
-    rows = [(g["name"], g["description"], ", ".join(g["members"])) for g in groups]
-    table(None, ["name", "description", "members"], rows)
+    rows = [(g["name"], g.get("gid"), g["description"], ", ".join(g["members"])) for g in groups]
+    table(None, ["name", "gid", "description", "members"], rows)
 
 
 @group_app.command("show")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from flotilla.recipes.job import JobSpec
-from flotilla.runtime.taskspec import TaskState
+from flotilla.runtime.taskspec import RunAs, TaskState
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class LaunchRequest:
     # The run's checkpoint directory (FLOTILLA_CHECKPOINT_DIR): the same for every
     # attempt, so a requeued run resumes from what it saved.
     checkpoint_dir: str | None = None
+    # The Unix account the task runs as (`services/launch.py:run_as`); None: no
+    # Flotilla user to run it as.
+    run_as: RunAs | None = None
 
 
 @dataclass(frozen=True)

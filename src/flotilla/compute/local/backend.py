@@ -104,6 +104,7 @@ class LocalBackend:
             files=files,
             grace_seconds=request.grace_seconds,
             process_env=request.process_env,
+            run_as=request.run_as,
         )
 
     async def stop(self, task: TaskRef, grace_seconds: float) -> None:

@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from flotilla.core.unixids import UnixIdRange
 from flotilla.server.db.inline_sqlite import inline_connector
+from flotilla.server.db.unix_ids import StoreSession, session_info
 
 
 def normalize_url(url: str) -> str:
@@ -54,5 +56,12 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine, unix_ids: UnixIdRange) -> async_sessionmaker[AsyncSession]:
+    """Sessions that give new users and groups their Unix numbers from `unix_ids`
+    (`unix_ids.py`)."""
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        sync_session_class=StoreSession,
+        info=session_info(unix_ids),
+    )

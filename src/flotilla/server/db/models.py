@@ -78,6 +78,14 @@ class UserModel(Base):
     ssh_public_keys: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     locked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime]
+    # The user's Unix UID on nodes, and the GID of their private group (uid == gid);
+    # given once at insert from the counter users and groups share, never reused
+    # (`db/unix_ids.py`). Nullable in the schema only: SQLite cannot add NOT NULL to a
+    # table others refer to without a copy that would cascade-delete them; migration
+    # 0006 fills existing rows and guards against NULL with a check or triggers.
+    uid: Mapped[int] = mapped_column(Integer, nullable=True)
+    # An index rather than a constraint: SQLite adds one without copying the table.
+    __table_args__ = (Index("uq_users_uid", "uid", unique=True),)
 
 
 class GroupModel(Base):
@@ -86,6 +94,9 @@ class GroupModel(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
+    # The group's Unix GID on nodes, from the users' counter (see `UserModel.uid`).
+    gid: Mapped[int] = mapped_column(Integer, nullable=True)
+    __table_args__ = (Index("uq_groups_gid", "gid", unique=True),)
 
 
 class GroupMemberModel(Base):
@@ -399,7 +410,8 @@ class NodeModel(Base):
 
 
 class SettingModel(Base):
-    """Server-wide settings edited through the API (the scheduler policy)."""
+    """Server-wide settings edited through the API (the scheduler policy), and the
+    Unix ID counter (`unix_ids`: the highest UID/GID ever given, `db/unix_ids.py`)."""
 
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -25,13 +25,19 @@ from flotilla.compute.base import LaunchRequest
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.errors import ClientError, FlotillaError
 from flotilla.recipes.job import JobSpec
+from flotilla.runtime.taskspec import RunAs
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers import recovery
 from flotilla.server.reconcilers.isolation import Failure, Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
-from flotilla.server.services.launch import free_port, launch_requests, resolve_secrets
+from flotilla.server.services.launch import (
+    free_port,
+    launch_requests,
+    resolve_run_as,
+    resolve_secrets,
+)
 from flotilla.server.services.placement import Plan, TaskPlacement, plan
 from flotilla.server.services.runs import current_tasks, run_tasks, switch_run_status
 from flotilla.server.services.scheduling import (
@@ -202,7 +208,16 @@ class Scheduler(ReconcileLoop):
                 recipe_id=run.recipe_id,
                 run_id=run.id,
             )
-        return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files)
+        run_as = await self._run_as(session, run, recipe)
+        return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files, run_as)
+
+    async def _run_as(
+        self, session: AsyncSession, run: RunModel, recipe: RecipeModel
+    ) -> RunAs | None:
+        """The account the run's tasks run as, when the server is set to use them."""
+        if not self.ctx.settings.run_as_user:
+            return None
+        return await resolve_run_as(session, run, recipe)
 
     def _requests(
         self,
@@ -211,6 +226,7 @@ class Scheduler(ReconcileLoop):
         job_name: str,
         secret_env: dict[str, str],
         secret_files: list[tuple[str, str]],
+        run_as: RunAs | None,
     ) -> list[LaunchRequest]:
         return launch_requests(
             run,
@@ -221,6 +237,7 @@ class Scheduler(ReconcileLoop):
             run.leader_port or 29500,
             self.ctx.settings.stop_grace_seconds,
             str(self.ctx.settings.checkpoints / run.id),
+            run_as,
         )
 
     async def relaunch(
@@ -235,7 +252,8 @@ class Scheduler(ReconcileLoop):
         )
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
-        requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files)
+        run_as = await self._run_as(session, run, recipe)
+        requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files, run_as)
         return [r for r in requests if r.task.task_id in wanted]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.core.unixids import unix_name
 from flotilla.errors import NotFound
 from flotilla.recipes.identity import GroupSpec, check_name, invalid
 from flotilla.server.db.models import (
@@ -174,6 +175,9 @@ def group_view(group: GroupModel, member_users: Sequence[UserModel]) -> dict[str
         "id": group.id,
         "name": group.name,
         "description": group.description,
+        # The Unix group on nodes (read-only: given at creation; `core/unixids.py`).
+        "unix_name": unix_name(group.name),
+        "gid": group.gid,
         "members": [u.name for u in member_users],
         "created_at": iso(group.created_at),
     }

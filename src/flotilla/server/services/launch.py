@@ -1,17 +1,29 @@
 """Turning a placed run into launch requests: the recipe's environment, the
-environment contract and the attached secrets, resolved at the last moment."""
+environment contract, the attached secrets and the Unix account the tasks run as,
+resolved at the last moment. Called by the scheduler (`reconcilers/scheduler.py`)."""
 
 from __future__ import annotations
 
 import socket
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.base import LaunchRequest, TaskRef
 from flotilla.core.envcontract import TaskIdentity, process_environments, task_environment
+from flotilla.core.unixids import unix_name
 from flotilla.errors import ClientError
 from flotilla.recipes.job import JobSpec, SecretAttachment
-from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.runtime.taskspec import RunAs
+from flotilla.server.db.models import (
+    GroupMemberModel,
+    GroupModel,
+    RecipeModel,
+    RecipeVersionModel,
+    RunModel,
+    TaskModel,
+    UserModel,
+)
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.services.secrets import attached_secret, remember_given
 
@@ -58,6 +70,65 @@ async def resolve_secrets(
     return env, files
 
 
+# Runs a person started through the API (`created_by` is their name). Others (cron
+# ticks, deployment replicas) were started by the platform on the recipe's behalf.
+PERSON_TRIGGERS = frozenset({"manual", "restart"})
+
+
+async def resolve_run_as(session: AsyncSession, run: RunModel, recipe: RecipeModel) -> RunAs | None:
+    """Who the run's tasks run as: the user who started it; for runs the platform
+    started, the recipe's owner if a user owns it, else the user who last applied
+    it. Supplementary groups: that user's Flotilla groups, and the owning group.
+    None when no such user exists (any more)."""
+    user = None
+    if run.trigger in PERSON_TRIGGERS:
+        user = await _user_named(session, run.created_by)
+    owner_group = await _group_named(session, recipe.owner)
+    if user is None and owner_group is None:
+        user = await _user_named(session, recipe.owner)
+    if user is None:
+        user = await _user_named(session, await _last_applier(session, recipe))
+    if user is None:
+        return None
+    groups = {g.id: g for g in await _groups_of(session, user)}
+    if owner_group is not None:
+        groups[owner_group.id] = owner_group
+    return RunAs(
+        user=unix_name(user.name),
+        uid=user.uid,
+        gid=user.uid,  # the user's private group
+        groups=sorted((unix_name(g.name), g.gid) for g in groups.values()),
+    )
+
+
+async def _user_named(session: AsyncSession, name: str | None) -> UserModel | None:
+    if name is None:
+        return None
+    query = select(UserModel).where(UserModel.name == name)
+    return (await session.execute(query)).scalar()
+
+
+async def _group_named(session: AsyncSession, name: str) -> GroupModel | None:
+    query = select(GroupModel).where(GroupModel.name == name)
+    return (await session.execute(query)).scalar()
+
+
+async def _last_applier(session: AsyncSession, recipe: RecipeModel) -> str | None:
+    query = select(RecipeVersionModel.created_by).where(
+        RecipeVersionModel.recipe_id == recipe.id, RecipeVersionModel.version == recipe.version
+    )
+    return (await session.execute(query)).scalar()
+
+
+async def _groups_of(session: AsyncSession, user: UserModel) -> list[GroupModel]:
+    query = (
+        select(GroupModel)
+        .join(GroupMemberModel, GroupMemberModel.group_id == GroupModel.id)
+        .where(GroupMemberModel.user_id == user.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 def launch_requests(
     run: RunModel,
     tasks: list[TaskModel],
@@ -67,6 +138,7 @@ def launch_requests(
     leader_port: int,
     grace_seconds: float,
     checkpoint_dir: str | None = None,
+    run_as: RunAs | None = None,
 ) -> list[LaunchRequest]:
     spec = JobSpec.model_validate(run.spec)
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
@@ -95,6 +167,7 @@ def launch_requests(
                 grace_seconds=grace_seconds,
                 process_env=process_environments(identity),
                 checkpoint_dir=checkpoint_dir,
+                run_as=run_as,
             )
         )
     return requests

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.core.unixids import unix_name
 from flotilla.errors import Conflict, Forbidden, NotFound
 from flotilla.recipes.identity import UserSpec, check_email, check_name, invalid
 from flotilla.server.auth import passwords
@@ -251,10 +252,12 @@ def brief_view(user: UserModel) -> dict[str, Any]:
 
 
 async def user_view(session: AsyncSession, user: UserModel) -> dict[str, Any]:
-    """Saturn's user fields, plus groups, project roles and SSH keys."""
+    """Saturn's user fields, plus groups, project roles, SSH keys and the Unix
+    account the user's tasks run as on nodes (read-only: given at creation)."""
     identity = await load_identity(session, user, ALL_SCOPES, "view")
     return {
         **brief_view(user),
+        **unix_view(user),
         "email": user.email,
         "admin": user.is_admin,
         "locked": user.locked,
@@ -265,6 +268,12 @@ async def user_view(session: AsyncSession, user: UserModel) -> dict[str, Any]:
         "projects": {name: role.value for name, role in sorted(identity.projects.items())},
         "created_at": iso(user.created_at),
     }
+
+
+def unix_view(user: UserModel) -> dict[str, Any]:
+    """The user's Unix account: its name, UID, and the GID of its private group
+    (the same number; `core/unixids.py`)."""
+    return {"unix_name": unix_name(user.name), "uid": user.uid, "gid": user.uid}
 
 
 async def visible_user_ids(session: AsyncSession, caller: Identity) -> set[str] | None:
