@@ -23,7 +23,7 @@ from flotilla.errors import ClientError
 from flotilla.recipes.job import ConcurrencyPolicy
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
-from flotilla.server.reconcilers.isolation import Quarantine
+from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.jobs import trigger_run
@@ -44,18 +44,7 @@ class Cron(ReconcileLoop):
     async def step(self) -> None:
         now = self.ctx.clock.now()
         started, failures = await self.quarantine.rerun(lambda: self._ticks(now))
-        said = [f for f in failures if f.new]
-        if said:
-            async with self.ctx.transaction() as session:
-                for failure in said:
-                    record_event(
-                        session,
-                        kind="error",
-                        message=failure.event_message,
-                        actor=ACTOR,
-                        now=now,
-                        recipe_id=failure.key,
-                    )
+        await report_failures(self.ctx, failures, ACTOR)
         if started:
             self.ctx.wakers.scheduler.set()
             self.ctx.wakers.supervision.set()

@@ -34,7 +34,7 @@ from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
-from flotilla.server.reconcilers.isolation import Failure, Quarantine
+from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.budgets import check_new_run
 from flotilla.server.services.deployments import (
@@ -112,7 +112,7 @@ class Deployments(ReconcileLoop):
             return configs
 
         configs, failures = await self.quarantine.rerun(decide_all)
-        await self._record(failures, now)
+        await report_failures(self.ctx, failures, ACTOR)
         for _, recipe_id in configs.values():
             self.quarantine.succeeded(recipe_id)
         self.quarantine.keep_only(live)
@@ -136,21 +136,6 @@ class Deployments(ReconcileLoop):
         self.ready.update(ready)  # shared with the front door: the same set, refilled
         self.unrouted, self.refused = dict(unrouted), dict(refused)
         self.demanded |= demanded  # kept: demand that came in during the attempt
-
-    async def _record(self, failures: list[Failure], now: datetime) -> None:
-        said = [f for f in failures if f.new]
-        if not said:
-            return
-        async with self.ctx.transaction() as session:
-            for failure in said:
-                record_event(
-                    session,
-                    kind="error",
-                    message=failure.event_message,
-                    actor=ACTOR,
-                    now=now,
-                    recipe_id=failure.key,
-                )
 
     async def _reconcile(
         self, session: AsyncSession, recipe: RecipeModel, now: datetime

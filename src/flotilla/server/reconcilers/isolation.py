@@ -31,11 +31,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import TemporaryError
+from flotilla.server.context import ServerContext
+from flotilla.server.db.models import RunModel
+from flotilla.server.services.events import record_event
 
 log = logging.getLogger("flotilla.reconcilers")
 T = TypeVar("T")
@@ -170,3 +175,43 @@ class Quarantine:
                 if any(f.key == e.key for f in failures):
                     raise  # the attempt does not skip held objects: a bug, not a loop
                 failures.append(self.failed(e.key, e.error, e.version))
+
+
+async def record_failures(
+    session: AsyncSession,
+    failures: Iterable[Failure],
+    actor: str,
+    now: datetime,
+    *,
+    keyed_by_run: bool = False,
+) -> None:
+    """An error event on each object whose failure is new (`Failure.new`): on the
+    recipe the key names, or on the run (and its recipe) with `keyed_by_run`."""
+    for failure in failures:
+        if not failure.new:
+            continue
+        recipe_id: str | None = failure.key
+        run_id = None
+        if keyed_by_run:
+            run = await session.get(RunModel, failure.key)
+            recipe_id, run_id = (run.recipe_id if run is not None else None), failure.key
+        record_event(
+            session,
+            kind="error",
+            message=failure.event_message,
+            actor=actor,
+            now=now,
+            recipe_id=recipe_id,
+            run_id=run_id,
+        )
+
+
+async def report_failures(
+    ctx: ServerContext, failures: list[Failure], actor: str, *, keyed_by_run: bool = False
+) -> None:
+    """`record_failures` in a transaction of its own, opened only if one is new."""
+    if any(f.new for f in failures):
+        async with ctx.transaction() as session:
+            await record_failures(
+                session, failures, actor, ctx.clock.now(), keyed_by_run=keyed_by_run
+            )

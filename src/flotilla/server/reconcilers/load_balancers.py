@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from flotilla.lb import LoadBalancerConfig
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
-from flotilla.server.reconcilers.isolation import Failure, Quarantine
+from flotilla.server.reconcilers.isolation import Failure, Quarantine, record_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services import lb_policy
 from flotilla.server.services.events import record_event
@@ -104,22 +104,13 @@ class LoadBalancers(ReconcileLoop):
         self, recipes: Sequence[RecipeModel], failures: list[Failure], notes: dict[str, str]
     ) -> None:
         """Error and policy events, each once per change of what it says."""
-        said = [f for f in failures if f.new]
         changed = {rid: note for rid, note in notes.items() if self.refused.get(rid, "") != note}
         self.refused = {r.id: notes.get(r.id, self.refused.get(r.id, "")) for r in recipes}
-        if not said and not any(changed.values()):
+        if not any(f.new for f in failures) and not any(changed.values()):
             return
         now = self.ctx.clock.now()
         async with self.ctx.transaction() as session:
-            for failure in said:
-                record_event(
-                    session,
-                    kind="error",
-                    message=failure.event_message,
-                    actor=ACTOR,
-                    now=now,
-                    recipe_id=failure.key,
-                )
+            await record_failures(session, failures, ACTOR, now)
             for recipe_id, note in changed.items():
                 if note:
                     record_event(

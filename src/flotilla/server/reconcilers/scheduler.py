@@ -29,12 +29,13 @@ from flotilla.runtime.taskspec import RunAs
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers import recovery
-from flotilla.server.reconcilers.isolation import Failure, Quarantine
+from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import (
     free_port,
     launch_requests,
+    protected_paths,
     resolve_run_as,
     resolve_secrets,
 )
@@ -76,7 +77,7 @@ class Scheduler(ReconcileLoop):
                 return await self._cycle(session)
 
         requests, failures = await self.quarantine.rerun(cycle)
-        await self._record(failures)
+        await report_failures(self.ctx, failures, ACTOR, keyed_by_run=True)
         # Only a committed decision may be skipped next time: after a failed cycle
         # the same inputs must be decided again.
         if self._deciding is not None:
@@ -153,24 +154,6 @@ class Scheduler(ReconcileLoop):
                     requests += await self._start(session, waiting, placements)
         return requests
 
-    async def _record(self, failures: list[Failure]) -> None:
-        said = [f for f in failures if f.new]
-        if not said:
-            return
-        now = self.ctx.clock.now()
-        async with self.ctx.transaction() as session:
-            for failure in said:
-                run = await session.get(RunModel, failure.key)
-                record_event(
-                    session,
-                    kind="error",
-                    message=failure.event_message,
-                    actor=ACTOR,
-                    now=now,
-                    recipe_id=run.recipe_id if run is not None else None,
-                    run_id=failure.key,
-                )
-
     async def _start(
         self, session: AsyncSession, waiting: Waiting, placements: list[TaskPlacement]
     ) -> list[LaunchRequest]:
@@ -238,6 +221,7 @@ class Scheduler(ReconcileLoop):
             self.ctx.settings.stop_grace_seconds,
             str(self.ctx.settings.checkpoints / run.id),
             run_as,
+            protected_paths(self.ctx.settings),
         )
 
     async def relaunch(

@@ -30,10 +30,9 @@ from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
-from flotilla.server.reconcilers.isolation import Failure, Quarantine
+from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.reconcilers.scheduler import Scheduler
-from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.runs import (
     current_tasks,
@@ -106,7 +105,7 @@ class Supervision(ReconcileLoop):
             return stops, relaunch, requeued, finished
 
         (stops, relaunch, requeued, finished), failures = await self.quarantine.rerun(supervise)
-        await self._record(failures)
+        await report_failures(self.ctx, failures, ACTOR, keyed_by_run=True)
         await self._signal(self._due_for_signal(stops))
         if relaunch:
             log.warning("relaunching %d tasks the backend did not know", len(relaunch))
@@ -137,24 +136,6 @@ class Supervision(ReconcileLoop):
         elif unknown and full:
             found.relaunch = await self.scheduler.relaunch(session, run, unknown)
         return found
-
-    async def _record(self, failures: list[Failure]) -> None:
-        said = [f for f in failures if f.new]
-        if not said:
-            return
-        now = self.ctx.clock.now()
-        async with self.ctx.transaction() as session:
-            for failure in said:
-                run = await session.get(RunModel, failure.key)
-                record_event(
-                    session,
-                    kind="error",
-                    message=failure.event_message,
-                    actor=ACTOR,
-                    now=now,
-                    recipe_id=run.recipe_id if run is not None else None,
-                    run_id=failure.key,
-                )
 
     async def _load(
         self, session: AsyncSession, scope: set[str] | None = None
