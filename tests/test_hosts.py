@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import flotilla
 from flotilla.runtime.hosts import DATA_DIR, Host, HostError, HostNetwork
 from flotilla.runtime.procs import process_start_ticks
 from tests.hosts_fixture import (
@@ -137,6 +138,20 @@ def test_files_are_per_host(three_hosts: list[Host], tmp_path: Path) -> None:
     assert "extra" not in Path("/etc/hosts").read_text()
     # Not isolated, said so in the module docstring: the machine's files stay readable.
     assert "flotilla" in h1.run(["cat", str(Path(__file__).parents[1] / "pyproject.toml")]).stdout
+
+
+def test_the_machines_software_is_on_every_host_read_only(three_hosts: list[Host]) -> None:
+    """The running Python and Flotilla's code are visible on a host even when they
+    live under /tmp (a virtualenv made with mktemp, a CI clone), which a host has
+    privately; a host cannot change them."""
+    h1 = three_hosts[0]
+    out = h1.run([PY, "-c", "import flotilla, sys; print(flotilla.__file__, sys.prefix)"])
+    assert out.stdout.split() == [flotilla.__file__, sys.prefix]
+    probe = Path(sys.prefix, "flotilla-host-write-probe")
+    assert h1.run(["touch", str(probe)], check=False).returncode != 0
+    assert not probe.exists()
+    # The staging binds that carried them past the private /tmp are gone.
+    assert ".machine" not in h1.run(["ls", "-A", str(DATA_DIR.parent)]).stdout.split()
 
 
 def test_environment_is_not_inherited(

@@ -8,9 +8,11 @@ Called by `HostNetwork`; the layout of each host (`HostLayout`) holds every name
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import flotilla
 from flotilla.runtime.hosts.commands import (
     HostError,
     kill_namespace_processes,
@@ -23,6 +25,8 @@ from flotilla.runtime.hosts.host import DATA_DIR, DATA_ROOT, INTERFACE, HostLayo
 # Directories a real host has for itself: each gets a private tmpfs (the root file
 # system is read-only inside a host, so these and its disk are its writable places).
 PRIVATE_DIRS = (("/tmp", "1777"), ("/var/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777"))
+# Where the machine's paths that a private tmpfs would hide wait to be bound back.
+STAGING = DATA_ROOT / ".machine"
 
 # A constant script: the values come in as positional parameters, never spliced in.
 # The hostname through /proc saves a process; `mount -a -T` does all mounts in one.
@@ -31,6 +35,9 @@ PRIVATE_DIRS = (("/tmp", "1777"), ("/var/tmp", "1777"), ("/run", "0755"), ("/dev
 _MOUNT_SCRIPT = (
     'set -e; printf "%s\\n" "$2" > /proc/sys/kernel/hostname; '
     'mount --all --fstab "$1"; '
+    # The staging binds only carried software paths past the tmpfs mounts.
+    f'for d in {STAGING}/*; do if [ -d "$d" ]; then umount "$d"; rmdir "$d"; fi; done; '
+    f"if [ -d {STAGING} ]; then rmdir {STAGING}; fi; "
     'if [ "$3" = ro ]; then exec mount -o remount,bind,ro /; fi'
 )
 
@@ -69,6 +76,20 @@ def setup_host(lay: HostLayout, bridge: str, home: Path | None, readonly_root: b
     run_command([*unshare, "private", "--", *script, "ro" if readonly_root else "rw"])
 
 
+def software_paths() -> list[Path]:
+    """The running Python environment and Flotilla's own code: every host sees them,
+    as real hosts of a fleet have the same software installed (a virtualenv or a
+    clone under /tmp would otherwise be hidden by the host's private /tmp)."""
+    package_root = Path(flotilla.__file__).resolve().parent.parent
+    found = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return sorted({*found, package_root})
+
+
+def _hidden(path: Path) -> bool:
+    private = [Path(p) for p, _ in PRIVATE_DIRS] + [Path("/home")]
+    return any(path == d or d in path.parents for d in private)
+
+
 def _fstab(lay: HostLayout, home: Path | None) -> str:
     # Only this namespace's view of / becomes read-only; separate mounts (/proc, /sys
     # with the cgroups, /dev, and all of these) keep their own flags.
@@ -84,7 +105,14 @@ def _fstab(lay: HostLayout, home: Path | None) -> str:
         (src, str(DATA_ROOT), "tmpfs", "mode=0755"),
         (src, str(DATA_DIR), "tmpfs", "mode=0755,X-mount.mkdir"),
     ]
+    # Software under a private directory: bound to a staging place on the host's
+    # own disk first, while it is still visible, then back to where it was.
+    kept = [p for p in software_paths() if _hidden(p)]
+    staged = [STAGING / str(i) for i in range(len(kept))]
+    pairs = list(zip(kept, staged, strict=True))
+    rows += [(str(p), str(s), "none", "bind,X-mount.mkdir") for p, s in pairs]
     rows += [(src, path, "tmpfs", f"mode={mode}") for path, mode in PRIVATE_DIRS]
+    rows += [(str(s), str(p), "none", "bind,ro,X-mount.mkdir") for p, s in pairs]
     for row in rows:
         if any(c.isspace() for c in "".join(row)):
             raise HostError(["mount", *row], "a path with white space cannot go in a fstab")
