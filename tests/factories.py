@@ -137,6 +137,44 @@ def cleanup_data_dir(data_dir: Path) -> None:
     lock = data_dir / "agent.lock"
     with contextlib.suppress(Exception):
         os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+    if os.geteuid() == 0:
+        remove_task_cgroups(lock)
+
+
+def remove_task_cgroups(lock: Path) -> None:
+    """Kill and remove the task cgroups of the agent whose lock file is `lock` (a
+    supervisor killed above never ran its own cleanup), then the agent's group."""
+    from flotilla.runtime.isolation.cgroups import TaskCgroup, agent_key, discover
+
+    layout = discover()
+    key = agent_key(str(lock.resolve()))
+    tasks = {
+        d.name
+        for base in layout.bases.values()
+        if (base / key).is_dir()
+        for d in (base / key).iterdir()
+        if d.is_dir()
+    }
+    for name in tasks:
+        TaskCgroup.for_task(layout, key, name).remove()
+    for base in layout.bases.values():
+        with contextlib.suppress(OSError):
+            (base / key).rmdir()
+
+
+def remove_test_accounts(first: int, last: int) -> None:
+    """Remove the `flo-*` accounts and groups that a test server made on this node
+    (`runtime/isolation/accounts.py`), only those numbered in its range
+    first..last: never an account of this machine's or of another test."""
+    import grp
+    import pwd
+
+    for user in pwd.getpwall():
+        if user.pw_name.startswith("flo-") and first <= user.pw_uid <= last:
+            subprocess.run(["userdel", "--", user.pw_name], check=True, capture_output=True)
+    for group in grp.getgrall():
+        if group.gr_name.startswith("flo-") and first <= group.gr_gid <= last:
+            subprocess.run(["groupdel", "--", group.gr_name], check=True, capture_output=True)
 
 
 def free_port() -> int:

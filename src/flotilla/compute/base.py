@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from flotilla.recipes.job import JobSpec
-from flotilla.runtime.taskspec import RunAs, TaskState
+from flotilla.runtime.taskspec import Limits, RunAs, TaskState
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class LaunchRequest:
     # The Unix account the task runs as (`services/launch.py:run_as`); None: no
     # Flotilla user to run it as.
     run_as: RunAs | None = None
+    # With run_as, its cgroup limits and the control plane's paths it must not see
+    # (data dir, checkpoint root, database: `services/launch.py: task_limits,
+    # protected_paths`). The node keeps the task's own directory and checkpoint_dir.
+    limits: Limits | None = None
+    hide: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ class TaskSpec:
     run_as: RunAs | None = None
     limits: Limits | None = None
     hide: list[str] = field(default_factory=list)
+    # Directories outside the task directory that the task works in (its run's
+    # checkpoint dir): visible even under a hidden path, and with run_as made its
+    # user's (0700).
+    keep: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

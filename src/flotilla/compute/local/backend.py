@@ -105,6 +105,10 @@ class LocalBackend:
             grace_seconds=request.grace_seconds,
             process_env=request.process_env,
             run_as=request.run_as,
+            limits=request.limits,
+            hide=list(request.hide),
+            # Under the hidden data dir, and written as the task's user.
+            keep=[request.checkpoint_dir] if request.run_as and request.checkpoint_dir else [],
         )
 
     async def stop(self, task: TaskRef, grace_seconds: float) -> None:

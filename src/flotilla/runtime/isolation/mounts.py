@@ -61,10 +61,10 @@ def mount_namespace_works() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def hide(paths: list[str], keep: str) -> list[str]:
+def hide(paths: list[str], keep: list[str]) -> list[str]:
     """Enter a private mount namespace in which each existing path in `paths` is
-    empty, except `keep` (the task's directory), bound back at its own path.
-    Returns the paths hidden. Raises OSError."""
+    empty, except the directories in `keep` (the task's own, its checkpoint dir),
+    each bound back at its own path. Returns the paths hidden. Raises OSError."""
     libc = _Libc()
     libc.unshare(CLONE_NEWNS)
     libc.mount("none", "/", None, MS_REC | MS_PRIVATE, "")
@@ -72,23 +72,35 @@ def hide(paths: list[str], keep: str) -> list[str]:
     for path in sorted({os.path.realpath(p) for p in paths if os.path.lexists(p)}, key=len):
         if not any(_under(path, t) for t in targets):  # inside one hidden already
             targets.append(path)
-    keep_real = os.path.realpath(keep)
-    covered = any(_under(keep_real, t) for t in targets if os.path.isdir(t))
-    keep_fd = os.open(keep_real, os.O_PATH | os.O_DIRECTORY) if covered else -1
+    covered: list[str] = []
+    for path in sorted({os.path.realpath(k) for k in keep}, key=len):
+        hidden = any(_under(path, t) for t in targets if os.path.isdir(t))
+        if hidden and not any(_under(path, c) for c in covered):  # not inside one kept
+            covered.append(path)
+    # Opened before the tmpfs covers them: afterwards their paths lead into it.
+    keep_fds = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in covered]
     try:
         for target in targets:
             if os.path.isdir(target):
                 libc.mount("flotilla-hidden", target, "tmpfs", 0, "mode=0711,size=64k")
             else:
                 libc.mount("/dev/null", target, None, MS_BIND, "")
-        if keep_fd >= 0:
-            # The tmpfs has only what we make in it: the path down to the task dir.
-            Path(keep_real).mkdir(mode=0o711, parents=True, exist_ok=True)
-            libc.mount(f"/proc/self/fd/{keep_fd}", keep_real, None, MS_BIND | MS_REC, "")
+        for path, fd in keep_fds:
+            # The tmpfs has only what we make in it: the path down to what is kept.
+            _make_way(Path(path))
+            libc.mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, "")
     finally:
-        if keep_fd >= 0:
-            os.close(keep_fd)
+        for _, fd in keep_fds:
+            os.close(fd)
     return targets
+
+
+def _make_way(path: Path) -> None:
+    """The directories down to `path` in a hiding tmpfs, 0755 whatever the umask:
+    listing them shows only the way to the task's own directories."""
+    for directory in [p for p in [*reversed(path.parents), path] if not p.exists()]:
+        directory.mkdir()
+        os.chmod(directory, 0o755)  # noqa: S103 - holds nothing but these directories
 
 
 def closed_ancestor(path: str, uid: int, gids: tuple[int, ...]) -> str | None:

@@ -12,7 +12,8 @@ the files the supervisor and the server trust (result.json, supervisor.json, the
 logs the server reads as root) cannot be replaced or turned into symlinks by the
 task. What the task writes lives in directories the user owns (0700): the first
 level below the task directory of its working directory, git checkouts and
-secret files (`root/` on the local backend), and its home.
+secret files (`root/` on the local backend), its home, and the directories in the
+spec's `keep` (the run's checkpoint dir, which every attempt of the run reuses).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class TaskIsolation:
                 self.cgroup.create(self.spec.limits)
                 self.cgroup.save(self.files.cgroup)
             if paths := self._paths_to_hide():
-                hide(paths, keep=str(self.files.dir))
+                hide(paths, keep=[str(self.files.dir), *self.spec.keep])
         except Exception as e:
             raise IsolationFailed(f"cannot isolate the task: {e}") from e
 
@@ -101,8 +102,9 @@ class TaskIsolation:
         paths = list(self.hide)
         if self.credentials is not None and self.namespace:
             c = self.credentials
-            closed = closed_ancestor(str(self.files.dir), c.uid, (c.gid, *c.groups))
-            paths += [closed] if closed else []
+            for kept in [str(self.files.dir), *self.spec.keep]:
+                closed = closed_ancestor(kept, c.uid, (c.gid, *c.groups))
+                paths += [closed] if closed else []
         return paths
 
     def _own_directories(self) -> None:
@@ -115,6 +117,8 @@ class TaskIsolation:
         home = Path(self.home)
         if not home.is_relative_to(self.files.dir) and not home.exists():
             _make_owned(home, self.credentials)  # an existing home is left as it is
+        for kept in self.spec.keep:  # the run's checkpoint dir: the same for every attempt
+            _make_owned(Path(kept), self.credentials)
 
     # -- after the task ----------------------------------------------------------
 

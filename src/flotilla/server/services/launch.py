@@ -1,20 +1,26 @@
 """Turning a placed run into launch requests: the recipe's environment, the
 environment contract, the attached secrets and the Unix account the tasks run as,
-resolved at the last moment. Called by the scheduler (`reconcilers/scheduler.py`)."""
+resolved at the last moment; with an account, what confines the task (its cgroup
+limits from `resources`, the control plane's paths hidden). Called by the
+scheduler (`reconcilers/scheduler.py`)."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.base import LaunchRequest, TaskRef
+from flotilla.config import Settings
 from flotilla.core.envcontract import TaskIdentity, process_environments, task_environment
+from flotilla.core.units import parse_memory
 from flotilla.core.unixids import unix_name
 from flotilla.errors import ClientError
 from flotilla.recipes.job import JobSpec, SecretAttachment
-from flotilla.runtime.taskspec import RunAs
+from flotilla.runtime.taskspec import Limits, RunAs
 from flotilla.server.db.models import (
     GroupMemberModel,
     GroupModel,
@@ -129,6 +135,39 @@ async def _groups_of(session: AsyncSession, user: UserModel) -> list[GroupModel]
     return list((await session.execute(query)).scalars())
 
 
+# Processes (threads count too) a task may have per process it starts (`nprocs`)
+# when it runs as its user: ends a fork bomb long before the node's own limit
+# (~96k here) while leaving room for data loader workers and their thread pools.
+PIDS_PER_PROCESS = 4096
+
+
+def task_limits(spec: JobSpec) -> Limits:
+    """A task's cgroup limits: `resources.memory` (RAM, no swap beyond it) and
+    `resources.cpu` (CPU time as cores) for the whole task, its `nprocs` processes
+    together, and PIDS_PER_PROCESS per process."""
+    memory = spec.resources.memory
+    return Limits(
+        memory_bytes=parse_memory(memory) if memory is not None else None,
+        cpus=spec.resources.cpu,
+        pids=PIDS_PER_PROCESS * max(spec.nprocs, 1),
+    )
+
+
+def protected_paths(settings: Settings) -> list[str]:
+    """What a task running as its user must not see: the data dir (tokens, the
+    secrets key, the agent's socket, every task's files), the checkpoint root (other
+    runs' checkpoints) and the SQLite database's directory, where they are apart."""
+    paths = [settings.data_dir, settings.checkpoints]
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        paths.append(Path(str(url.database)).resolve().parent)
+    found: list[str] = []
+    for path in paths:
+        if str(path) not in found:
+            found.append(str(path))
+    return found
+
+
 def launch_requests(
     run: RunModel,
     tasks: list[TaskModel],
@@ -139,8 +178,13 @@ def launch_requests(
     grace_seconds: float,
     checkpoint_dir: str | None = None,
     run_as: RunAs | None = None,
+    hide: Sequence[str] = (),
 ) -> list[LaunchRequest]:
+    """One request per task; with `run_as`, confined: `task_limits` and `hide`
+    (`protected_paths`)."""
     spec = JobSpec.model_validate(run.spec)
+    limits = task_limits(spec) if run_as is not None else None
+    hidden = list(hide) if run_as is not None else []
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
     requests = []
     for task in tasks:
@@ -168,6 +212,8 @@ def launch_requests(
                 process_env=process_environments(identity),
                 checkpoint_dir=checkpoint_dir,
                 run_as=run_as,
+                limits=limits,
+                hide=hidden,
             )
         )
     return requests
