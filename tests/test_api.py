@@ -158,6 +158,7 @@ PUBLIC_ROUTES = {
     ("GET", "/api/auth/oidc/callback"),
     ("GET", "/api/auth/jwks"),
     ("GET", "/.well-known/jwks.json"),
+    ("POST", "/api/agents/join"),  # authenticated by its one-time join token
 }
 
 

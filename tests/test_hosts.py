@@ -136,8 +136,10 @@ def test_files_are_per_host(three_hosts: list[Host], tmp_path: Path) -> None:
     h1.run(["sh", "-c", "echo '10.0.0.99 extra' >> /etc/hosts"])
     assert "extra" not in h2.run(["cat", "/etc/hosts"]).stdout
     assert "extra" not in Path("/etc/hosts").read_text()
-    # Not isolated, said so in the module docstring: the machine's files stay readable.
-    assert "flotilla" in h1.run(["cat", str(Path(__file__).parents[1] / "pyproject.toml")]).stdout
+    # Not isolated, said so in the module docstring: the machine's files stay readable
+    # (its own temp directories excepted: a host has those privately).
+    assert "root:" in h1.run(["cat", "/etc/passwd"]).stdout
+    assert h1.run(["cat", flotilla.__file__]).stdout == Path(flotilla.__file__).read_text()
 
 
 def test_the_machines_software_is_on_every_host_read_only(three_hosts: list[Host]) -> None:
