@@ -1,5 +1,8 @@
 """One SSH session inside a running task: a shell, a command or SFTP, started with
-the task's own environment and working directory, its bytes carried both ways.
+the task's own environment and working directory, its bytes carried both ways. In
+an isolated task (its process runs as its user's account) it also runs as that
+user, in the task's cgroup and mount namespace (entry.py); if it cannot, it does
+not run at all.
 
 With a terminal the process gets a pseudo-terminal (and job control); without one,
 plain pipes, stderr kept apart. Output is read only while the client's window has
@@ -29,6 +32,7 @@ from typing import Any
 import asyncssh
 
 from flotilla.runtime import proctree
+from flotilla.server.ssh.entry import CannotEnter, TaskEntry, task_entry
 from flotilla.server.ssh.leftovers import SESSION_MARK
 from flotilla.server.ssh.targets import Target, is_task_process
 
@@ -158,11 +162,19 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
             self._refuse(f"{self.target.label} has stopped", 255)
             return
         try:
-            self.process = await self._spawn()
+            entry = task_entry(self.target.pid)
+        except CannotEnter as e:  # isolated, and not enterable: never as root instead
+            self._refuse(str(e), 1)
+            return
+        try:
+            self.process = await self._spawn(entry)
         except Exception as e:  # a bad environment value, no such program, no fds left
             # repr: some errors (an OSError without text) say nothing as str.
             self._refuse(f"cannot start {self.argv}: {e!r}", 127)
             return
+        finally:
+            if entry is not None:
+                entry.close()  # the child has its own copy
         self.on_change(self, True)
         if self.chan.is_closing():  # the client left while the process started
             self.end("")
@@ -196,10 +208,11 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
             self.chan.write_stderr(f"flotilla: {message}\r\n".encode())
             self.chan.exit(code)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        """Start the process. Until it runs, the session holds no fd of it: input and
-        EOF wait in `self.input`/`self.input_eof`, a hang-up has nothing to close, and
-        `_watch` hands all of it over once the process is there."""
+    async def _spawn(self, entry: TaskEntry | None) -> asyncio.subprocess.Process:
+        """Start the process, through `entry` into an isolated task (entry.py).
+        Until it runs, the session holds no fd of it: input and EOF wait in
+        `self.input`/`self.input_eof`, a hang-up has nothing to close, and `_watch`
+        hands all of it over once the process is there."""
         env = self._task_env()
         assert self.chan is not None
         for name, value in self.chan.get_environment().items():
@@ -213,23 +226,53 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         cwd = proctree.working_directory(self.target.pid) or env.get("HOME") or "/"
         if self.terminal is not None:
             env["TERM"] = self.terminal[0] or "xterm"
-            return await self._spawn_on_terminal(argv, cwd, env)
-        return await self._spawn_on_pipes(argv, cwd, env)
+        if entry is None:
+            if self.terminal is not None:
+                argv = [sys.executable, "-I", "-S", "-c", _LOGIN_TTY, *argv]
+            return await self._start(argv, cwd, env, ())
+        # Into an isolated task: the helper goes to the task's cwd (a path in its
+        # namespace) and gives the command its environment (entry.py).
+        argv, env_fd = entry.start(argv, env, cwd, tty=self.terminal is not None)
+        try:
+            return await self._start(argv, "/", {}, (entry.ns_fd, env_fd), owner=entry.uid)
+        finally:
+            os.close(env_fd)
+
+    async def _start(
+        self,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        fds: tuple[int, ...],
+        owner: int | None = None,
+    ) -> asyncio.subprocess.Process:
+        if self.terminal is not None:
+            return await self._spawn_on_terminal(argv, cwd, env, fds, owner)
+        return await self._spawn_on_pipes(argv, cwd, env, fds)
 
     async def _spawn_on_terminal(
-        self, argv: list[str], cwd: str, env: dict[str, str]
+        self,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        fds: tuple[int, ...],
+        owner: int | None,
     ) -> asyncio.subprocess.Process:
+        """`argv` makes the terminal its controlling one (`_LOGIN_TTY`, `_ENTER`)."""
         assert self.terminal is not None
         master, slave = os.openpty()
         try:
             _set_size(master, self.terminal[1])
+            if owner is not None:
+                os.fchown(slave, owner, -1)  # the user's terminal, as sshd makes it
             process = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-I", "-S", "-c", _LOGIN_TTY, *argv],
+                *argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
                 cwd=cwd,
                 env=env,
+                pass_fds=fds,
             )
         except BaseException:
             os.close(master)
@@ -242,7 +285,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         return process
 
     async def _spawn_on_pipes(
-        self, argv: list[str], cwd: str, env: dict[str, str]
+        self, argv: list[str], cwd: str, env: dict[str, str], fds: tuple[int, ...]
     ) -> asyncio.subprocess.Process:
         (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = _pipes(3)
         try:
@@ -254,6 +297,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                pass_fds=fds,
             )
         except BaseException:
             for fd in (stdin_w, stdout_r, stderr_r):
