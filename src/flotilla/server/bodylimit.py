@@ -17,11 +17,10 @@ before it sends it on), may take uploads: they have their own, larger limit
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flotilla.errors import ClientError
+from flotilla.server.error_response import send_error
 
 FRONTDOOR_PREFIX = "/d/"
 
@@ -107,17 +106,5 @@ async def _refuse(send: Send, limit: int, path: str) -> None:
         "request_too_large",
         413,
     )
-    body = json.dumps(error.as_dict()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The rest of the body is never read: this connection cannot be reused.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    # The rest of the body is never read: this connection cannot be reused.
+    await send_error(send, error, [(b"connection", b"close")])

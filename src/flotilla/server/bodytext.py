@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flotilla.core.jsontext import unstorable_text
 from flotilla.errors import ClientError, FieldProblem
+from flotilla.server.error_response import send_error
 
 API_PREFIX = "/api/"
 _WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
@@ -39,7 +40,7 @@ class RefuseUnstorableText:
             return  # the client went away (or the size limit said so): nobody to answer
         error = problems_in(body)
         if error is not None:
-            await _refuse(send, error)
+            await send_error(send, error)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -110,18 +111,3 @@ def _format_loc(loc: tuple[str | int, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-async def _refuse(send: Send, error: ClientError) -> None:
-    body = json.dumps(error.as_dict()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -12,11 +12,13 @@ COMMIT — may have happened, which only the client can settle (starts take an
 
 from __future__ import annotations
 
-import json
 import logging
 
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flotilla.errors import ClientError
+from flotilla.server.error_response import send_error
 
 log = logging.getLogger("flotilla.api")
 IDEMPOTENT = frozenset({"GET", "HEAD"})
@@ -75,18 +77,5 @@ def _bodyless(receive: Receive) -> Receive:
 
 
 async def _unavailable(send: Send) -> None:
-    body = json.dumps(
-        {"error_code": "database_unavailable", "message": "lost the database connection: try again"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    error = ClientError("lost the database connection: try again", "database_unavailable", 503)
+    await send_error(send, error, [(b"retry-after", b"1")])
