@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.compute.local.gpus import gpu_type_from_name, parse_declared
+from flotilla.runtime.inventory import gpu_type_from_name, parse_declared
 from flotilla.runtime.agent_client import agent_pid
 from tests.conftest import Api
 from tests.factories import apply_and_start, job, wait_for, wait_run

@@ -389,8 +389,10 @@ class FakeServer:
     connection: Connection = field(default_factory=lambda: Connection("http://cp", None, "test"))
     sent: list[str] = field(default_factory=list)
 
-    def join_agent(self, token: str, node: str, csr: str) -> dict[str, Any]:
-        self.sent += [token, node, csr]
+    def join_agent(
+        self, token: str, node: str, csr: str, listen: str | None = None
+    ) -> dict[str, Any]:
+        self.sent += [token, node, csr, str(listen)]
         cert = issue_node_cert(self.ca, csr, node, NOW)
         return {
             "certificate": cert_pem(cert).decode(),

@@ -81,9 +81,26 @@ class Settings:
     # until the rest of tenant isolation (hidden data dir, limits, per-user dirs) is
     # wired in: with it off, tasks run as the server's user, as before.
     run_as_user: bool = False
+    # Nodes on other hosts (`reconcilers/agent_nodes.py`): their agent is asked for a
+    # heartbeat this often (FLOTILLA_NODE_HEARTBEAT_SECONDS); a node silent this long
+    # is `unreachable` (FLOTILLA_NODE_UNREACHABLE_SECONDS: no new work, its tasks keep
+    # their last known state), and this long `failed` (FLOTILLA_NODE_FAILED_SECONDS:
+    # its tasks are lost and their runs requeued on other nodes).
+    node_heartbeat_seconds: float = 5.0
+    node_unreachable_seconds: float = 15.0
+    node_failed_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         UnixIdRange(self.uid_min, self.uid_max)  # a bad range fails at start, not at a create
+        if not 0 < self.node_heartbeat_seconds < self.node_unreachable_seconds:
+            raise ValueError(
+                "FLOTILLA_NODE_HEARTBEAT_SECONDS must be above 0 and below "
+                "FLOTILLA_NODE_UNREACHABLE_SECONDS"
+            )
+        if self.node_failed_seconds < self.node_unreachable_seconds:
+            raise ValueError(
+                "FLOTILLA_NODE_FAILED_SECONDS must not be below FLOTILLA_NODE_UNREACHABLE_SECONDS"
+            )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -122,7 +139,14 @@ class Settings:
         ):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = env[f"FLOTILLA_{name.upper()}"]
-        for name in ("access_token_ttl", "refresh_token_ttl", "idempotency_key_ttl"):
+        for name in (
+            "access_token_ttl",
+            "refresh_token_ttl",
+            "idempotency_key_ttl",
+            "node_heartbeat_seconds",
+            "node_unreachable_seconds",
+            "node_failed_seconds",
+        ):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = float(env[f"FLOTILLA_{name.upper()}"])
         for name in ("uid_min", "uid_max"):

@@ -106,11 +106,18 @@ class Joiner(Protocol):
 
     connection: Connection
 
-    def join_agent(self, token: str, node: str, csr: str) -> dict[str, Any]: ...
+    def join_agent(
+        self, token: str, node: str, csr: str, listen: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 def join_host(
-    api: Joiner, token: str, node: str, tls_dir: Path, ca_sha256: str | None
+    api: Joiner,
+    token: str,
+    node: str,
+    tls_dir: Path,
+    ca_sha256: str | None,
+    advertise: str | None = None,
 ) -> dict[str, Any]:
     """Join this host as `node`: the key stays here, only its CSR is sent. Raises
     CertificateRefused if what the server returns is not what was asked for."""
@@ -118,7 +125,7 @@ def join_host(
     os.chmod(tls_dir, 0o700)
     key = new_key()
     write_private(tls_dir / f".{KEY_FILE}.joining", key_pem(key))
-    answer = api.join_agent(token, node, make_csr(key, node).decode())
+    answer = api.join_agent(token, node, make_csr(key, node).decode(), advertise)
     cert, ca = load_cert(answer["certificate"]), load_cert(answer["ca_certificate"])
     if ca_sha256 is not None and fingerprint(ca).lower() != ca_sha256.replace(":", "").lower():
         raise CertificateRefused(f"the server's CA is {fingerprint(ca)}, not the expected one")
@@ -151,13 +158,21 @@ def join(
         typer.Option("--ca-sha256", help="the CA fingerprint token create printed: refuse others"),
     ] = None,
     tls_dir: TlsDirOpt = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            help=f"HOST:PORT the control plane reaches it at [this host:{DEFAULT_AGENT_PORT}]",
+        ),
+    ] = None,
 ) -> None:
-    """Join this host: get its certificate, pin the control plane's CA."""
+    """Join this host: get its certificate, pin the control plane's CA, register
+    the node (it becomes ready when `flo agent serve` answers)."""
     name = node or socket.gethostname().split(".")[0].lower()
     where = tls_dir or default_tls_dir()
     try:
         with FlotillaClient(Connection(url=url.rstrip("/"), token=None, source="join")) as api:
-            config = join_host(api, token, name, where, ca_sha256)
+            config = join_host(api, token, name, where, ca_sha256, advertise)
     except ApiError as e:
         fail_api(e)
     except CertificateRefused as e:
@@ -171,8 +186,20 @@ def serve(
         str, typer.Option("--listen", help="ADDR:PORT")
     ] = f"0.0.0.0:{DEFAULT_AGENT_PORT}",
     tls_dir: TlsDirOpt = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="tasks' directories go in DATA_DIR/runs [TLS_DIR/..]"),
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="declared GPUs when NVML finds none: H100:8")
+    ] = None,
 ) -> None:
     """Run the node agent on TCP with mutual TLS, in the foreground."""
     from flotilla.runtime import agent
 
-    agent.main(["--listen", listen, "--tls-dir", str(tls_dir or default_tls_dir())])
+    argv = ["--listen", listen, "--tls-dir", str(tls_dir or default_tls_dir())]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    if gpus is not None:
+        argv += ["--gpus", gpus]
+    agent.main(argv)

@@ -13,8 +13,10 @@ class AgentCalls(_Calls):
         body = {"node": node, "expires_in_seconds": expires_in_seconds}
         return dict(self._request("POST", "/api/agents/join-tokens", json=body))
 
-    def join_agent(self, token: str, node: str, csr: str) -> dict[str, Any]:
-        body = {"token": token, "node": node, "csr": csr}
+    def join_agent(
+        self, token: str, node: str, csr: str, listen: str | None = None
+    ) -> dict[str, Any]:
+        body = {"token": token, "node": node, "csr": csr, "listen": listen}
         return dict(self._request("POST", "/api/agents/join", json=body))
 
     def list_agents(self) -> list[dict[str, Any]]:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Protocol
 
 from flotilla.recipes.job import JobSpec
+
+# Re-exported: the backend contract speaks it.
+from flotilla.runtime.inventory import GpuDevice as GpuDevice
 from flotilla.runtime.taskspec import Limits, RunAs, TaskState
 
 
@@ -47,14 +50,6 @@ class LaunchRequest:
     # protected_paths`). The node keeps the task's own directory and checkpoint_dir.
     limits: Limits | None = None
     hide: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class GpuDevice:
-    index: int
-    type: str
-    memory_mib: int | None = None
-    uuid: str | None = None
 
 
 @dataclass

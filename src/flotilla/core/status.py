@@ -94,6 +94,9 @@ class NodeState(StrEnum):
     READY = "ready"
     CORDONED = "cordoned"
     DRAINING = "draining"
+    # A node on another host whose agent stopped answering: no new work; its tasks
+    # keep their last known state until it answers again or is declared failed.
+    UNREACHABLE = "unreachable"
     FAILED = "failed"
     TERMINATED = "terminated"
 
@@ -108,18 +111,18 @@ class NodeState(StrEnum):
         return self == NodeState.TERMINATED
 
 
+_LOST = {NodeState.UNREACHABLE, NodeState.FAILED, NodeState.TERMINATED}
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     NodeState.PROVISIONING: frozenset({NodeState.READY, NodeState.FAILED, NodeState.TERMINATED}),
-    NodeState.READY: frozenset(
-        {NodeState.CORDONED, NodeState.DRAINING, NodeState.FAILED, NodeState.TERMINATED}
+    NodeState.READY: frozenset({NodeState.CORDONED, NodeState.DRAINING, *_LOST}),
+    NodeState.CORDONED: frozenset({NodeState.READY, NodeState.DRAINING, *_LOST}),
+    NodeState.DRAINING: frozenset({NodeState.READY, NodeState.CORDONED, *_LOST}),
+    NodeState.UNREACHABLE: frozenset(
+        {NodeState.READY, NodeState.CORDONED, NodeState.DRAINING, *_LOST} - {NodeState.UNREACHABLE}
     ),
-    NodeState.CORDONED: frozenset(
-        {NodeState.READY, NodeState.DRAINING, NodeState.FAILED, NodeState.TERMINATED}
-    ),
-    NodeState.DRAINING: frozenset(
-        {NodeState.READY, NodeState.CORDONED, NodeState.FAILED, NodeState.TERMINATED}
-    ),
-    NodeState.FAILED: frozenset({NodeState.TERMINATED}),
+    # A failed node on another host whose agent answers again is admitted anew
+    # (`provisioning`) once what still ran there has been stopped.
+    NodeState.FAILED: frozenset({NodeState.PROVISIONING, NodeState.TERMINATED}),
     NodeState.TERMINATED: frozenset(),
 }
 

@@ -28,6 +28,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -36,6 +37,8 @@ from typing import Any
 
 from flotilla import __version__
 from flotilla.runtime.diskstate import inspect_task
+from flotilla.runtime.hostfiles import live_task_dirs, read_log, with_host_env
+from flotilla.runtime.inventory import host_inventory
 from flotilla.runtime.isolation import NodeIsolation, TaskCgroup
 from flotilla.runtime.procs import read_json
 from flotilla.runtime.supervisor import Supervisor
@@ -54,6 +57,8 @@ class Agent:
         listen: tuple[str, int] | None = None,
         tls: ssl.SSLContext | None = None,
         isolation: NodeIsolation | None = None,
+        data_dir: Path | None = None,
+        declared_gpus: str | None = None,
     ) -> None:
         if listen is not None and tls is None:
             raise ValueError("a TCP listener needs TLS: never an unauthenticated port")
@@ -63,6 +68,9 @@ class Agent:
         self.tls = tls
         # Probed once; every supervisor applies it to its task (runtime/isolation).
         self.isolation = isolation or NodeIsolation.disabled("not probed")
+        # An agent of another host keeps its tasks under DATA_DIR/runs and says so.
+        self.runs_dir = data_dir / "runs" if data_dir is not None else None
+        self.declared_gpus = declared_gpus
         self.clients: set[asyncio.StreamWriter] = set()
         self.children: dict[int, str] = {}  # supervisor pid -> task id
         self.task_dirs: dict[str, str] = {}
@@ -145,19 +153,42 @@ class Agent:
     def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
-            return {
-                "version": __version__,
-                "pid": os.getpid(),
-                "isolation": self.isolation.probe.to_dict(),
-            }
+            return self._hello()
         if op == "launch":
-            return self._launch(TaskSpec.from_dict(request["task"]))
+            spec = TaskSpec.from_dict(request["task"])
+            if self.runs_dir is not None:  # a remote host: its own PATH, not the server's
+                spec.env = with_host_env(spec.env)
+            return self._launch(spec)
         if op == "stop":
             return self._stop(request["task_id"], request["task_dir"])
         if op == "inspect":
             states = [inspect_task(t["task_id"], t["task_dir"]).to_dict() for t in request["tasks"]]
             return {"tasks": states}
+        if op == "read_log":
+            runs_dir = self._require_runs_dir()
+            return read_log(
+                runs_dir, request["task_dir"], request["name"], request["offset"], request["limit"]
+            )
+        if op == "live_tasks":
+            return {"task_dirs": live_task_dirs(self._require_runs_dir())}
         raise ValueError(f"unknown op {op!r}")
+
+    def _hello(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "isolation": self.isolation.probe.to_dict(),
+            "hostname": socket.gethostname(),
+        }
+        if self.runs_dir is not None:
+            answer["runs_dir"] = str(self.runs_dir)
+            answer["inventory"] = host_inventory(self.declared_gpus, str(self.runs_dir.parent))
+        return answer
+
+    def _require_runs_dir(self) -> Path:
+        if self.runs_dir is None:
+            raise ValueError("this agent has no data dir (--data-dir)")
+        return self.runs_dir
 
     def _launch(self, spec: TaskSpec) -> dict[str, Any]:
         # Launching is idempotent: by this agent (memory) or an earlier one (disk).
@@ -262,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         "--idle-exit", type=float, help="seconds (default 600; never with --listen)"
     )
     parser.add_argument("--daemonize", action="store_true", help="fork; the parent exits at once")
+    parser.add_argument(
+        "--data-dir", type=Path, help="with --listen: tasks live in DATA_DIR/runs [TLS_DIR/..]"
+    )
+    parser.add_argument("--gpus", help="declared GPUs when NVML finds none: H100:8")
     args = parser.parse_args(argv)
     if args.socket is None and args.listen is None:
         parser.error("give --socket, --listen or both")
@@ -271,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.tls_dir is None:
             parser.error("give --lock")
         args.lock = args.tls_dir / "agent.lock"
+    if args.listen is not None and args.data_dir is None:
+        args.data_dir = args.tls_dir.resolve().parent
+    if args.data_dir is not None:
+        (args.data_dir / "runs").mkdir(parents=True, exist_ok=True, mode=0o700)
     if args.idle_exit is None:
         args.idle_exit = float("inf") if args.listen else 600.0
     tls = server_context(args.tls_dir) if args.listen is not None else None  # fails early
@@ -289,7 +328,16 @@ def main(argv: list[str] | None = None) -> None:
     # Plain asyncio, not uvloop: uvloop reserves SIGCHLD, which the agent needs to
     # reap its supervisors; the agent's traffic is light either way.
     isolation = NodeIsolation.detect(identity=str(args.lock.resolve()))
-    asyncio.run(Agent(args.socket, args.idle_exit, args.listen, tls, isolation).serve())
+    agent = Agent(
+        args.socket,
+        args.idle_exit,
+        args.listen,
+        tls,
+        isolation,
+        data_dir=args.data_dir,
+        declared_gpus=args.gpus,
+    )
+    asyncio.run(agent.serve())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from flotilla import __version__
 from flotilla.clock import Clock
+from flotilla.compute.agents.router import NodeRouter
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.local import LocalBackend
 from flotilla.compute.local.provider import LocalProvider
@@ -30,12 +31,14 @@ from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
 from flotilla.server.errors import install_error_handlers, install_storage_error_handler
 from flotilla.server.frontdoor import router as frontdoor_router
+from flotilla.server.reconcilers.agent_nodes import AgentNodes
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.deployments import Deployments
 from flotilla.server.reconcilers.fleets import Fleets
 from flotilla.server.reconcilers.load_balancers import LoadBalancers
 from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.reconcilers.scheduler import Scheduler
+from flotilla.server.reconcilers.ssh_fleets import SshFleets
 from flotilla.server.reconcilers.supervision import Supervision
 from flotilla.server.reconnect import RetryDroppedConnection
 from flotilla.server.routers import (
@@ -86,11 +89,12 @@ def create_app(
             settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
         )
         clock_now = (clock or Clock()).now()
+        router = NodeRouter(local, settings.data_dir / "node-logs") if backend is None else None
         ctx = ServerContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine, settings.unix_id_range),
-            backend=backend or local,
+            backend=backend or router or local,
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
             providers=providers if providers is not None else default_providers(settings, local),
             clock=clock or Clock(),
@@ -117,6 +121,9 @@ def create_app(
             LoadBalancers(ctx),
             Deployments(ctx),
         ]
+        agent_nodes = AgentNodes(ctx, router) if router is not None else None
+        if agent_nodes is not None:
+            loops += [agent_nodes, SshFleets(ctx)]
         ctx.metrics_collectors.append(ctx.lb_plane.collector)
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx
@@ -124,6 +131,8 @@ def create_app(
         if settings.ssh_port is not None:
             ctx.ssh_gateway = SshGateway(ctx)
             await ctx.ssh_gateway.start(settings.host, settings.ssh_port, settings.port)
+        if agent_nodes is not None:  # remote tasks must not pass for lost local ones
+            await agent_nodes.attach_all()
         # Re-adopt whatever ran while we were down before taking new work.
         await supervision.step()
         for loop in loops:

@@ -18,19 +18,12 @@ from flotilla.compute.base import (
     TaskRef,
 )
 from flotilla.compute.local import paths
-from flotilla.compute.local.gpus import local_gpus
 from flotilla.recipes.job import JobSpec
 from flotilla.runtime.agent_client import AgentClient
+from flotilla.runtime.inventory import local_gpus, memory_bytes
 from flotilla.runtime.taskspec import GitClone, SecretFile, TaskFiles, TaskSpec, TaskState
 
 NODE_NAME = "local"
-
-
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
 
 
 class LocalBackend:
@@ -45,7 +38,7 @@ class LocalBackend:
             address="127.0.0.1",
             gpus=gpus,
             cpus=os.cpu_count() or 1,
-            memory_bytes=_memory_bytes(),
+            memory_bytes=memory_bytes(),
             labels={"hostname": socket.gethostname(), "gpu_source": self.gpu_source},
         )
         self.idle_exit = idle_exit
@@ -73,42 +66,8 @@ class LocalBackend:
         await self.agent.launch(self.task_spec(request))
 
     def task_spec(self, request: LaunchRequest) -> TaskSpec:
-        spec = request.spec
-        task_dir = self._task_dir(request.task)
-        root = str(Path(task_dir) / "root")
-        workdir = paths.working_directory(root, spec.working_directory)
-        env = {**_base_env(), **request.env, "HOME": os.environ.get("HOME", root)}
-        argv, shell = spec.argv_or_shell()
-        clones = [
-            GitClone(
-                url=repo.url,
-                dest=paths.resolve(root, workdir, repo.path or paths.repo_name(repo.url)),
-                reference=repo.reference,
-                reference_type=repo.reference_type.value,
-            )
-            for repo in spec.git_repositories
-        ]
-        files = [
-            SecretFile(paths.resolve(root, workdir, location), content)
-            for location, content in request.secret_files
-        ]
-        return TaskSpec(
-            task_id=request.task.task_id,
-            task_dir=task_dir,
-            workdir=workdir,
-            env=env,
-            argv=argv,
-            shell=shell,
-            start_script=spec.start_script,
-            git=clones,
-            files=files,
-            grace_seconds=request.grace_seconds,
-            process_env=request.process_env,
-            run_as=request.run_as,
-            limits=request.limits,
-            hide=list(request.hide),
-            # Under the hidden data dir, and written as the task's user.
-            keep=[request.checkpoint_dir] if request.run_as and request.checkpoint_dir else [],
+        return build_task_spec(
+            request, str(self.runs_dir), {**_base_env(), "HOME": os.environ.get("HOME", "")}
         )
 
     async def stop(self, task: TaskRef, grace_seconds: float) -> None:
@@ -135,6 +94,53 @@ class LocalBackend:
         return (
             f"local backend: runs as host processes on {self.inventory.labels['hostname']}{detail}"
         )
+
+
+def build_task_spec(request: LaunchRequest, runs_dir: str, base_env: dict[str, str]) -> TaskSpec:
+    """The node's launch description for `request`: its directory under `runs_dir`
+    (on the node that runs it), paths resolved under the task's private root, and
+    `base_env` (PATH, HOME…) under the request's environment. HOME empty: the
+    task's root."""
+    spec = request.spec
+    task_dir = paths.task_dir(
+        runs_dir, request.task.run_id, request.task.attempt, request.task.rank
+    )
+    root = str(Path(task_dir) / "root")
+    workdir = paths.working_directory(root, spec.working_directory)
+    env = {**base_env, **request.env}
+    env["HOME"] = env.get("HOME") or root
+    argv, shell = spec.argv_or_shell()
+    clones = [
+        GitClone(
+            url=repo.url,
+            dest=paths.resolve(root, workdir, repo.path or paths.repo_name(repo.url)),
+            reference=repo.reference,
+            reference_type=repo.reference_type.value,
+        )
+        for repo in spec.git_repositories
+    ]
+    files = [
+        SecretFile(paths.resolve(root, workdir, location), content)
+        for location, content in request.secret_files
+    ]
+    return TaskSpec(
+        task_id=request.task.task_id,
+        task_dir=task_dir,
+        workdir=workdir,
+        env=env,
+        argv=argv,
+        shell=shell,
+        start_script=spec.start_script,
+        git=clones,
+        files=files,
+        grace_seconds=request.grace_seconds,
+        process_env=request.process_env,
+        run_as=request.run_as,
+        limits=request.limits,
+        hide=list(request.hide),
+        # Under the hidden data dir, and written as the task's user.
+        keep=[request.checkpoint_dir] if request.run_as and request.checkpoint_dir else [],
+    )
 
 
 def _base_env() -> dict[str, str]:

@@ -83,7 +83,7 @@ class Fleets(ReconcileLoop):
         changed = await self._provider_events()
         now = self.ctx.clock.now()
         async with self.ctx.transaction() as session:
-            snapshot = await load_fleets(session, self.ctx.providers)
+            snapshot = await load_fleets(session, self.ctx.providers, planning=True)
             self._count_boot_failures(session, snapshot, now)
             self._report_broken(session, snapshot, now)
         changed |= await self._apply(decide(snapshot, now, self._backing_off(snapshot, now)), now)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.errors import FieldProblem, InvalidRecipe
+from flotilla.runtime.tls import DEFAULT_AGENT_PORT
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import agents as agent_service
 
@@ -32,6 +34,14 @@ class JoinRequest(BaseModel):
     token: str
     node: str = Field(description="the node's name (a DNS label): its certificate's name")
     csr: str = Field(description="a PEM certificate request; the key stays on the node")
+    listen: str | None = Field(
+        None,
+        description=(
+            "HOST:PORT where the control plane reaches the node's agent "
+            f"(default: the address this request came from, port {DEFAULT_AGENT_PORT})"
+        ),
+        max_length=300,
+    )
 
 
 @router.post("/join-tokens", status_code=201)
@@ -57,7 +67,8 @@ async def create_join_token(
 
 
 @router.post("/join")
-async def join(ctx: Ctx, body: JoinRequest) -> dict[str, Any]:
+async def join(ctx: Ctx, body: JoinRequest, request: Request) -> dict[str, Any]:
+    endpoint = agent_endpoint(body.listen, request.client.host if request.client else None)
     async with ctx.transaction() as session:
         return await agent_service.join(
             session,
@@ -65,6 +76,7 @@ async def join(ctx: Ctx, body: JoinRequest) -> dict[str, Any]:
             token=body.token,
             node=body.node,
             csr=body.csr,
+            endpoint=endpoint,
             now=ctx.clock.now(),
         )
 
@@ -74,3 +86,18 @@ async def list_agents(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     caller.require_admin()
     async with ctx.sessions() as session:
         return {"agents": await agent_service.joined_nodes(session)}
+
+
+def agent_endpoint(listen: str | None, client_host: str | None) -> str:
+    """`tls://HOST:PORT` of a joining agent: as it says, or where its join came from."""
+    if listen is None:
+        if not client_host:
+            raise InvalidRecipe([FieldProblem("listen", "required: the request has no address")])
+        listen = f"{client_host}:{DEFAULT_AGENT_PORT}"
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRecipe([FieldProblem("listen", f"{listen!r} is not HOST:PORT")])
+    if any(c in host for c in "/@ ?#"):
+        raise InvalidRecipe([FieldProblem("listen", f"{host!r} is not a host name or address")])
+    return f"tls://[{host}]:{port}" if ":" in host else f"tls://{host}:{port}"

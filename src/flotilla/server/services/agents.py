@@ -55,6 +55,7 @@ from flotilla.server.pki import (
     needs_renewal,
 )
 from flotilla.server.secretbox import SecretBox
+from flotilla.server.services.agent_nodes import register_agent_node
 from flotilla.server.services.events import record_event
 
 CA_KEY = "agent_ca"
@@ -141,10 +142,18 @@ async def _spend_token(session: AsyncSession, token: str, now: datetime) -> dict
 
 
 async def join(
-    session: AsyncSession, box: SecretBox, *, token: str, node: str, csr: str, now: datetime
+    session: AsyncSession,
+    box: SecretBox,
+    *,
+    token: str,
+    node: str,
+    csr: str,
+    endpoint: str,
+    now: datetime,
 ) -> dict[str, Any]:
-    """Spend `token` and issue the node certificate for `csr`. Returns the
-    certificate, the CA certificate and the node's name."""
+    """Spend `token`, issue the node certificate for `csr` and register the node
+    (`provisioning` until its agent answers at `endpoint`, `tls://HOST:PORT`).
+    Returns the certificate, the CA certificate and the node's name."""
     record = await _spend_token(session, token, now)
     name = check_node_name(node)
     if record["node"] is not None and record["node"] != name:
@@ -152,6 +161,16 @@ async def join(
     ca = await load_ca(session, box, now)
     cert = issue_node_cert(ca, csr, name, now)
     await _record_node(session, name, cert, renew=record["node"] is not None, now=now)
+    await register_agent_node(
+        session,
+        name=name,
+        endpoint=endpoint,
+        provider="agent",
+        fleet_id=None,
+        labels={},
+        actor=str(record["created_by"]),
+        now=now,
+    )
     record_event(
         session,
         kind="agent",

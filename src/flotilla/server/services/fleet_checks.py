@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.compute.provider import Provider
 from flotilla.errors import ClientError, FieldProblem, InvalidRecipe
 from flotilla.recipes.fleet import FleetSpec, Placement
+from flotilla.recipes.job import SecretRef
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.services.fleets import resolve_region
+from flotilla.server.services.secrets import attached_secret
 from flotilla.server.services.nodes import LIVE_STATES
 
 
@@ -26,6 +28,8 @@ async def check_fleet(
     seed's Terraform check: fail fast rather than wait forever). Provider calls here
     are the cheap, non-blocking ones of the contract."""
     spec = FleetSpec.model_validate(recipe.spec)
+    if spec.is_ssh():
+        return await _check_ssh_keys(session, spec, recipe)
     provider = providers.get(spec.provider)
     if provider is None:
         known = ", ".join(sorted(providers)) or "none"
@@ -76,6 +80,18 @@ async def _check_cluster(
         raise ClientError(
             message, "insufficient_capacity", 409, [FieldProblem("spec.nodes", message)]
         )
+
+
+async def _check_ssh_keys(session: AsyncSession, spec: FleetSpec, recipe: RecipeModel) -> None:
+    """Every host's key names a secret the fleet's owner (or its project) has."""
+    problems = []
+    for index, host in enumerate(spec.hosts):
+        ref = SecretRef(name=host.key, location="SSH_KEY")
+        if await attached_secret(session, ref, recipe.owner, recipe.project) is None:
+            path = f"spec.hosts[{index}].key"
+            problems.append(FieldProblem(path, f"no secret named {host.key!r} is visible here"))
+    if problems:
+        raise InvalidRecipe(problems)
 
 
 def _invalid(path: str, message: str) -> InvalidRecipe:

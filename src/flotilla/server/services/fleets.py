@@ -26,7 +26,7 @@ from flotilla.core import autoscale
 from flotilla.core.queue import held_by_quota
 from flotilla.core.status import NodeState, RunStatus
 from flotilla.core.units import parse_gpu
-from flotilla.recipes.fleet import FleetSpec
+from flotilla.recipes.fleet import SSH, FleetSpec
 from flotilla.server.db.models import EventModel, NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.services.nodes import LIVE_STATES
 from flotilla.server.services.recipes import mark_deleted
@@ -152,10 +152,16 @@ def fleet_state(recipe: RecipeModel, providers: Mapping[str, Provider]) -> Fleet
 
 
 async def load_fleets(
-    session: AsyncSession, providers: Mapping[str, Provider], names: Sequence[str] | None = None
+    session: AsyncSession,
+    providers: Mapping[str, Provider],
+    names: Sequence[str] | None = None,
+    *,
+    planning: bool = False,
 ) -> FleetSnapshot:
     """Every live fleet (or those named) with its live nodes and reason, the nodes
-    of deleted fleets, which nodes hold work, and the GPU demand of pending runs."""
+    of deleted fleets, which nodes hold work, and the GPU demand of pending runs.
+    `planning` (the fleet reconciler) leaves out SSH fleets and their nodes: their
+    hosts are kept by `reconcilers/ssh_fleets.py`."""
     query = select(RecipeModel).where(RecipeModel.type == FLEET, RecipeModel.deleted_at.is_(None))
     if names is not None:
         query = query.where(RecipeModel.name.in_(names))
@@ -163,6 +169,8 @@ async def load_fleets(
     fleets: dict[str, FleetState] = {}
     broken: dict[str, str] = {}
     for recipe in recipes:
+        if planning and recipe.spec.get("provider") == SSH:
+            continue
         try:
             fleets[recipe.id] = fleet_state(recipe, providers)
         except ValidationError as e:  # one bad row must not stop every fleet
@@ -176,6 +184,8 @@ async def load_fleets(
     ).scalars()
     orphans = []
     for node in nodes:
+        if planning and node.provider == SSH:
+            continue
         if node.fleet_id in fleets:
             fleets[node.fleet_id].members.append(node)
         elif names is None and node.fleet_id not in broken:

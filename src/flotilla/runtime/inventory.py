@@ -1,11 +1,23 @@
-"""This machine's GPUs: from NVML when the NVIDIA driver is present, otherwise as
-declared in the configuration (`H100:8`, `H100:4,A100:2`) for development."""
+"""What a node has: its GPUs (from NVML when the NVIDIA driver is present, otherwise
+as declared: `H100:8`, `H100:4,A100:2`), CPUs, memory and disk. The local backend
+reads it for this machine; an agent reports it for its host in `hello`."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from flotilla.compute.base import GpuDevice
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    type: str
+    memory_mib: int | None = None
+    uuid: str | None = None
+
 
 _FAMILY = re.compile(
     r"\b(B200|B100|GB200|H200|H100|H800|A100|A800|A10G|A10|A40|L40S|L40|L4|T4|V100|RTX\s?\w+)\b",
@@ -64,3 +76,28 @@ def local_gpus(declared: str | None) -> tuple[list[GpuDevice], str]:
     if declared:
         return parse_declared(declared), "declared"
     return [], "none"
+
+
+def memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def host_inventory(declared_gpus: str | None, data_dir: str) -> dict[str, Any]:
+    """This host as JSON for the agent's `hello`: GPUs, CPUs, memory, and the disk
+    that holds the agent's data dir (where tasks' directories live)."""
+    gpus, source = local_gpus(declared_gpus)
+    try:
+        disk = shutil.disk_usage(data_dir)
+        disks = [{"path": data_dir, "total_bytes": disk.total, "free_bytes": disk.free}]
+    except OSError:
+        disks = []
+    return {
+        "gpus": [asdict(g) for g in gpus],
+        "gpu_source": source,
+        "cpus": os.cpu_count() or 1,
+        "memory_bytes": memory_bytes(),
+        "disks": disks,
+    }

@@ -1,0 +1,194 @@
+"""The backend the server drives: each task goes to the agent of its node. The
+server's own machine (and `sim` nodes, which are processes on it) through the local
+backend; a node on another host through its `RemoteNode`.
+
+Remote nodes are attached by the node reconciler (`server/reconcilers/
+agent_nodes.py`) before the first supervision step, so a task on a remote node is
+never mistaken for one the local agent lost. While a node is silent its tasks have
+no news (`observe` leaves them out: the last known state stands); once the
+reconciler declares it failed, its tasks are `lost`, so their runs are requeued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path, PurePosixPath
+
+from flotilla.compute.agents.logmirror import mirror_files
+from flotilla.compute.agents.remote import RemoteNode
+from flotilla.compute.base import (
+    LaunchRequest,
+    LogFiles,
+    NodeInventory,
+    TaskEventHandler,
+    TaskRef,
+)
+from flotilla.compute.local.backend import LocalBackend, build_task_spec
+from flotilla.errors import TemporaryError
+from flotilla.recipes.job import JobSpec
+from flotilla.runtime.inventory import GpuDevice
+from flotilla.runtime.taskspec import LOST, TaskSpec, TaskState
+from flotilla.runtime.tls import TlsFiles
+
+log = logging.getLogger("flotilla.nodes")
+LOG_PULL_SECONDS = 0.5
+
+
+class NodeRouter:
+    name = "local"  # the backend of this machine, and of the hosts joined to it
+
+    def __init__(self, local: LocalBackend, logs_root: Path) -> None:
+        self.local = local
+        self.logs_root = logs_root
+        self.remote: dict[str, RemoteNode] = {}
+        self.failed: dict[str, str] = {}  # node name -> why: its tasks are lost
+        self._on_event: TaskEventHandler | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, on_event: TaskEventHandler) -> None:
+        self._on_event = on_event
+        await self.local.start(on_event)
+        self._pump = asyncio.create_task(self._pull_logs())
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        for node in list(self.remote.values()):
+            await node.close()
+        await self.local.close()
+
+    def attach(self, name: str, address: str, files: TlsFiles) -> RemoteNode:
+        """The node `name` reached at `address`; the same object while it is unchanged."""
+        node = self.remote.get(name)
+        if node is not None and node.address == address:
+            return node
+        if node is not None:
+            asyncio.get_running_loop().create_task(node.close())
+        assert self._on_event is not None, "router not started"
+        node = RemoteNode(name, address, files, self._on_event, self.logs_root)
+        self.remote[name] = node
+        self.failed.pop(name, None)
+        return node
+
+    async def detach(self, name: str) -> None:
+        if (node := self.remote.pop(name, None)) is not None:
+            await node.close()
+
+    def mark_failed(self, name: str, why: str) -> None:
+        self.failed[name] = why
+
+    def mark_back(self, name: str) -> None:
+        self.failed.pop(name, None)
+
+    # -- ComputeBackend --------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInventory]:
+        return self.local.nodes() + [
+            inventory for node in self.remote.values() if (inventory := _inventory(node))
+        ]
+
+    async def launch(self, request: LaunchRequest) -> None:
+        name = request.task.node
+        if name in self.failed:
+            raise TemporaryError(f"node {name} has failed: {self.failed[name]}")
+        node = self.remote.get(name or "")
+        if node is None:
+            return await self.local.launch(request)
+        await node.launch(request.task, remote_task_spec(request, node))
+
+    async def stop(self, task: TaskRef, grace_seconds: float) -> None:
+        if task.node in self.failed:
+            return  # nothing to reach; its tasks are counted lost
+        node = self.remote.get(task.node or "")
+        if node is None:
+            return await self.local.stop(task, grace_seconds)
+        await node.stop(task)
+
+    async def observe(self, tasks: list[TaskRef]) -> list[TaskState]:
+        local: list[TaskRef] = []
+        by_node: dict[str, list[TaskRef]] = {}
+        states: list[TaskState] = []
+        for task in tasks:
+            name = task.node or ""
+            if name in self.failed:
+                states.append(TaskState(task.task_id, LOST, message=self.failed[name]))
+            elif name in self.remote:
+                by_node.setdefault(name, []).append(task)
+            else:
+                local.append(task)
+        results = await asyncio.gather(
+            self.local.observe(local),
+            *(self.remote[name].observe(group) for name, group in by_node.items()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, TemporaryError):
+                continue  # an unreachable node: no news of its tasks
+            if isinstance(result, BaseException):
+                raise result
+            states += result
+        return states
+
+    def log_files(self, task: TaskRef) -> LogFiles:
+        mirror = mirror_files(self.logs_root, task)
+        if task.node in self.remote or task.node in self.failed or mirror.main.parent.exists():
+            return mirror
+        return self.local.log_files(task)
+
+    def host_note(self, spec: JobSpec) -> str | None:
+        return self.local.host_note(spec)
+
+    async def _pull_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_PULL_SECONDS)
+            for node in list(self.remote.values()):
+                if node.name in self.failed or not node.mirror.followed:
+                    continue
+                try:
+                    await node.mirror.pull()
+                except (TemporaryError, OSError) as e:  # unreachable: the next pull goes on
+                    log.debug("node %s: log pull failed: %s", node.name, e)
+
+
+def remote_task_spec(request: LaunchRequest, node: RemoteNode) -> TaskSpec:
+    """The launch description for a task on `node`: its directories on that host.
+    The run's checkpoint directory is the node's own (DATA_DIR/checkpoints/RUN):
+    the control plane's path means nothing there. The node's data dir (its TLS key,
+    other tasks' files) is hidden from the task."""
+    checkpoint = str(PurePosixPath(node.data_dir) / "checkpoints" / request.task.run_id)
+    env = dict(request.env)
+    if "FLOTILLA_CHECKPOINT_DIR" in env:
+        env["FLOTILLA_CHECKPOINT_DIR"] = checkpoint
+    moved = LaunchRequest(
+        task=request.task,
+        spec=request.spec,
+        env=env,
+        secret_files=request.secret_files,
+        grace_seconds=request.grace_seconds,
+        process_env=request.process_env,
+        checkpoint_dir=checkpoint if request.checkpoint_dir else None,
+        run_as=request.run_as,
+        limits=request.limits,
+        hide=[node.data_dir] if request.run_as else [],
+    )
+    return build_task_spec(moved, node.runs_dir, {})
+
+
+def _inventory(node: RemoteNode) -> NodeInventory | None:
+    if node.hello is None or "inventory" not in node.hello:
+        return None
+    inventory = node.hello["inventory"]
+    return NodeInventory(
+        name=node.name,
+        address=node.address.split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
+        gpus=[GpuDevice(**g) for g in inventory.get("gpus", [])],
+        cpus=int(inventory.get("cpus", 0)),
+        memory_bytes=int(inventory.get("memory_bytes", 0)),
+        labels={"hostname": str(node.hello.get("hostname", ""))},
+    )
