@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import time
@@ -175,6 +176,25 @@ def remove_test_accounts(first: int, last: int) -> None:
     for group in grp.getgrall():
         if group.gr_name.startswith("flo-") and first <= group.gr_gid <= last:
             subprocess.run(["groupdel", "--", group.gr_name], check=True, capture_output=True)
+
+
+def xdist_worker() -> tuple[int, int]:
+    """(this process's number, how many there are) among pytest-xdist's workers;
+    (0, 1) when the suite runs in one process. Tests that pick a number meant to be
+    unique on this machine (a UID, a port) pick it from their worker's own share."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    index = int(name.removeprefix("gw")) if name.startswith("gw") else 0
+    return index, max(count, index + 1)
+
+
+def in_worker_share(count: int) -> int:
+    """A random number in range(count) that no other worker of this test run can
+    draw: every n-th one (n workers), from this worker's own offset."""
+    index, workers = xdist_worker()
+    if count < workers:
+        raise ValueError(f"{count} numbers cannot be shared by {workers} workers")
+    return index + workers * random.randrange((count - index + workers - 1) // workers)
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.runtime.inventory import gpu_type_from_name, parse_declared
 from flotilla.runtime.agent_client import agent_pid
+from flotilla.runtime.inventory import gpu_type_from_name, parse_declared
 from tests.conftest import Api
 from tests.factories import apply_and_start, job, wait_for, wait_run
 

@@ -178,6 +178,7 @@ class Agent:
             "version": __version__,
             "pid": os.getpid(),
             "isolation": self.isolation.probe.to_dict(),
+            "containers": self.isolation.containers.summary(),
             "hostname": socket.gethostname(),
         }
         if self.runs_dir is not None:

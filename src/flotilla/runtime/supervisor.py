@@ -15,6 +15,12 @@ final SIGKILL is `cgroup.kill`, which reaches processes that left the group), as
 the task's Unix account, in a mount namespace where the server's files are
 hidden. The supervisor itself stays outside the cgroup: neither the kill nor an
 OOM under the task's limit can take it before it has written the result.
+
+Images (runtime/containers): where the spec has an `image` and the node a
+container runtime, the start script and each process run in a container of that
+image (one `podman run` per process, in the same process group); the kill at the
+end of the grace period also force-removes the task's containers. Without a
+runtime the processes run on the host, and the supervisor log says so.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, NoReturn
 
+from flotilla.runtime.containers.argv import ContainerError
+from flotilla.runtime.containers.task import TaskContainers
 from flotilla.runtime.isolation import NodeIsolation
 from flotilla.runtime.isolation.launch import run_as_user, spawn_confined
 from flotilla.runtime.isolation.task import IsolationFailed, TaskIsolation
@@ -57,6 +65,8 @@ class Supervisor:
         self.files = TaskFiles(spec.task_dir)
         node = node or NodeIsolation.disabled("the supervisor was given no node isolation")
         self.isolation = TaskIsolation(spec, node, DEFAULT_SIGNALS)
+        self.node = node
+        self.containers: TaskContainers | None = None  # set in _run_task
         self.report_fd = report_fd
         self.child_pgid: int | None = None  # the group that SIGTERM must reach
         self.stopping = False  # asked to stop (SIGTERM)
@@ -110,14 +120,22 @@ class Supervisor:
         exit_code: int | None = None
         message = ""
         try:
+            self.containers = TaskContainers.for_task(self.spec, self.isolation, self.node, _say)
             self.isolation.prepare()
+            if self.containers is not None:
+                self.containers.prepare()
             self._setup()
             if self.stopping:
                 message = "stopped during setup"
             else:
                 exit_code = self._run_command()
-        except (SetupFailed, IsolationFailed) as e:
+        except (SetupFailed, IsolationFailed, ContainerError) as e:
             message = str(e)
+        if self.containers is not None:
+            if exit_code != 0 or self.terminating:  # a killed podman leaves its container
+                self.containers.remove()
+            if note := self.containers.cleanup():
+                print(note, flush=True)
         if note := self.isolation.cleanup():
             print(note, flush=True)
         self._finish(exit_code=exit_code, message=message)
@@ -140,7 +158,12 @@ class Supervisor:
                 self._clone(clone.url, clone.dest, clone.reference, clone.reference_type, log)
             if self.spec.start_script and not self.stopping:
                 log.write(b"$ start_script\n")
-                code = self._setup_step(["/bin/bash", "-c", self.spec.start_script], log)
+                if self.containers is not None:  # in the image, as the command
+                    env = self.isolation.env(dict(self.spec.env))
+                    argv = self.containers.setup_command(env)
+                    code = self._plain_step(argv, self.containers.client_env, log)
+                else:
+                    code = self._setup_step(["/bin/bash", "-c", self.spec.start_script], log)
                 if code != 0:
                     raise SetupFailed(f"start_script exited with code {code}")
 
@@ -179,6 +202,9 @@ class Supervisor:
         env = self.isolation.env({**self.spec.env, **_GIT_ENV})
         if self.isolation.active:
             return self._confined_setup_step(argv, env, log)
+        return self._plain_step(argv, env, log)
+
+    def _plain_step(self, argv: list[str], env: dict[str, str], log: BinaryIO) -> int:
         proc = subprocess.Popen(
             argv,
             cwd=self.spec.workdir,
@@ -254,10 +280,14 @@ class Supervisor:
             env = self.isolation.env({**self.spec.env, **extra})
             confinement = self.isolation.confinement if self.isolation.active else None
             try:
-                program, argv = command_line(self.spec, env)
+                if self.containers is not None:  # podman, as root, outside the cgroup
+                    argv = self.containers.process_command(len(pids), env)
+                    program, env, confinement = argv[0], self.containers.client_env, None
+                else:
+                    program, argv = command_line(self.spec, env)
                 pgid = pids[0] if pids else 0
                 pid = spawn(program, argv, env, self.files.main_log, pgid, confinement)
-            except OSError as e:
+            except (OSError, ContainerError) as e:
                 with open(self.files.main_log, "a") as log:
                     log.write(f"flotilla: cannot start the command: {e}\n")
                 return pids, NOT_STARTED
@@ -284,6 +314,8 @@ class Supervisor:
         signal.setitimer(signal.ITIMER_REAL, max(self.spec.grace_seconds, 0.01))
 
     def _on_grace_expired(self, _sig: int, _frame: FrameType | None) -> None:
+        if self.containers is not None:  # SIGKILL to podman would not reach them
+            self.containers.remove()
         self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
@@ -325,3 +357,7 @@ class Supervisor:
         # Nobody may be listening: the result files on disk are the source of truth.
         with contextlib.suppress(OSError):
             os.write(self.report_fd, (line + "\n").encode())  # one write: atomic on a pipe
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # the supervisor log

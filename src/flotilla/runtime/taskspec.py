@@ -81,6 +81,9 @@ class TaskSpec:
     # checkpoint dir): visible even under a hidden path, and with run_as made its
     # user's (0700).
     keep: list[str] = field(default_factory=list)
+    # The image to run each process in (runtime/containers), where the node has a
+    # container runtime; elsewhere the processes run on the host, as without it.
+    image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,6 +20,7 @@ from flotilla.compute.base import (
 from flotilla.compute.local import paths
 from flotilla.recipes.job import JobSpec
 from flotilla.runtime.agent_client import AgentClient
+from flotilla.runtime.containers import unavailable_reason
 from flotilla.runtime.inventory import local_gpus, memory_bytes
 from flotilla.runtime.taskspec import GitClone, SecretFile, TaskFiles, TaskSpec, TaskState
 
@@ -85,15 +86,19 @@ class LocalBackend:
         return LogFiles(setup=files.setup_log, main=files.main_log)
 
     def host_note(self, spec: JobSpec) -> str | None:
-        parts = []
-        if spec.image:
-            parts.append(f"image {spec.image!s} is not used")
+        parts, how = [], "as host processes"
+        if isinstance(spec.image, dict):
+            parts.append(f"image {spec.image!s} is not used: only a reference is run")
+        elif spec.image:
+            # The agent inherits this process's user and PATH: it finds the same runtime.
+            if missing := unavailable_reason():
+                parts.append(f"image {spec.image} is not used: no container runtime ({missing})")
+            else:
+                how = f"in image {spec.image} (podman)"
         if spec.instance_type:
             parts.append(f"instance_type {spec.instance_type} is recorded only")
         detail = f" ({'; '.join(parts)})" if parts else ""
-        return (
-            f"local backend: runs as host processes on {self.inventory.labels['hostname']}{detail}"
-        )
+        return f"local backend: runs {how} on {self.inventory.labels['hostname']}{detail}"
 
 
 def build_task_spec(request: LaunchRequest, runs_dir: str, base_env: dict[str, str]) -> TaskSpec:
@@ -110,6 +115,8 @@ def build_task_spec(request: LaunchRequest, runs_dir: str, base_env: dict[str, s
     env = {**base_env, **request.env}
     env["HOME"] = env.get("HOME") or root
     argv, shell = spec.argv_or_shell()
+    image = spec.image if isinstance(spec.image, str) and spec.image else None
+    ckpt = [request.checkpoint_dir] if request.checkpoint_dir else []
     clones = [
         GitClone(
             url=repo.url,
@@ -138,8 +145,9 @@ def build_task_spec(request: LaunchRequest, runs_dir: str, base_env: dict[str, s
         run_as=request.run_as,
         limits=request.limits,
         hide=list(request.hide),
-        # Under the hidden data dir, and written as the task's user.
-        keep=[request.checkpoint_dir] if request.run_as and request.checkpoint_dir else [],
+        # Under the hidden data dir, and written as the task's user; bound into an image.
+        keep=ckpt if request.run_as or image else [],
+        image=image,
     )
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from flotilla.runtime.containers import ContainerRuntime
+from flotilla.runtime.containers import detect as detect_containers
 from flotilla.runtime.isolation.accounts import tools_present
 from flotilla.runtime.isolation.cgroups import (
     LIMIT_CONTROLLERS,
@@ -109,27 +112,36 @@ def probe(layout: CgroupLayout | None = None) -> IsolationProbe:
 
 @dataclass(frozen=True)
 class NodeIsolation:
-    """The agent's probe and where its tasks' cgroups go; passed to supervisors."""
+    """The agent's probe, where its tasks' cgroups go and the node's container
+    runtime (runtime/containers); passed to supervisors."""
 
     probe: IsolationProbe
     layout: CgroupLayout = field(default_factory=lambda: CgroupLayout("none"))
     key: str = "flotilla"  # this agent's group in each hierarchy
+    containers: ContainerRuntime = field(
+        default_factory=lambda: ContainerRuntime.none("not probed")
+    )
 
     @classmethod
     def detect(cls, identity: str) -> NodeIsolation:
         """`identity`: unique to the agent and stable across its restarts (its lock
-        file's path), so a new agent finds its predecessor's task groups."""
+        file's path), so a new agent finds its predecessor's task groups. The
+        lock's directory is the agent's own: its containers.conf goes there."""
         layout = discover()
         found = probe(layout)
         if not found.root or (not found.limits and not found.group_kill):
             layout = CgroupLayout("none")
         else:
             layout = dataclasses.replace(layout, kill=found.group_kill)
-        return cls(found, layout, agent_key(identity))
+        containers = detect_containers(Path(identity).parent)
+        return cls(found, layout, agent_key(identity), containers)
 
     @classmethod
     def disabled(cls, reason: str) -> NodeIsolation:
-        return cls(IsolationProbe(NONE, reason, False, "none", (), False, False, False))
+        return cls(
+            IsolationProbe(NONE, reason, False, "none", (), False, False, False),
+            containers=ContainerRuntime.none(reason),
+        )
 
     def cgroup_for(self, task_id: str) -> TaskCgroup | None:
         if self.layout.version == "none":

@@ -96,6 +96,12 @@ def kill_supported(layout: CgroupLayout) -> bool:
         child.rmdir()
 
 
+def cgroup_mounts(proc: Path = Path("/proc/self")) -> dict[str, tuple[str, Path]]:
+    """Every mounted hierarchy, limits or not (podman makes its groups in all of
+    them): key -> (root of the mount inside the hierarchy, mount point)."""
+    return _cgroup_mounts(proc / "mountinfo")
+
+
 def _cgroup_mounts(mountinfo: Path) -> dict[str, tuple[str, Path]]:
     """Hierarchy key -> (root of the mount inside the hierarchy, mount point)."""
     found: dict[str, tuple[str, Path]] = {}

@@ -15,8 +15,8 @@ from flotilla.recipes.fleet import FleetSpec, Placement
 from flotilla.recipes.job import SecretRef
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.services.fleets import resolve_region
-from flotilla.server.services.secrets import attached_secret
 from flotilla.server.services.nodes import LIVE_STATES
+from flotilla.server.services.secrets import attached_secret
 
 
 async def check_fleet(
