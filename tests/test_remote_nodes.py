@@ -17,17 +17,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import select
 
 from flotilla.config import Settings
 from flotilla.runtime.hosts import Host, HostNetwork
 from flotilla.server.app import create_app
 from flotilla.server.context import ServerContext
+from flotilla.server.db.models import UserModel
 from tests.conftest import make_settings
 from tests.factories import (
     AUTH,
+    ServerProcess,
     apply_and_start,
     free_port,
     get_run,
@@ -109,14 +113,15 @@ async def wait_done(api: httpx.AsyncClient, run_id: str, status: str, timeout: f
         raise AssertionError(f"run {run_id}: {run}\nevents: {events}") from None
 
 
-def remote_settings(data_dir: Path) -> Settings:
-    return make_settings(
-        data_dir,
-        local_node=False,  # every run must go to a host
-        node_heartbeat_seconds=0.5,
-        node_unreachable_seconds=2.0,
-        node_failed_seconds=5.0,
-    )
+def remote_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "local_node": False,  # every run must go to a host
+        "node_heartbeat_seconds": 0.5,
+        "node_unreachable_seconds": 2.0,
+        "node_failed_seconds": 5.0,
+        **overrides,
+    }
+    return make_settings(data_dir, **values)
 
 
 async def test_joined_hosts_run_work_and_a_lost_host_fails_over(
@@ -169,6 +174,136 @@ async def test_joined_hosts_run_work_and_a_lost_host_fails_over(
             await node_state(api, "h1", "ready", timeout=30)
             await wait_for(lambda: process_gone(pid), 15, what="h1's old task stopped")
             assert (await get_run(api, run_id))["attempt"] == 1  # and not run again
+    finally:
+        for agent in agents:
+            agent.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(10)
+
+
+async def test_a_killed_server_readopts_remote_tasks_without_running_them_twice(
+    host_network: HostNetwork, data_dir: Path
+) -> None:
+    """kill -9 of the control plane while a task runs on a host: the host's task runs on,
+    the restarted server re-adopts it (same attempt, same process) and its whole log
+    arrives, once."""
+    h1 = host_network.add_host("h1")
+    server = ServerProcess(
+        data_dir,
+        FLOTILLA_HOST=host_network.address,
+        FLOTILLA_LOCAL_NODE="0",
+        FLOTILLA_NODE_HEARTBEAT_SECONDS="0.5",
+        FLOTILLA_NODE_UNREACHABLE_SECONDS="2",
+        FLOTILLA_NODE_FAILED_SECONDS="30",
+    )
+    server.url = f"http://{host_network.address}:{server.port}"
+    agent: subprocess.Popen[str] | None = None
+    try:
+        await asyncio.to_thread(server.start)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as api:
+            agent = await join_and_serve(api, h1, "H100:1")
+            await node_state(api, "h1", "ready")
+            command = "echo start; sleep 4; echo end"
+            _, run_id = await apply_and_start(
+                api, job("long", command, resources={"gpu": "H100:1"})
+            )
+            run = await wait_done(api, run_id, "running", 30)
+            pid = run["tasks"][0]["pid"]
+            await wait_for(lambda: logs(api, run_id), 10, interval=0.1, what="the log begun")
+        await asyncio.to_thread(server.kill9)
+        assert not await process_gone(pid)  # the task runs on without its server
+        await asyncio.to_thread(server.start)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as api:
+            done = await wait_done(api, run_id, "succeeded", 30)
+            assert done["attempt"] == 0 and done["tasks"][0]["pid"] == pid
+            assert (await logs(api, run_id)).splitlines() == ["start", "end"]
+    finally:
+        server.stop()
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(10)
+
+
+WHO = """
+import os, socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = socket.gethostname().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+async def test_a_deployment_serves_from_replicas_on_two_hosts(
+    host_network: HostNetwork, data_dir: Path
+) -> None:
+    """Two replicas, one per host, behind the load balancer (source-IP hashing) and
+    reached through the front door; each replica's backend is its node's address. An
+    SSH session into a replica on another host is refused, saying so (the gateway
+    runs sessions on this machine only)."""
+    h1, h2 = host_network.add_host("h1"), host_network.add_host("h2")
+    agents: list[subprocess.Popen[str]] = []
+    try:
+        settings = remote_settings(data_dir, ssh_port=0)
+        async with served(settings, host_network.address) as (api, ctx):
+            for host in (h1, h2):
+                agents.append(await join_and_serve(api, host, "H100:1"))
+            for host in (h1, h2):
+                await node_state(api, host.name, "ready")
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            async with ctx.transaction() as session:
+                query = select(UserModel).where(UserModel.name == "admin")
+                admin = (await session.execute(query)).scalar_one()
+                admin.ssh_public_keys = [key.export_public_key().decode().strip()]
+            recipe = {
+                "type": "deployment",
+                "spec": {
+                    "name": "web",
+                    "command": [PY, "-c", WHO],
+                    "scale": 2,
+                    "resources": {"gpu": "H100:1"},  # one replica per host
+                    "routes": [{"container_port": 8000, "visibility": "unauthenticated"}],
+                    "health_check": {"interval": 0.2, "timeout": 0.5, "failure_count": 2},
+                    "start_ssh": True,
+                },
+            }
+            applied = await api.put("/api/recipes", json=recipe)
+            assert applied.status_code == 201, applied.text
+
+            async def both_ready() -> list[dict[str, Any]] | None:
+                view = (await api.get("/api/deployments/web")).json()
+                replicas = [r for r in view["replicas"] if r["ready"]]
+                return replicas if len(replicas) == 2 else None
+
+            replicas = await wait_for(both_ready, 60, interval=0.2, what="two ready replicas")
+            assert {r["address"] for r in replicas} == {h1.address, h2.address}
+            answer = await api.get("/d/~admin/web/", headers={"Authorization": ""})
+            assert answer.status_code == 200 and answer.text in ("h1", "h2"), answer.text
+            # The same client (source address) keeps reaching the same replica.
+            again = [(await api.get("/d/~admin/web/")).text for _ in range(5)]
+            assert set(again) == {answer.text}
+            assert ctx.ssh_gateway is not None
+            async with asyncssh.connect(
+                "127.0.0.1",
+                ctx.ssh_gateway.port,
+                username="web",
+                client_keys=[key],
+                known_hosts=None,
+            ) as conn:
+                refused = await conn.run("hostname", check=False)
+            assert refused.exit_status != 0 and "runs on host" in str(refused.stderr)
     finally:
         for agent in agents:
             agent.send_signal(signal.SIGTERM)

@@ -23,8 +23,9 @@ from flotilla.core.sshlogin import Login, parse_login
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.runtime import proctree
 from flotilla.runtime.procs import is_same_process, process_start_ticks
-from flotilla.server.db.models import RecipeModel, RunModel, TaskModel, UserModel
+from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
+from flotilla.server.services.agent_nodes import AGENT_PROVIDERS
 from flotilla.server.services.recipes import visible_to
 
 SSH_TYPES = ("deployment", "job")  # in this order when one of each has the name
@@ -110,6 +111,12 @@ async def running_task(
     ).scalar()
     if task is None or not task.pid:
         return None
+    if task.node and await _on_another_host(session, task.node):
+        # Its pid is a process on that host: nothing on this machine to enter.
+        raise Refused(
+            f"rank {rank} of {recipe.name} runs on host {task.node}: SSH sessions into "
+            "tasks on other hosts are not supported yet"
+        )
     ticks = process_start_ticks(task.pid)
     if ticks is None or not is_task_process(task.pid, run.id, task.rank):
         return None
@@ -158,6 +165,11 @@ async def _recipe(session: AsyncSession, identity: Identity, login: Login) -> Re
             "in its recipe and apply it"
         )
     return recipe
+
+
+async def _on_another_host(session: AsyncSession, node: str) -> bool:
+    query = select(NodeModel.provider).where(NodeModel.name == node)
+    return (await session.execute(query)).scalar() in AGENT_PROVIDERS
 
 
 def is_task_process(pid: int, run_id: str, rank: int) -> bool:
