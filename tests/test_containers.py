@@ -40,6 +40,7 @@ from flotilla.runtime.agent_client import AgentClient
 from flotilla.runtime.containers import find_runc, unavailable_reason, write_conf
 from flotilla.runtime.isolation.cgroups import agent_key, cgroup_mounts, discover
 from flotilla.runtime.taskspec import TaskState
+from flotilla.server.services.launch import workload_of
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import (
     add_user,
@@ -384,6 +385,6 @@ async def test_without_a_runtime_the_job_runs_on_the_host_and_says_so(
 def test_the_note_names_the_image_where_podman_is_there(data_dir: Path) -> None:
     need_podman()
     spec = JobSpec(name="x", command="true", image="localhost/x:1")
-    note = LocalBackend(data_dir, None).host_note(spec)
+    note = LocalBackend(data_dir, None).host_note(workload_of(spec))
     assert note is not None and note.startswith("local backend: runs in image localhost/x:1")
     assert "not used" not in note

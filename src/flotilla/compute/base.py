@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from flotilla.recipes.job import JobSpec
-
 # Re-exported: the backend contract speaks it.
 from flotilla.runtime.inventory import GpuDevice as GpuDevice
 from flotilla.runtime.taskspec import Limits, RunAs, TaskState
@@ -29,10 +27,37 @@ class TaskRef:
     node: str | None
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """A git repository to clone before the command runs."""
+
+    url: str
+    path: str | None  # where, as the recipe says (relative to the working dir, or absolute)
+    reference: str | None = None
+    reference_type: str = "branch"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a task runs, in the backend's terms: the neutral launch description
+    every backend receives (built from the user's recipe by `services/launch.py`;
+    backends never see the recipe)."""
+
+    argv: list[str] | None  # a list command, run as is
+    shell: str | None  # a string command, run by the shell
+    start_script: str | None = None
+    working_directory: str | None = None
+    checkouts: tuple[Checkout, ...] = ()
+    image: str | None = None  # an image reference to run in, where the node can
+    # What was asked for and is not honoured by any backend (an image given as a
+    # mapping, an instance type): said in the run's events.
+    unsupported: tuple[str, ...] = ()
+
+
 @dataclass
 class LaunchRequest:
     task: TaskRef
-    spec: JobSpec
+    workload: Workload
     env: dict[str, str]  # recipe env + environment contract + secrets as env vars
     secret_files: list[tuple[str, str]] = field(default_factory=list)  # (location, content)
     grace_seconds: float = 10.0
@@ -102,6 +127,6 @@ class ComputeBackend(Protocol):
     def log_files(self, task: TaskRef) -> LogFiles:
         """Where the task's logs are, readable while it runs and after it ends."""
 
-    def host_note(self, spec: JobSpec) -> str | None:
-        """A line for the run's events about how `image` / `instance_type` were
-        honoured here, or None."""
+    def host_note(self, workload: Workload) -> str | None:
+        """A line for the run's events about how the workload runs here (its image,
+        what is not honoured), or None."""

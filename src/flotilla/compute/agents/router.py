@@ -24,10 +24,11 @@ from flotilla.compute.base import (
     NodeInventory,
     TaskEventHandler,
     TaskRef,
+    Workload,
 )
-from flotilla.compute.local.backend import LocalBackend, build_task_spec
+from flotilla.compute.launch import build_task_spec
+from flotilla.compute.local.backend import LocalBackend
 from flotilla.errors import TemporaryError
-from flotilla.recipes.job import JobSpec
 from flotilla.runtime.inventory import GpuDevice
 from flotilla.runtime.taskspec import LOST, TaskSpec, TaskState
 from flotilla.runtime.tls import TlsFiles
@@ -141,8 +142,9 @@ class NodeRouter:
             return mirror
         return self.local.log_files(task)
 
-    def host_note(self, spec: JobSpec) -> str | None:
-        return self.local.host_note(spec)
+    def host_note(self, workload: Workload) -> str | None:
+        # Said of this machine: the run's nodes are in the event before this one.
+        return self.local.host_note(workload)
 
     async def _pull_logs(self) -> None:
         while True:
@@ -167,7 +169,7 @@ def remote_task_spec(request: LaunchRequest, node: RemoteNode) -> TaskSpec:
         env["FLOTILLA_CHECKPOINT_DIR"] = checkpoint
     moved = LaunchRequest(
         task=request.task,
-        spec=request.spec,
+        workload=request.workload,
         env=env,
         secret_files=request.secret_files,
         grace_seconds=request.grace_seconds,

@@ -16,13 +16,13 @@ from flotilla.compute.base import (
     NodeInventory,
     TaskEventHandler,
     TaskRef,
+    Workload,
 )
+from flotilla.compute.launch import build_task_spec, describe_workload
 from flotilla.compute.local import paths
-from flotilla.recipes.job import JobSpec
 from flotilla.runtime.agent_client import AgentClient
-from flotilla.runtime.containers import unavailable_reason
 from flotilla.runtime.inventory import local_gpus, memory_bytes
-from flotilla.runtime.taskspec import GitClone, SecretFile, TaskFiles, TaskSpec, TaskState
+from flotilla.runtime.taskspec import TaskFiles, TaskSpec, TaskState
 
 NODE_NAME = "local"
 
@@ -85,70 +85,8 @@ class LocalBackend:
         files = TaskFiles(self._task_dir(task))
         return LogFiles(setup=files.setup_log, main=files.main_log)
 
-    def host_note(self, spec: JobSpec) -> str | None:
-        parts, how = [], "as host processes"
-        if isinstance(spec.image, dict):
-            parts.append(f"image {spec.image!s} is not used: only a reference is run")
-        elif spec.image:
-            # The agent inherits this process's user and PATH: it finds the same runtime.
-            if missing := unavailable_reason():
-                parts.append(f"image {spec.image} is not used: no container runtime ({missing})")
-            else:
-                how = f"in image {spec.image} (podman)"
-        if spec.instance_type:
-            parts.append(f"instance_type {spec.instance_type} is recorded only")
-        detail = f" ({'; '.join(parts)})" if parts else ""
-        return f"local backend: runs {how} on {self.inventory.labels['hostname']}{detail}"
-
-
-def build_task_spec(request: LaunchRequest, runs_dir: str, base_env: dict[str, str]) -> TaskSpec:
-    """The node's launch description for `request`: its directory under `runs_dir`
-    (on the node that runs it), paths resolved under the task's private root, and
-    `base_env` (PATH, HOME…) under the request's environment. HOME empty: the
-    task's root."""
-    spec = request.spec
-    task_dir = paths.task_dir(
-        runs_dir, request.task.run_id, request.task.attempt, request.task.rank
-    )
-    root = str(Path(task_dir) / "root")
-    workdir = paths.working_directory(root, spec.working_directory)
-    env = {**base_env, **request.env}
-    env["HOME"] = env.get("HOME") or root
-    argv, shell = spec.argv_or_shell()
-    image = spec.image if isinstance(spec.image, str) and spec.image else None
-    ckpt = [request.checkpoint_dir] if request.checkpoint_dir else []
-    clones = [
-        GitClone(
-            url=repo.url,
-            dest=paths.resolve(root, workdir, repo.path or paths.repo_name(repo.url)),
-            reference=repo.reference,
-            reference_type=repo.reference_type.value,
-        )
-        for repo in spec.git_repositories
-    ]
-    files = [
-        SecretFile(paths.resolve(root, workdir, location), content)
-        for location, content in request.secret_files
-    ]
-    return TaskSpec(
-        task_id=request.task.task_id,
-        task_dir=task_dir,
-        workdir=workdir,
-        env=env,
-        argv=argv,
-        shell=shell,
-        start_script=spec.start_script,
-        git=clones,
-        files=files,
-        grace_seconds=request.grace_seconds,
-        process_env=request.process_env,
-        run_as=request.run_as,
-        limits=request.limits,
-        hide=list(request.hide),
-        # Under the hidden data dir, and written as the task's user; bound into an image.
-        keep=ckpt if request.run_as or image else [],
-        image=image,
-    )
+    def host_note(self, workload: Workload) -> str | None:
+        return f"local backend: {describe_workload(workload, self.inventory.labels['hostname'])}"
 
 
 def _base_env() -> dict[str, str]:

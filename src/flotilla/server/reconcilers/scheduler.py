@@ -38,6 +38,7 @@ from flotilla.server.services.launch import (
     protected_paths,
     resolve_run_as,
     resolve_secrets,
+    workload_of,
 )
 from flotilla.server.services.placement import Plan, TaskPlacement, plan
 from flotilla.server.services.runs import current_tasks, run_tasks, switch_run_status
@@ -180,7 +181,7 @@ class Scheduler(ReconcileLoop):
             actor=ACTOR,
             now=now,
         )
-        note = self.ctx.backend.host_note(spec)
+        note = self.ctx.backend.host_note(workload_of(spec))
         if note:
             record_event(
                 session,

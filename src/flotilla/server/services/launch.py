@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import make_url, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flotilla.compute.base import LaunchRequest, TaskRef
+from flotilla.compute.base import Checkout, LaunchRequest, TaskRef, Workload
 from flotilla.config import Settings
 from flotilla.core.envcontract import TaskIdentity, process_environments, task_environment
 from flotilla.core.units import parse_memory
@@ -168,6 +168,29 @@ def protected_paths(settings: Settings) -> list[str]:
     return found
 
 
+def workload_of(spec: JobSpec) -> Workload:
+    """The backend's view of a job: what to run, nothing of the recipe's bookkeeping."""
+    argv, shell = spec.argv_or_shell()
+    unsupported = []
+    image = spec.image if isinstance(spec.image, str) and spec.image else None
+    if isinstance(spec.image, dict):
+        unsupported.append(f"image {spec.image!s} is not used: only a reference is run")
+    if spec.instance_type:
+        unsupported.append(f"instance_type {spec.instance_type} is recorded only")
+    checkouts = tuple(
+        Checkout(r.url, r.path, r.reference, r.reference_type.value) for r in spec.git_repositories
+    )
+    return Workload(
+        argv=argv,
+        shell=shell,
+        start_script=spec.start_script,
+        working_directory=spec.working_directory,
+        checkouts=checkouts,
+        image=image,
+        unsupported=tuple(unsupported),
+    )
+
+
 def launch_requests(
     run: RunModel,
     tasks: list[TaskModel],
@@ -186,6 +209,7 @@ def launch_requests(
     limits = task_limits(spec) if run_as is not None else None
     hidden = list(hide) if run_as is not None else []
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
+    workload = workload_of(spec)
     requests = []
     for task in tasks:
         identity = TaskIdentity(
@@ -205,7 +229,7 @@ def launch_requests(
         requests.append(
             LaunchRequest(
                 task=task_ref(task),
-                spec=spec,
+                workload=workload,
                 env=env,
                 secret_files=secret_files,
                 grace_seconds=grace_seconds,
