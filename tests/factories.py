@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from flotilla.runtime.procs import is_same_process, stat_fields
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import (
     GroupMemberModel,
@@ -124,22 +125,56 @@ def make_repo(path: Path) -> Path:
 
 def cleanup_data_dir(data_dir: Path) -> None:
     """Kill what a test's server started there: task process groups, supervisors,
-    then the agent. Only pids recorded under this data directory."""
+    then the agent. Only pids recorded under this data directory, and only while
+    they still are those processes: pids come round again within minutes (pid_max
+    32768, tests in parallel), so a recorded one that died may be another test's."""
     runs = data_dir / "runs"
     if runs.exists():
-        for name in ("started.json", "supervisor.json"):
-            for record in runs.rglob(name):
-                with contextlib.suppress(Exception):
-                    pid = int(json.loads(record.read_text())["pid"])
-                    if name == "started.json":
-                        os.killpg(pid, signal.SIGKILL)
-                    else:
-                        os.kill(pid, signal.SIGKILL)
+        for record in runs.rglob("started.json"):
+            with contextlib.suppress(Exception):
+                started = json.loads(record.read_text())
+                leader = int(started["pid"])
+                if _is_task_group(leader, float(started["started_at"])):
+                    os.killpg(leader, signal.SIGKILL)
+        for record in runs.rglob("supervisor.json"):
+            with contextlib.suppress(Exception):
+                supervisor = json.loads(record.read_text())
+                if is_same_process(int(supervisor["pid"]), supervisor.get("start_ticks")):
+                    os.kill(int(supervisor["pid"]), signal.SIGKILL)
     lock = data_dir / "agent.lock"
     with contextlib.suppress(Exception):
-        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+        agent = int(lock.read_text().strip())
+        if _runs_with_lock(agent, lock):
+            os.kill(agent, signal.SIGKILL)
     if os.geteuid() == 0:
         remove_task_cgroups(lock)
+
+
+def _is_task_group(leader: int, started_at: float) -> bool:
+    """Whether the process group `leader` is still the task's that started then.
+    A leader that is gone (or a zombie) leaves its number to its group while any
+    member lives, so a new process cannot have it; a live one must have started
+    within seconds of the task, not a pid wrap-around later."""
+    fields = stat_fields(leader)
+    if fields is None or fields[0] == "Z":
+        return True
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return abs(started - started_at) < 5.0
+
+
+def _runs_with_lock(pid: int, lock: Path) -> bool:
+    """Whether `pid` is an agent started with this lock file (or a supervisor it
+    forked, which carries the same command line)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return str(lock) in argv or str(lock.resolve()) in argv
 
 
 def remove_task_cgroups(lock: Path) -> None:
@@ -197,10 +232,32 @@ def in_worker_share(count: int) -> int:
     return index + workers * random.randrange((count - index + workers - 1) // workers)
 
 
+# Ports that no one is handed by the kernel (below the ephemeral range, which both
+# `bind(("", 0))` and outgoing connections draw from), so a port picked here is not
+# taken between the pick and the server's bind, however many tests run at once.
+_PORTS_FROM = 20000
+_picked_ports: set[int] = set()
+
+
 def free_port() -> int:
+    """A loopback TCP port that is free now and that no other test of this run picks:
+    from this worker's share of the ports below the ephemeral range, never the same
+    one twice in a process (a server may not have bound its port yet)."""
     import socket
 
-    with socket.socket() as s:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200 if low - _PORTS_FROM >= 1000 else 0):
+        port = _PORTS_FROM + in_worker_share(low - _PORTS_FROM)
+        if port in _picked_ports:
+            continue
+        _picked_ports.add(port)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # some other program's, on this machine
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

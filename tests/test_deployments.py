@@ -287,13 +287,15 @@ async def test_a_replica_that_keeps_exiting_is_restarted_with_back_off(api: Api)
     history = await runs()
     assert 4 <= len(history) <= 8
     assert all(r.exit_code == 3 for r in history if r.finished_at is not None)
-    # The time from one replica's exit to its replacement grows.
+    # The time from one replica's exit to its replacement grows: none for the first,
+    # so under half the longest (a busy machine, tests in parallel, adds up to a
+    # second or so to each gap, so no fixed bound holds for the first).
     gaps = [
         (later.queued_at - earlier.finished_at).total_seconds()
         for earlier, later in itertools.pairwise(history)
         if earlier.finished_at is not None
     ]
-    assert gaps[0] < 1.0 and max(gaps) >= 1.9, gaps
+    assert gaps[0] < max(gaps) / 2 and max(gaps) >= 1.9, gaps
 
 
 async def test_the_first_tcp_connection_to_a_deployment_at_zero_waits_for_a_replica(

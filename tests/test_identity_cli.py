@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from flotilla.cli.main import app
-from tests.factories import ADMIN_TOKEN, ServerProcess, ssh_public_key
+from tests.factories import ADMIN_TOKEN, ServerProcess, cleanup_data_dir, ssh_public_key
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path_factory.mktemp("identity-cli") / "data").start()
     yield process
     process.stop()
+    cleanup_data_dir(process.data_dir)  # its agent, not under the `data_dir` fixture
 
 
 def flo(server: ServerProcess, *args: str, token: str = ADMIN_TOKEN, ok: bool = True) -> Result:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import pwd
-import random
 import signal
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +23,7 @@ from flotilla.runtime.isolation.accounts import AccountConflict, ensure_account,
 from flotilla.runtime.procs import process_start_ticks
 from flotilla.runtime.proctree import session_id
 from flotilla.runtime.taskspec import EXITED, LOST, Limits, RunAs, SecretFile, TaskSpec, TaskState
-from tests.factories import wait_for
+from tests.factories import in_worker_share, wait_for
 
 PROBE = probe()
 pytestmark = pytest.mark.skipif(PROBE.level != FULL, reason=f"isolation: {PROBE.summary()}")
@@ -32,9 +31,10 @@ pytestmark = pytest.mark.skipif(PROBE.level != FULL, reason=f"isolation: {PROBE.
 
 @pytest.fixture
 def account() -> Iterator[RunAs]:
-    """A test account with numbers no one has, made by the agent's own code."""
+    """A test account with numbers no one has (nor another worker of this test run
+    draws), made by the agent's own code."""
     while True:
-        uid = 4242000 + random.randrange(1000)
+        uid = 4242000 + in_worker_share(1000)
         try:
             pwd.getpwuid(uid)
         except KeyError:
@@ -201,7 +201,11 @@ async def test_a_setsid_child_dies_when_the_task_is_stopped(
     await wait_for(lambda: _exists(escaped), what="the escaped child")
     pid = int(escaped.read_text())
     started = await wait_for(lambda: _state(agent, task), what="the task to run")
-    assert session_id(pid) != session_id(started.pid)  # out of the task's session and group
+
+    async def escaped_session() -> bool:  # `$!` is written before the child runs setsid
+        return session_id(pid) != session_id(started.pid)  # out of the task's session and group
+
+    await wait_for(escaped_session, what="the child in a session of its own")
     await agent.stop(task.task_id, task.task_dir)
     state = await wait_exited(agent, task)
     assert state.stopped and state.exit_code == 143

@@ -19,7 +19,6 @@ schema_version: 2025.10.01
 type: job
 spec:
   name: sc-hello
-  image: saturncloud/saturn:2025.06.01
   instance_type: local
   command: echo "hello from sc"; sleep 1; echo "rank $SATURN_JOB_RANK done"; sleep {sleep}
   environment_variables:

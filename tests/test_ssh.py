@@ -30,6 +30,7 @@ from tests.factories import (
     ADMIN_TOKEN,
     ServerProcess,
     add_user,
+    cleanup_data_dir,
     process_gone,
     wait_for,
     wait_sync,
@@ -428,6 +429,7 @@ def test_flo_ssh_with_openssh_against_a_real_server(tmp_path: Path) -> None:
         assert "Host flo-web" in config and "StrictHostKeyChecking yes" in config
     finally:
         server.stop()
+        cleanup_data_dir(server.data_dir)  # the replica and its agent would outlive the test
     assert ADMIN_TOKEN not in (tmp_path / "server" / "server.log").read_text()
 
 

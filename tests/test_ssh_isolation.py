@@ -22,11 +22,12 @@ from flotilla.server.ssh.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import cleanup_data_dir, job, wait_run
 from tests.test_ssh import person
-from tests.test_tenant_isolation import isolated, open_data_dir, uid_range
+from tests.test_tenant_isolation import accounts_group, isolated, open_data_dir, uid_range
 
 __all__ = ["open_data_dir", "uid_range"]  # fixtures this module's tests use
 
 pytestmark = [
+    accounts_group,  # its accounts have the same names as test_tenant_isolation's
     pytest.mark.slow,
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's client is not installed"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import grp
 import json
 import pwd
-import random
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +33,7 @@ from tests.factories import (
     ADMIN_TOKEN,
     add_user,
     cleanup_data_dir,
+    in_worker_share,
     job,
     remove_test_accounts,
     wait_for,
@@ -43,15 +43,20 @@ from tests.factories import (
 PROBE = probe()
 isolated = pytest.mark.skipif(PROBE.level != FULL, reason=f"isolation: {PROBE.summary()}")
 BLOCK = 100  # numbers per test server: its own, so two tests never claim one name twice
+# The tests that make real accounts run one after another, in one pytest-xdist worker:
+# their servers' accounts have the same names (`flo-alice`), in different UID blocks.
+accounts_group = pytest.mark.xdist_group("unix-accounts")
+pytestmark = accounts_group
 
 
 @pytest.fixture
 def uid_range() -> Iterator[tuple[int, int]]:
-    """A block of UIDs/GIDs no account of this machine has; its `flo-*` accounts
-    are removed afterwards (by then the test's processes are gone)."""
+    """A block of UIDs/GIDs no account of this machine has, and no other worker of
+    this test run can draw; its `flo-*` accounts are removed afterwards (by then the
+    test's processes are gone)."""
     used = {u.pw_uid for u in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
     while True:
-        first = 2_146_000_000 + BLOCK * random.randrange(9_000)
+        first = 2_146_000_000 + BLOCK * in_worker_share(9_000)
         if not used & set(range(first, first + BLOCK)):
             break
     yield first, first + BLOCK - 1

@@ -15,9 +15,9 @@ from pathlib import Path
 import flotilla
 from flotilla.runtime.hosts.commands import (
     HostError,
+    held_namespaces,
     kill_namespace_processes,
     mounted_paths,
-    namespace_ids,
     run_command,
 )
 from flotilla.runtime.hosts.host import DATA_DIR, DATA_ROOT, INTERFACE, HostLayout
@@ -128,31 +128,32 @@ def teardown(
     """Delete these hosts (whatever part of each exists), then `bridge` and `mounts`;
     returns what failed, after trying everything.
 
-    The namespaces' identities are taken first: processes are killed by them both
-    before the pins go (they hold the namespaces) and after (one that had opened a
-    pin already, in nsenter, may enter in between). The veths are deleted from the
-    root side: a dying netns takes its veth along only asynchronously, so it could
-    still be listed right after."""
+    The namespaces' identities are taken first, the namespaces held open until the
+    end (`held_namespaces`): processes are killed by them both before the pins go
+    and after (one that had opened a pin already, in nsenter, may enter in between).
+    The veths are deleted from the root side: a dying netns takes its veth along only
+    asynchronously, so it could still be listed right after."""
     errors: list[HostError] = []
-    ids = namespace_ids([p for lay in layouts for p in (lay.netns_path, lay.mnt_pin)])
-    kill_namespace_processes(ids)
-    batch = []
-    for lay in layouts:
-        if Path("/sys/class/net", lay.veth).exists():
-            batch.append(f"link del {lay.veth}")
-        if lay.netns_path.exists():
-            batch.append(f"netns del {lay.netns}")
-    if bridge and Path("/sys/class/net", bridge).exists():
-        batch.append(f"link del {bridge}")
-    if batch:
-        # -force: go on after a failed line, so one stuck part does not keep the rest.
-        _collect(errors, ["ip", "-force", "-batch", "-"], "\n".join(batch) + "\n")
-    mounted = mounted_paths()
-    pins = [p for lay in layouts for p in (lay.mnt_pin, lay.uts_pin)]
-    targets = [str(p) for p in [*pins, *mounts] if str(p) in mounted]
-    if targets:
-        _collect(errors, ["umount", *targets])
-    left = kill_namespace_processes(ids)
+    pinned = [p for lay in layouts for p in (lay.netns_path, lay.mnt_pin)]
+    with held_namespaces(pinned) as ids:
+        kill_namespace_processes(ids)
+        batch = []
+        for lay in layouts:
+            if Path("/sys/class/net", lay.veth).exists():
+                batch.append(f"link del {lay.veth}")
+            if lay.netns_path.exists():
+                batch.append(f"netns del {lay.netns}")
+        if bridge and Path("/sys/class/net", bridge).exists():
+            batch.append(f"link del {bridge}")
+        if batch:
+            # -force: go on after a failed line, so one stuck part does not keep the rest.
+            _collect(errors, ["ip", "-force", "-batch", "-"], "\n".join(batch) + "\n")
+        mounted = mounted_paths()
+        pins = [p for lay in layouts for p in (lay.mnt_pin, lay.uts_pin)]
+        targets = [str(p) for p in [*pins, *mounts] if str(p) in mounted]
+        if targets:
+            _collect(errors, ["umount", "--lazy", *targets])  # the held pins are busy
+        left = kill_namespace_processes(ids)
     if left:
         errors.append(HostError(["kill", "-9", *map(str, left)], "processes survive"))
     return errors

@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from flotilla.errors import FlotillaError
@@ -77,6 +77,24 @@ def namespace_ids(ns_files: Sequence[Path]) -> set[NsId]:
             continue
         ids.add((st.st_dev, st.st_ino))
     return ids
+
+
+@contextlib.contextmanager
+def held_namespaces(ns_files: Sequence[Path]) -> Iterator[set[NsId]]:
+    """`namespace_ids` of these, each namespace kept alive by an open file until the
+    block ends, even once its pin is gone: a namespace that ends gives its inode
+    number to the next one made on the machine (another network's, in tests run in
+    parallel), and a kill by identity would then reach that one's processes. The
+    open files keep the pins' mounts busy meanwhile: unmount them lazily."""
+    fds = []
+    try:
+        for path in ns_files:
+            with contextlib.suppress(OSError):
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        yield {(st.st_dev, st.st_ino) for st in map(os.fstat, fds)}
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def namespace_pids(ids: set[NsId]) -> list[int]:

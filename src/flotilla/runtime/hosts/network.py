@@ -26,8 +26,9 @@ from flotilla.runtime.hosts.host import DATA_ROOT, Host, HostLayout
 BASE = "10.231"
 FIRST_HOST = 11  # .1 is the control plane; leave a few for later services
 CONTROL_NAME = "control"
-# Held while a run picks its subnet and puts it on its bridge, so that two runs at
-# once cannot pick the same one. An empty file, shared by all runs, left in place.
+# Held while a network picks its prefix and subnet and makes its bridge with them,
+# so that two networks made at once (parallel tests, two processes) cannot pick the
+# same ones. An empty file, shared by all processes, left in place.
 LOCK_FILE = Path("/run/lock/flotilla-hosts.lock")
 
 
@@ -50,21 +51,22 @@ class HostNetwork:
             raise HostError(["flotilla hosts"], why)
         if shared_home is not None and not shared_home.is_dir():
             raise HostError(["mount", "--bind", str(shared_home)], "not a directory")
-        self.prefix = _free_prefix()
-        self.bridge = f"{self.prefix}-br"
         self.shared_home = shared_home
         self.readonly_root = readonly_root
         self.hosts: dict[str, Host] = {}
         self._next_octet = FIRST_HOST
         self._closed = False
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir=scratch_parent))
-        self._ns_dir = self.scratch / "ns"
         self.subnet = ipaddress.IPv4Network(f"{BASE}.0.0/24")  # replaced below
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
+        with _names_lock():  # until the bridge holds both, others see them as free
+            self.prefix = _free_prefix()
+            self.bridge = f"{self.prefix}-br"
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir=scratch_parent))
+            self._ns_dir = self.scratch / "ns"
+            try:
+                self._start()
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def address(self) -> str:
@@ -78,11 +80,8 @@ class HostNetwork:
         run_command(["mount", "--bind", str(self._ns_dir), str(self._ns_dir)])
         run_command(["mount", "--make-private", str(self._ns_dir)])
         run_command(["ip", "link", "add", self.bridge, "type", "bridge"])
-        with _subnet_lock():
-            self.subnet = _free_subnet()
-            run_command(
-                ["ip", "addr", "add", f"{self.address}/24", "dev", self.bridge],
-            )
+        self.subnet = _free_subnet()
+        run_command(["ip", "addr", "add", f"{self.address}/24", "dev", self.bridge])
         run_command(["ip", "link", "set", self.bridge, "up"])
 
     def add_host(self, name: str) -> Host:
@@ -205,7 +204,7 @@ def _free_prefix() -> str:
 
 
 @contextlib.contextmanager
-def _subnet_lock() -> Iterator[None]:
+def _names_lock() -> Iterator[None]:
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with LOCK_FILE.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
