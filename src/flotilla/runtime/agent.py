@@ -37,6 +37,7 @@ from typing import Any
 
 from flotilla import __version__
 from flotilla.runtime.diskstate import inspect_task
+from flotilla.runtime.gpuhealth import GpuHealth
 from flotilla.runtime.hostfiles import live_task_dirs, read_log, with_host_env
 from flotilla.runtime.inventory import host_inventory
 from flotilla.runtime.isolation import NodeIsolation, TaskCgroup
@@ -71,6 +72,8 @@ class Agent:
         # An agent of another host keeps its tasks under DATA_DIR/runs and says so.
         self.runs_dir = data_dir / "runs" if data_dir is not None else None
         self.declared_gpus = declared_gpus
+        # NVML health of a host's GPUs, read at every heartbeat (None: no NVML).
+        self.gpu_health = GpuHealth.open() if data_dir is not None else None
         self.clients: set[asyncio.StreamWriter] = set()
         self.children: dict[int, str] = {}  # supervisor pid -> task id
         self.task_dirs: dict[str, str] = {}
@@ -184,6 +187,8 @@ class Agent:
         if self.runs_dir is not None:
             answer["runs_dir"] = str(self.runs_dir)
             answer["inventory"] = host_inventory(self.declared_gpus, str(self.runs_dir.parent))
+        if self.gpu_health is not None:
+            answer["gpu_health"] = [reading.to_dict() for reading in self.gpu_health.read()]
         return answer
 
     def _require_runs_dir(self) -> Path:

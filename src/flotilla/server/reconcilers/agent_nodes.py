@@ -44,8 +44,10 @@ from flotilla.server.services.agent_nodes import (
     agent_nodes,
     apply_inventory,
     runs_on,
+    runs_on_gpu,
 )
 from flotilla.server.services.agents import control_plane_tls
+from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import task_ref
 from flotilla.server.services.nodes import switch_node_state
 
@@ -86,7 +88,7 @@ class AgentNodes(ReconcileLoop):
                 if node is None or NodeState(node.state).is_gone():
                     continue
                 if name in heard:
-                    changed |= self._heard(session, node, heard[name], fenced[name])
+                    changed |= await self._heard(session, node, heard[name], fenced[name])
                 else:
                     changed |= await self._silent(session, node)
         if changed:
@@ -145,14 +147,26 @@ class AgentNodes(ReconcileLoop):
                 log.warning("node %s: could not stop %s: %s", node.name, task_dir, e)
         return len(stray)
 
-    def _heard(
+    async def _heard(
         self, session: AsyncSession, node: NodeModel, hello: dict[str, Any], fenced: int
     ) -> bool:
         now = _now(self)
         state = NodeState(node.state)
         before = dict(node.labels)
-        apply_inventory(node, hello)
-        changed = node.labels != before
+        failed_gpus = apply_inventory(node, hello)
+        changed = node.labels != before or bool(failed_gpus)
+        for index, why in failed_gpus.items():
+            record_event(
+                session,
+                kind="node",
+                message=f"{node.name}: GPU {index} unhealthy: {why}",
+                actor=ACTOR,
+                now=now,
+                node_id=node.id,
+                recipe_id=node.fleet_id,
+            )
+            for run in await runs_on_gpu(session, node.name, index):
+                evict(session, run, f"GPU {index} of node {node.name} is unhealthy: {why}", now)
         version = hello.get("version", "?")
         if state == NodeState.PROVISIONING and not fenced:
             self.router.mark_back(node.name)

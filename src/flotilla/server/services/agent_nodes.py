@@ -136,12 +136,23 @@ async def runs_on(session: AsyncSession, node: str) -> Sequence[RunModel]:
     return (await session.execute(query)).scalars().all()
 
 
-def apply_inventory(node: NodeModel, hello: dict[str, Any]) -> None:
-    """What the agent said about its host, onto the row."""
+def apply_inventory(node: NodeModel, hello: dict[str, Any]) -> dict[int, str]:
+    """What the agent said about its host, onto the row. Returns the GPUs that NVML
+    newly reports unhealthy, with why. Unhealthy stays unhealthy (until the node is
+    registered anew): a GPU that threw an XID is not trusted again by itself."""
     inventory = hello.get("inventory") or {}
     gpus = inventory.get("gpus") or []
+    problems = {int(g["index"]): str(g["problem"]) for g in hello.get("gpu_health") or []}
+    was = {int(g["index"]): bool(g.get("healthy", True)) for g in node.gpus}
     node.gpu_type = str(gpus[0]["type"]) if gpus else None
-    node.gpus = [{"index": int(g["index"]), "healthy": True} for g in gpus]
+    node.gpus = [
+        {
+            "index": int(g["index"]),
+            "healthy": was.get(int(g["index"]), True) and not problems.get(int(g["index"])),
+        }
+        for g in gpus
+    ]
+    newly = {i: why for i, why in problems.items() if why and was.get(i, True)}
     node.cpus = int(inventory.get("cpus") or 0)
     node.memory_bytes = int(inventory.get("memory_bytes") or 0)
     isolation = hello.get("isolation") or {}
@@ -153,3 +164,13 @@ def apply_inventory(node: NodeModel, hello: dict[str, Any]) -> None:
         "gpu_source": str(inventory.get("gpu_source", "")),
         "isolation": level if level == "full" or not why else f"{level} ({why})",
     }
+    return newly
+
+
+async def runs_on_gpu(session: AsyncSession, node: str, gpu: int) -> Sequence[RunModel]:
+    """The runs whose current task on `node` holds GPU `gpu`."""
+    run_ids = {t.run_id for t in await active_tasks_on(session, node) if gpu in (t.gpus or [])}
+    if not run_ids:
+        return []
+    query = select(RunModel).where(RunModel.id.in_(run_ids))
+    return (await session.execute(query)).scalars().all()
