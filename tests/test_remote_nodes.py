@@ -139,7 +139,9 @@ async def test_joined_hosts_run_work_and_a_lost_host_fails_over(
                 assert node["gpus"] == 1 or len(node.get("gpus", [])) == 1 or node, node
 
             # A 2-rank gloo all-reduce across the hosts, each rank seeing the other.
-            spec = job("allreduce", f"{PY} {ALLREDUCE}", scale=2, resources={"gpu": "H100:1"})
+            # The script's text, not its path: hosts have their own /tmp (a CI clone's).
+            command = [PY, "-c", ALLREDUCE.read_text()]
+            spec = job("allreduce", command, scale=2, resources={"gpu": "H100:1"})
             _, run_id = await apply_and_start(api, spec)
             await wait_done(api, run_id, "succeeded", 20)
             outputs = [await logs(api, run_id, rank) for rank in (0, 1)]
