@@ -63,6 +63,7 @@ from flotilla.server.pki import (
     issue_node_cert,
     needs_renewal,
 )
+from flotilla.server.routers.agents import agent_endpoint
 from flotilla.server.services.agents import control_plane_tls
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import AUTH, add_user, free_port
@@ -379,6 +380,31 @@ async def test_a_join_token_is_single_use_and_expires(clocked_api: Api) -> None:
     assert "expired" in expired.json()["message"]
     listed = (await client.get("/api/agents")).json()["agents"]
     assert [(a["node"], a["serial"]) for a in listed] == [("gpu-1", answer["serial"])]
+
+
+def test_where_a_joining_agent_listens() -> None:
+    assert agent_endpoint(None, "10.0.0.5") == "tls://10.0.0.5:7477"
+    assert agent_endpoint("gpu-7.lab:9000", "10.0.0.5") == "tls://gpu-7.lab:9000"
+    assert agent_endpoint("[fd00::7]:7477", None) == "tls://[fd00::7]:7477"
+    for bad in ("nohost", "h:0", "h:99999", "h:x", "a/b:1", "u@h:1", ":7477"):
+        with pytest.raises(InvalidRecipe, match="listen"):
+            agent_endpoint(bad, "10.0.0.5")
+
+
+async def test_a_join_registers_its_node_and_a_bad_listen_spends_nothing(
+    clocked_api: Api,
+) -> None:
+    client = clocked_api.client
+    made = (await client.post("/api/agents/join-tokens", json={"node": "gpu-1"})).json()
+    body = {"token": made["token"], "node": "gpu-1", "csr": csr_for("gpu-1")}
+    bad = await client.post("/api/agents/join", json={**body, "listen": "gpu-1:notaport"})
+    assert bad.status_code == 422 and "listen" in bad.text, bad.text
+    joined = await client.post("/api/agents/join", json={**body, "listen": "10.9.8.7:7000"})
+    assert joined.status_code == 200, joined.text  # the refusal spent nothing
+    node = (await client.get("/api/nodes/gpu-1")).json()
+    assert node["state"] == "provisioning" and node["provider"] == "agent"
+    assert node["address"] == "10.9.8.7" and node["labels"]["agent"] == "tls://10.9.8.7:7000"
+    assert "waiting for its agent" in node["reason"]
 
 
 @dataclass

@@ -31,9 +31,9 @@ SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/usr/bin")
 DATA = "/srv/flotilla-agent"  # the agent's data dir on each host (hosts' /srv is private)
 
 
-def start_sshd(host: Host, authorized: bytes) -> subprocess.Popen[str]:
+def start_sshd(host: Host, authorized: bytes, host_key: asyncssh.SSHKey | None = None) -> Any:
     """sshd on `host`'s own address, port 22, accepting only `authorized`."""
-    key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    key = (host_key or asyncssh.generate_private_key("ssh-ed25519")).export_private_key().decode()
     config = (
         f"Port 22\nListenAddress {host.address}\nHostKey /srv/sshd/host_key\n"
         "AuthorizedKeysFile /srv/sshd/authorized_keys\nPasswordAuthentication no\n"
@@ -142,3 +142,51 @@ async def test_an_ssh_fleet_enrolls_its_hosts_and_runs_work(
                 await api.delete(f"/api/fleets/{fleet_id}")
     for host in hosts:
         host.kill_all()
+
+
+async def test_host_keys_are_pinned_and_a_host_is_reached_through_a_jump_host(
+    host_network: HostNetwork, data_dir: Path
+) -> None:
+    """h2 drops SSH from the control plane's address: it is enrolled through h1
+    (`proxy_jump`). h1 is listed again under another name with a `host_key` that is
+    not its own: refused, saying so."""
+    if SSHD is None:
+        pytest.skip("no sshd here (openssh-server)")
+    h1, h2 = host_network.add_host("h1"), host_network.add_host("h2")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    h1_key = asyncssh.generate_private_key("ssh-ed25519")
+    wrong = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    procs = [
+        start_sshd(h1, key.export_public_key(), h1_key),
+        start_sshd(h2, key.export_public_key()),
+    ]
+    drop = ["iptables", "-A", "INPUT", "-s", host_network.address, "-p", "tcp", "--dport", "22"]
+    h2.run([*drop, "-j", "DROP"])
+    try:
+        async with served(remote_settings(data_dir), host_network.address) as (api, ctx):
+            secret = {"name": "lab-key", "value": key.export_private_key().decode()}
+            assert (await api.post("/api/secrets", json=secret)).status_code == 201
+            hosts = [
+                listed(h1, name="pinned", host_key=wrong),
+                listed(h2, proxy_jump=f"root@{h1.address}:22"),
+            ]
+            applied = await api.put("/api/recipes", json=fleet(hosts))
+            assert applied.status_code == 201, applied.text
+            node = await node_state(api, "h2", "ready", timeout=60)
+            assert node["labels"]["ssh_host_key"].startswith("ssh-ed25519 ")
+            fleet_id = applied.json()["state"]["id"]
+
+            async def refused() -> list[str]:
+                async with ctx.sessions() as session:
+                    query = select(EventModel.message).where(EventModel.recipe_id == fleet_id)
+                    messages = (await session.execute(query)).scalars()
+                return [m for m in messages if "pinned" in m and "not enrolled" in m]
+
+            found = await wait_for(refused, 30, interval=0.2, what="the pinned key's refusal")
+            assert "host key is not the pinned one" in found[0], found
+            assert "pinned" not in await nodes(api)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
