@@ -180,7 +180,7 @@ def _runs_with_lock(pid: int, lock: Path) -> bool:
 def remove_task_cgroups(lock: Path) -> None:
     """Kill and remove the task cgroups of the agent whose lock file is `lock` (a
     supervisor killed above never ran its own cleanup), then the agent's group."""
-    from flotilla.runtime.isolation.cgroups import TaskCgroup, agent_key, discover
+    from flotilla.runtime.isolation.cgroups import TaskCgroup, agent_key, cgroup_mounts, discover
 
     layout = discover()
     key = agent_key(str(lock.resolve()))
@@ -196,6 +196,16 @@ def remove_task_cgroups(lock: Path) -> None:
     for base in layout.bases.values():
         with contextlib.suppress(OSError):
             (base / key).rmdir()
+    # Podman makes a container's cgroup parent (the agent's memory group's path) in
+    # every hierarchy, where this process's own group may be elsewhere: empty
+    # directories of this agent's key, wherever they are.
+    for _, mountpoint in cgroup_mounts().values():
+        for found in sorted(mountpoint.rglob(key), key=lambda d: -len(d.parts)):
+            for directory in sorted(found.rglob("*/"), key=lambda d: -len(d.parts)):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            with contextlib.suppress(OSError):
+                found.rmdir()
 
 
 def remove_test_accounts(first: int, last: int) -> None:

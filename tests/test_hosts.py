@@ -129,10 +129,13 @@ def test_files_are_per_host(three_hosts: list[Host], tmp_path: Path) -> None:
     assert missing.returncode != 0 and missing.stdout == ""
     assert not Path(DATA_DIR, "f").exists() and not Path("/tmp/f").exists()
     assert h1.run(["test", "-e", str(secret)], check=False).returncode == 1
-    # The machine's root file system is read-only on a host (its /etc files are its own).
-    etc = h1.run(["sh", "-c", "touch /etc/flotilla-probe"], check=False)
-    assert "Read-only file system" in etc.stderr
+    # The machine's root file system is read-only on a host; its /etc is its own (an
+    # overlay: accounts made there stay there).
+    usr = h1.run(["sh", "-c", "touch /usr/flotilla-probe"], check=False)
+    assert "Read-only file system" in usr.stderr
+    h1.run(["sh", "-c", "touch /etc/flotilla-probe"])
     assert not Path("/etc/flotilla-probe").exists()
+    assert h2.run(["test", "-e", "/etc/flotilla-probe"], check=False).returncode == 1
     h1.run(["sh", "-c", "echo '10.0.0.99 extra' >> /etc/hosts"])
     assert "extra" not in h2.run(["cat", "/etc/hosts"]).stdout
     assert "extra" not in Path("/etc/hosts").read_text()

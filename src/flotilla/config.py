@@ -86,6 +86,9 @@ class Settings:
     # is `unreachable` (FLOTILLA_NODE_UNREACHABLE_SECONDS: no new work, its tasks keep
     # their last known state), and this long `failed` (FLOTILLA_NODE_FAILED_SECONDS:
     # its tasks are lost and their runs requeued on other nodes).
+    # `sim` instances as real hosts of their own (FLOTILLA_SIM_HOSTS=1; root only:
+    # `reconcilers/sim_hosts.py`); off: they are processes on this machine.
+    sim_hosts: bool = False
     node_heartbeat_seconds: float = 5.0
     node_unreachable_seconds: float = 15.0
     node_failed_seconds: float = 60.0
@@ -125,6 +128,8 @@ class Settings:
             values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+        if env.get("FLOTILLA_SIM_HOSTS"):
+            values["sim_hosts"] = env["FLOTILLA_SIM_HOSTS"].lower() not in ("0", "false", "no")
         if env.get("FLOTILLA_RUN_AS_USER"):
             values["run_as_user"] = env["FLOTILLA_RUN_AS_USER"].lower() not in ("0", "false", "no")
         if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):

@@ -102,6 +102,8 @@ class AgentClient:
         return cls(Path("/nonexistent"), on_event, tls=target, on_reconnect=on_reconnect)
 
     async def connect(self) -> None:
+        if self._closed:  # a request in flight at close() must not open a new one
+            raise ConnectionResetError("agent client closed")
         async with self._lock:
             if self._writer is not None and not self._writer.is_closing():
                 return

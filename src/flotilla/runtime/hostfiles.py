@@ -38,12 +38,17 @@ def read_log(runs_dir: Path, task_dir: str, name: str, offset: int, limit: int) 
     files = TaskFiles(_inside(runs_dir, task_dir))
     path = files.setup_log if name == "setup" else files.main_log
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, offset))
-            data = f.read(max(0, min(limit, MAX_CHUNK)))
+        # Not through a symlink: a task that can write its own directory could
+        # otherwise make the agent serve any file it can read as the task's log.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return {"size": 0, "data": ""}
+    except OSError as e:
+        raise ValueError(f"{name}.log of {task_dir} is not a plain file: {e}") from e
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, offset))
+        data = f.read(max(0, min(limit, MAX_CHUNK)))
     return {"size": size, "data": base64.b64encode(data).decode()}
 
 

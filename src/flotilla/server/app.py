@@ -38,6 +38,7 @@ from flotilla.server.reconcilers.fleets import Fleets
 from flotilla.server.reconcilers.load_balancers import LoadBalancers
 from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.reconcilers.scheduler import Scheduler
+from flotilla.server.reconcilers.sim_hosts import SimHosts
 from flotilla.server.reconcilers.ssh_fleets import SshFleets
 from flotilla.server.reconcilers.supervision import Supervision
 from flotilla.server.reconnect import RetryDroppedConnection
@@ -124,6 +125,8 @@ def create_app(
         agent_nodes = AgentNodes(ctx, router) if router is not None else None
         if agent_nodes is not None:
             loops += [agent_nodes, SshFleets(ctx)]
+            if settings.sim_hosts:
+                loops.append(SimHosts(ctx))
         ctx.metrics_collectors.append(ctx.lb_plane.collector)
         await ctx.backend.start(supervision.on_task_event)
         app.state.ctx = ctx

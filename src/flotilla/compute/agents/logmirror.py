@@ -10,10 +10,11 @@ seen after a restart) until a pull after its end brings nothing new.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ class _Followed:
     remote_dir: str
     local: LogFiles
     ended: bool = False
+    # One pull at a time: the periodic pull and the one at a task's end would
+    # otherwise both copy from the same offset, and the copy would hold it twice.
+    pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    offsets: dict[str, int] = field(default_factory=dict)  # log name -> bytes read
 
 
 class LogMirror:
@@ -65,22 +70,30 @@ class LogMirror:
         item = self.followed.get(task_id)
         if item is None:
             return
-        ended = item.ended  # read before the pull: an end seen later pulls again
-        new = 0
-        for name, local in (("setup", item.local.setup), ("main", item.local.main)):
-            new += await self._pull_one(item.remote_dir, name, local)
-        if ended and new == 0:
-            self.followed.pop(task_id, None)
+        async with item.pulling:
+            ended = item.ended  # read before the pull: an end seen later pulls again
+            new = 0
+            for name, local in (("setup", item.local.setup), ("main", item.local.main)):
+                new += await self._pull_one(item, name, local)
+            if ended and new == 0:
+                self.followed.pop(task_id, None)
 
-    async def _pull_one(self, remote_dir: str, name: str, local: Path) -> int:
+    async def _pull_one(self, item: _Followed, name: str, local: Path) -> int:
         copied = 0
         while True:
-            offset = _size(local)
-            answer = await self.read_log(remote_dir, name, offset, CHUNK)
+            # Where the node's file was read up to: the copy's size, unless the task
+            # truncated its log since (then the copy is longer than the file).
+            offset = item.offsets.setdefault(name, _size(local))
+            answer = await self.read_log(item.remote_dir, name, offset, CHUNK)
+            if int(answer["size"]) < offset:
+                _append(local, b"\n[flotilla: the task truncated this log here]\n")
+                item.offsets[name] = 0
+                continue
             data = base64.b64decode(answer["data"])
             if not data:
                 return copied
             _append(local, data)
+            item.offsets[name] = offset + len(data)
             copied += len(data)
             if offset + len(data) >= int(answer["size"]):
                 return copied

@@ -24,6 +24,7 @@ from flotilla.runtime.taskspec import TaskSpec, TaskState
 from flotilla.runtime.tls import TlsFiles
 
 HELLO_TIMEOUT = 5.0
+CALL_TIMEOUT = 10.0
 
 
 class RemoteNode:
@@ -46,6 +47,7 @@ class RemoteNode:
         self.last_error = ""
         self.mirror = LogMirror(logs_root, self._read_log)
         self.reconnects = 0
+        self.tls_version = ""  # the control plane certificate's fingerprint it uses
         self._reporting: set[asyncio.Task[None]] = set()
 
     @property
@@ -79,9 +81,20 @@ class RemoteNode:
         return None if self.last_contact is None else time.monotonic() - self.last_contact
 
     async def call(self, op: str, **payload: Any) -> dict[str, Any]:
-        answer = await self.client.request(op, **payload)
+        """One request, or TemporaryError within CALL_TIMEOUT: a host that went
+        silent on an open connection must not hold up the loop that asked."""
+        try:
+            answer = await asyncio.wait_for(self.client.request(op, **payload), CALL_TIMEOUT)
+        except TimeoutError as e:
+            self.last_error = f"no answer to {op} within {CALL_TIMEOUT:.0f} s"
+            raise TemporaryError(f"node {self.name}: {self.last_error}") from e
         self.last_contact = time.monotonic()
         return answer
+
+    @property
+    def answering(self) -> bool:
+        """Whether its last heartbeat was answered (False until the first is)."""
+        return self.hello is not None and not self.last_error
 
     async def launch(self, task: TaskRef, spec: TaskSpec) -> None:
         # Followed before the launch: a short task's end may arrive before its reply.
@@ -109,6 +122,8 @@ class RemoteNode:
         await self.call("stop", task_id=Path(task_dir).name, task_dir=task_dir)
 
     async def close(self) -> None:
+        for pending in list(self._reporting):
+            pending.cancel()
         await self.client.close()
 
     async def _read_log(self, task_dir: str, name: str, offset: int, limit: int) -> dict[str, Any]:

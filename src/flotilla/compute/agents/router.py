@@ -5,8 +5,9 @@ backend; a node on another host through its `RemoteNode`.
 Remote nodes are attached by the node reconciler (`server/reconcilers/
 agent_nodes.py`) before the first supervision step, so a task on a remote node is
 never mistaken for one the local agent lost. While a node is silent its tasks have
-no news (`observe` leaves them out: the last known state stands); once the
-reconciler declares it failed, its tasks are `lost`, so their runs are requeued.
+no news (`observe` leaves them out without asking: the last known state stands, and
+no loop waits on a silent host); once the reconciler declares it failed, its tasks
+are `lost`, so their runs are requeued.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class NodeRouter:
         self.failed: dict[str, str] = {}  # node name -> why: its tasks are lost
         self._on_event: TaskEventHandler | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -64,15 +66,22 @@ class NodeRouter:
             await node.close()
         await self.local.close()
 
-    def attach(self, name: str, address: str, files: TlsFiles) -> RemoteNode:
-        """The node `name` reached at `address`; the same object while it is unchanged."""
+    def attach(self, name: str, address: str, files: TlsFiles, version: str = "") -> RemoteNode:
+        """The node `name` reached at `address` with the control plane's certificate
+        `version`; the same object while both are unchanged, a new connection when
+        either changed (a host moved, the certificate was renewed)."""
         node = self.remote.get(name)
-        if node is not None and node.address == address:
+        if node is not None and (node.address, node.tls_version) == (address, version):
             return node
         if node is not None:
-            asyncio.get_running_loop().create_task(node.close())
+            closing = asyncio.get_running_loop().create_task(node.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         assert self._on_event is not None, "router not started"
         node = RemoteNode(name, address, files, self._on_event, self.logs_root)
+        node.tls_version = version
+        if name in self.remote:  # what the old connection followed, the new one does
+            node.mirror.followed = self.remote[name].mirror.followed
         self.remote[name] = node
         self.failed.pop(name, None)
         return node
@@ -120,19 +129,26 @@ class NodeRouter:
             if name in self.failed:
                 states.append(TaskState(task.task_id, LOST, message=self.failed[name]))
             elif name in self.remote:
-                by_node.setdefault(name, []).append(task)
+                if self.remote[name].answering:  # a silent host: no news, no waiting
+                    by_node.setdefault(name, []).append(task)
             else:
                 local.append(task)
+        states += await self.local.observe(local)
+        names = list(by_node)
         results = await asyncio.gather(
-            self.local.observe(local),
-            *(self.remote[name].observe(group) for name, group in by_node.items()),
+            *(self.remote[name].observe(by_node[name]) for name in names),
             return_exceptions=True,
         )
-        for result in results:
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
             if isinstance(result, TemporaryError):
                 continue  # an unreachable node: no news of its tasks
             if isinstance(result, BaseException):
-                raise result
+                # One node's odd answer (another agent version) is no news of that
+                # node's tasks, not a failure of every run's supervision.
+                log.warning("node %s: its observe failed: %r", name, result)
+                continue
             states += result
         return states
 

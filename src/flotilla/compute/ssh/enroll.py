@@ -29,6 +29,9 @@ import asyncssh
 from flotilla.errors import TemporaryError
 
 CONNECT_TIMEOUT = 15.0
+KEEPALIVE = 15.0  # a host that stops answering mid-enrollment is noticed
+COMMAND_TIMEOUT = 60.0  # a hung `nvidia-smi` must not hold the host's enrollment forever
+PIP_TIMEOUT = 600.0
 _CHECK = r"""
 printf '{"python": "%s",' "$($PY -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>&-)"
 printf '"flotilla": "%s",' "$($PY -c 'import flotilla; print(flotilla.__version__)' 2>/dev/null)"
@@ -50,7 +53,7 @@ class SshTarget:
     address: str
     port: int
     user: str
-    private_key: str  # PEM or OpenSSH private key text
+    private_key: str = field(repr=False)  # PEM or OpenSSH private key text
     proxy_jump: str | None = None
     host_key: str | None = None  # "ssh-ed25519 AAAA…": refuse any other
 
@@ -62,7 +65,7 @@ class AgentInstall:
     python: str
     port: int
     version: str
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
     cert_pem: bytes
     ca_pem: bytes
     gpus: str | None = None
@@ -77,7 +80,7 @@ class Enrolled:
 
 async def enroll(target: SshTarget, install: AgentInstall) -> Enrolled:
     try:
-        conn = await _connect(target)
+        conn, tunnel = await _connect(target)
     except (OSError, asyncssh.Error, TimeoutError, ValueError) as e:  # ValueError: a bad key
         raise EnrollFailed(f"ssh {target.user}@{target.address}:{target.port}: {_why(e)}") from e
     try:
@@ -97,13 +100,23 @@ async def enroll(target: SshTarget, install: AgentInstall) -> Enrolled:
         await _put_tls(conn, install)
         await _start_agent(conn, install)
         return Enrolled(seen, checks, installed)
-    except (OSError, asyncssh.Error) as e:
+    except (OSError, asyncssh.Error, TimeoutError) as e:
         raise EnrollFailed(f"ssh {target.user}@{target.address}:{target.port}: {_why(e)}") from e
     finally:
-        conn.close()
+        close(conn, tunnel)
 
 
-async def _connect(target: SshTarget) -> asyncssh.SSHClientConnection:
+def close(conn: asyncssh.SSHClientConnection, tunnel: asyncssh.SSHClientConnection | None) -> None:
+    """Close a connection `_connect` made, and its jump host's: asyncssh closes only
+    the tunnels it opened itself."""
+    conn.close()
+    if tunnel is not None:
+        tunnel.close()
+
+
+async def _connect(
+    target: SshTarget,
+) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientConnection | None]:
     key = asyncssh.import_private_key(target.private_key)
     known: Any = None  # first contact: accept, and record what was seen
     if target.host_key:
@@ -119,23 +132,33 @@ async def _connect(target: SshTarget) -> asyncssh.SSHClientConnection:
             client_keys=[key],
             known_hosts=None,
             connect_timeout=CONNECT_TIMEOUT,
+            keepalive_interval=KEEPALIVE,
         )
-    return await asyncio.wait_for(
-        asyncssh.connect(
-            target.address,
-            port=target.port,
-            username=target.user,
-            client_keys=[key],
-            known_hosts=known,
-            tunnel=tunnel,
-            connect_timeout=CONNECT_TIMEOUT,
-        ),
-        CONNECT_TIMEOUT + 5,
-    )
+    try:
+        conn = await asyncio.wait_for(
+            asyncssh.connect(
+                target.address,
+                port=target.port,
+                username=target.user,
+                client_keys=[key],
+                known_hosts=known,
+                tunnel=tunnel,
+                connect_timeout=CONNECT_TIMEOUT,
+                keepalive_interval=KEEPALIVE,
+            ),
+            CONNECT_TIMEOUT + 5,
+        )
+    except BaseException:
+        if tunnel is not None:
+            tunnel.close()
+        raise
+    return conn, tunnel
 
 
 async def _check(conn: asyncssh.SSHClientConnection, install: AgentInstall) -> dict[str, Any]:
-    result = await conn.run(f"PY={shlex.quote(install.python)}\n{_CHECK}", check=False)
+    result = await conn.run(
+        f"PY={shlex.quote(install.python)}\n{_CHECK}", check=False, timeout=COMMAND_TIMEOUT
+    )
     try:
         checks: dict[str, Any] = json.loads(str(result.stdout or "").strip().splitlines()[-1])
     except (ValueError, IndexError) as e:
@@ -154,7 +177,7 @@ async def _pip_install(conn: asyncssh.SSHClientConnection, install: AgentInstall
         f"{shlex.quote(install.python)} -m pip install --quiet "
         f"{shlex.quote('flotilla==' + install.version)}"
     )
-    result = await conn.run(command, check=False)
+    result = await conn.run(command, check=False, timeout=PIP_TIMEOUT)
     if result.exit_status != 0:
         tail = str(result.stderr or result.stdout or "").strip()[-300:]
         raise EnrollFailed(f"pip install flotilla=={install.version} failed: {tail}")
@@ -165,6 +188,7 @@ async def _put_tls(conn: asyncssh.SSHClientConnection, install: AgentInstall) ->
     made = await conn.run(
         f"umask 077 && mkdir -p {shlex.quote(tls_dir)} && chmod 700 {shlex.quote(tls_dir)}",
         check=False,
+        timeout=COMMAND_TIMEOUT,
     )
     if made.exit_status != 0:
         raise EnrollFailed(f"cannot make {tls_dir}: {str(made.stderr).strip()[:200]}")
@@ -179,6 +203,7 @@ async def _put_tls(conn: asyncssh.SSHClientConnection, install: AgentInstall) ->
             f"umask 077 && cat > {path}.new && chmod {mode} {path}.new && mv {path}.new {path}",
             input=data.decode(),
             check=False,
+            timeout=COMMAND_TIMEOUT,
         )
         if wrote.exit_status != 0:
             raise EnrollFailed(f"cannot write {tls_dir}/{name}: {str(wrote.stderr).strip()[:200]}")
@@ -202,7 +227,9 @@ async def _start_agent(conn: asyncssh.SSHClientConnection, install: AgentInstall
         argv += ["--gpus", install.gpus]
     command = " ".join(shlex.quote(a) for a in argv)
     result = await conn.run(
-        f"cd / && setsid {command} >> {data}/agent.log 2>&1 < /dev/null", check=False
+        f"cd / && setsid {command} >> {data}/agent.log 2>&1 < /dev/null",
+        check=False,
+        timeout=COMMAND_TIMEOUT,
     )
     if result.exit_status != 0:
         raise EnrollFailed(f"the agent did not start (exit {result.exit_status}): see agent.log")

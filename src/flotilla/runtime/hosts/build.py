@@ -25,6 +25,9 @@ from flotilla.runtime.hosts.host import DATA_DIR, DATA_ROOT, INTERFACE, HostLayo
 # Directories a real host has for itself: each gets a private tmpfs (the root file
 # system is read-only inside a host, so these and its disk are its writable places).
 PRIVATE_DIRS = (("/tmp", "1777"), ("/var/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777"))
+# The writable layer of each host's own /etc (an overlay on the machine's), and
+# overlayfs's work directory, in the host's scratch directory.
+ETC_LAYERS = ("etc-upper", "etc-work")
 # Where the machine's paths that a private tmpfs would hide wait to be bound back.
 STAGING = DATA_ROOT / ".machine"
 
@@ -66,6 +69,8 @@ def setup_host(lay: HostLayout, bridge: str, home: Path | None, readonly_root: b
             f"route add default via {lay.gateway}\n"
         ),
     )
+    for part in ETC_LAYERS:
+        (lay.etc_dir / part).mkdir(exist_ok=True)
     fstab = lay.etc_dir / "fstab"
     fstab.write_text(_fstab(lay, home))
     for pin in (lay.mnt_pin, lay.uts_pin):
@@ -95,7 +100,11 @@ def _fstab(lay: HostLayout, home: Path | None) -> str:
     # with the cgroups, /dev, and all of these) keep their own flags.
     src = lay.netns  # the tmpfs "device" name: whose mount it is, in any mount table
     etc = lay.etc_dir
+    upper, work = (etc / part for part in ETC_LAYERS)
     rows = [
+        # Its own /etc over the machine's: accounts made on the host (useradd for a
+        # task's user) stay on the host, as on a real one; the machine's is untouched.
+        (src, "/etc", "overlay", f"lowerdir=/etc,upperdir={upper},workdir={work}"),
         (str(etc / "hosts"), "/etc/hosts", "none", "bind"),
         (str(etc / "resolv.conf"), "/etc/resolv.conf", "none", "bind"),
         (str(etc / "hostname"), "/etc/hostname", "none", "bind"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,13 +33,14 @@ from flotilla.compute.agents.remote import RemoteNode
 from flotilla.compute.agents.router import NodeRouter
 from flotilla.core.status import NodeState
 from flotilla.errors import TemporaryError
-from flotilla.runtime.tls import TlsFiles
+from flotilla.runtime.tls import TlsFiles, fingerprint, load_cert
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.reconcilers.recovery import evict
 from flotilla.server.services.agent_nodes import (
     AGENT_LABEL,
+    AGENT_PROVIDERS,
     active_tasks_on,
     agent_nodes,
     apply_inventory,
@@ -54,6 +55,7 @@ from flotilla.server.services.nodes import switch_node_state
 log = logging.getLogger("flotilla.nodes")
 ACTOR = "nodes"
 BEFORE_UNREACHABLE = "state_before_unreachable"
+TLS_CHECK = timedelta(hours=1)
 
 
 class AgentNodes(ReconcileLoop):
@@ -64,6 +66,8 @@ class AgentNodes(ReconcileLoop):
         self.ctx = ctx
         self.router = router
         self._tls: TlsFiles | None = None
+        self._tls_checked = datetime.min.replace(tzinfo=UTC)
+        self._tls_version = ""
         self._attached_at: dict[str, float] = {}  # silence of a node never heard from
 
     async def attach_all(self) -> None:
@@ -72,6 +76,8 @@ class AgentNodes(ReconcileLoop):
         async with self.ctx.sessions() as session:
             rows = await agent_nodes(session)
             await self._sync(session, rows)
+        # One heartbeat each now: the first supervision step then reads their tasks.
+        await asyncio.gather(*(self._beat(node) for node in self.router.remote.values()))
 
     async def step(self) -> None:
         async with self.ctx.sessions() as session:
@@ -80,7 +86,8 @@ class AgentNodes(ReconcileLoop):
         names = [r.name for r in rows if r.name in self.router.remote]
         answers = await asyncio.gather(*(self._beat(self.router.remote[n]) for n in names))
         heard = {n: a for n, a in zip(names, answers, strict=True) if a is not None}
-        fenced = {n: await self._fence(self.router.remote[n], rows) for n in heard}
+        counts = await asyncio.gather(*(self._fence(self.router.remote[n], rows) for n in heard))
+        fenced = dict(zip(heard, counts, strict=True))
         changed = False
         async with self.ctx.transaction() as session:
             for name in names:
@@ -102,18 +109,27 @@ class AgentNodes(ReconcileLoop):
             if not endpoint:
                 continue
             live.add(row.name)
-            if self._tls is None:
-                self._tls = await control_plane_tls(
-                    session, self.ctx.secret_box, self.ctx.settings.data_dir / "pki", _now(self)
-                )
-                await session.commit()
-            self.router.attach(row.name, endpoint, self._tls)
+            tls, version = await self._control_plane_tls(session)
+            self.router.attach(row.name, endpoint, tls, version)
             self._attached_at.setdefault(row.name, time.monotonic())
             if row.state == NodeState.FAILED.value:
                 self.router.mark_failed(row.name, row.reason or "node failed")
         for name in set(self.router.remote) - live:
             await self.router.detach(name)
             self._attached_at.pop(name, None)
+
+    async def _control_plane_tls(self, session: AsyncSession) -> tuple[TlsFiles, str]:
+        """The control plane's client certificate, checked once an hour (renewed
+        with a third of its life left: `services/agents.control_plane_tls`), and
+        its fingerprint: connections are made anew when it changed."""
+        now = _now(self)
+        if self._tls is None or now - self._tls_checked >= TLS_CHECK:
+            pki = self.ctx.settings.data_dir / "pki"
+            self._tls = await control_plane_tls(session, self.ctx.secret_box, pki, now)
+            await session.commit()
+            self._tls_checked = now
+            self._tls_version = fingerprint(load_cert(self._tls.cert.read_bytes()))
+        return self._tls, self._tls_version
 
     async def _beat(self, node: RemoteNode) -> dict[str, Any] | None:
         try:
@@ -122,14 +138,17 @@ class AgentNodes(ReconcileLoop):
             log.info("%s", e)
             return None
 
-    async def _fence(self, node: RemoteNode, rows: Any) -> int:
-        """Stop what runs on `node` that the control plane does not expect there.
-        Read the agent first, the database second: a task launched in between was
-        committed before its launch, so it is expected."""
+    async def _fence(self, node: RemoteNode, rows: Any) -> int | None:
+        """Stop what runs on `node` that the control plane does not expect there;
+        how many, or None when the agent could not say what runs (then the node is
+        not admitted: fencing fails closed). Read the agent first, the database
+        second: a task launched in between was committed before its launch, so it
+        is expected."""
         try:
             live = await node.live_task_dirs()
-        except TemporaryError:
-            return 0
+        except TemporaryError as e:
+            log.warning("node %s: cannot list its tasks, so it is not admitted: %s", node.name, e)
+            return None
         if not live:
             return 0
         row = next(r for r in rows if r.name == node.name)
@@ -148,7 +167,7 @@ class AgentNodes(ReconcileLoop):
         return len(stray)
 
     async def _heard(
-        self, session: AsyncSession, node: NodeModel, hello: dict[str, Any], fenced: int
+        self, session: AsyncSession, node: NodeModel, hello: dict[str, Any], fenced: int | None
     ) -> bool:
         now = _now(self)
         state = NodeState(node.state)
@@ -168,7 +187,7 @@ class AgentNodes(ReconcileLoop):
             for run in await runs_on_gpu(session, node.name, index):
                 evict(session, run, f"GPU {index} of node {node.name} is unhealthy: {why}", now)
         version = hello.get("version", "?")
-        if state == NodeState.PROVISIONING and not fenced:
+        if state == NodeState.PROVISIONING and fenced == 0:
             self.router.mark_back(node.name)
             isolation = node.labels.get("isolation", "unknown")
             why = f"agent {version} answered (isolation: {isolation})"
@@ -182,7 +201,8 @@ class AgentNodes(ReconcileLoop):
             return switch_node_state(
                 session, node, back, reason="its agent answers again", actor=ACTOR, now=now
             )
-        if state == NodeState.FAILED:
+        if state == NodeState.FAILED and node.provider in AGENT_PROVIDERS and fenced is not None:
+            # (A failed cloud instance, `sim` included, is released by its fleet.)
             why = f"its agent answers again; {fenced} task(s) it still ran were stopped"
             return switch_node_state(
                 session, node, NodeState.PROVISIONING, reason=why, actor=ACTOR, now=now

@@ -70,7 +70,12 @@ class SshFleets(ReconcileLoop):
             nodes = await _ssh_nodes(session)
         live = {n.name: n for n in nodes}
         for name, item in listed.items():
-            if name in live or name in self._enrolling:
+            node = live.get(name)
+            # A failed host (rebooted: its agent gone) is enrolled again: its agent
+            # restarted, the node admitted once what still ran there is stopped.
+            if (node is not None and node.state != NodeState.FAILED.value) or (
+                name in self._enrolling
+            ):
                 continue
             not_before, _ = self._retry.get(name, (0.0, 0.0))
             if time.monotonic() >= not_before:
@@ -109,6 +114,8 @@ class SshFleets(ReconcileLoop):
         host, spec, now = item.host, item.spec, self.ctx.clock.now()
         try:
             async with self.ctx.transaction() as session:
+                if await _taken(session, name, item.fleet.id):
+                    raise EnrollFailed(f"node name {name} is taken by another node; name it")
                 ref = SecretRef(name=host.key, location="SSH_KEY")
                 secret = await attached_secret(session, ref, item.fleet.owner, item.fleet.project)
                 if secret is None:
@@ -206,3 +213,12 @@ async def _ssh_nodes(session: AsyncSession) -> list[NodeModel]:
         NodeModel.provider == SSH, NodeModel.state != NodeState.TERMINATED.value
     )
     return list((await session.execute(query)).scalars())
+
+
+async def _taken(session: AsyncSession, name: str, fleet_id: str) -> bool:
+    """Whether a live node of that name is not this fleet's (a joined host, another
+    fleet's): then this host is not enrolled under it."""
+    node = (await session.execute(select(NodeModel).where(NodeModel.name == name))).scalar()
+    if node is None or NodeState(node.state).is_gone():
+        return False
+    return node.provider != SSH or node.fleet_id != fleet_id

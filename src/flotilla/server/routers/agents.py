@@ -6,6 +6,8 @@ certificates (admins). The logic is in `services/agents.py`."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -98,6 +100,22 @@ def agent_endpoint(listen: str | None, client_host: str | None) -> str:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidRecipe([FieldProblem("listen", f"{listen!r} is not HOST:PORT")])
-    if any(c in host for c in "/@ ?#"):
+    if not _is_host(host):
         raise InvalidRecipe([FieldProblem("listen", f"{host!r} is not a host name or address")])
     return f"tls://[{host}]:{port}" if ":" in host else f"tls://{host}:{port}"
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or a DNS name: the node's address goes into load balancer
+    configuration and other ranks' environment."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _HOST_NAME.fullmatch(host) is not None

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.recipes import recipe_types
 from flotilla.recipes.envelope import recipe_json_schema
+from flotilla.recipes.fleet import SSH
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
@@ -79,6 +80,10 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
             session, caller, payload, ctx.clock.now(), enforce_unknown=enforce_unknown
         )
         # These raise before the commit: a resource that cannot work is not stored.
+        if recipe.type == FLEET and recipe.spec.get("provider") == SSH:
+            # Its hosts join everyone's pool and the applier is root on them: adding
+            # machines to the platform is an admin's act (deleting one too).
+            caller.require_admin()
         if recipe.type == FLEET and changed:
             await check_fleet(session, ctx.providers, recipe)
         if changed and (ports := declared_ports(recipe)):

@@ -44,17 +44,25 @@ async def register_agent_node(
     labels: dict[str, Any],
     actor: str,
     now: datetime,
+    replace: bool = False,
 ) -> NodeModel:
     """The live row for `name`, created `provisioning` or pointed at `endpoint`. A
-    terminated row of that name keeps its history under a name of its own."""
+    terminated row of that name keeps its history under a name of its own. A live
+    row is only ever taken over by what made it: the same SSH fleet enrolling its
+    host again, or a join whose token was made for that name (`replace`); anything
+    else is a Conflict, so no host can take another node's name and its work."""
     node = await find_node(session, name)
     if node is not None and NodeState(node.state).is_gone():
         node.name = f"{name}~{node.id[:8]}"
         await session.flush()
         node = None
     if node is not None:
-        if node.provider not in AGENT_PROVIDERS:
-            raise Conflict(f"node {name} exists and is not a host with an agent")
+        same = node.provider == provider and node.fleet_id == fleet_id
+        if not same or (provider == "agent" and not replace):
+            raise Conflict(
+                f"node {name} exists: a host joins under its name only with a token made "
+                f"for it (flo agent token create --node {name}), and no fleet takes it"
+            )
         node.labels = {**node.labels, **labels, AGENT_LABEL: endpoint}
         node.address = endpoint_host(endpoint)
         return node
@@ -106,15 +114,17 @@ async def register_agent_node(
     return node
 
 
-async def agent_nodes(session: AsyncSession) -> Sequence[NodeModel]:
-    """Every live node with an agent of its own."""
+async def agent_nodes(session: AsyncSession) -> list[NodeModel]:
+    """Every live node with an agent of its own: joined and SSH hosts, and `sim`
+    instances that are hosts of their own (`reconcilers/sim_hosts.py`)."""
     query = (
         select(NodeModel)
-        .where(NodeModel.provider.in_(AGENT_PROVIDERS))
+        .where(NodeModel.provider.in_([*AGENT_PROVIDERS, "sim"]))
         .where(NodeModel.state != NodeState.TERMINATED.value)
         .order_by(NodeModel.name)
     )
-    return (await session.execute(query)).scalars().all()
+    rows = (await session.execute(query)).scalars()
+    return [r for r in rows if r.provider in AGENT_PROVIDERS or r.labels.get(AGENT_LABEL)]
 
 
 async def active_tasks_on(session: AsyncSession, node: str) -> Sequence[TaskModel]:

@@ -170,6 +170,7 @@ async def join(
         labels={},
         actor=str(record["created_by"]),
         now=now,
+        replace=record["node"] is not None,
     )
     record_event(
         session,
