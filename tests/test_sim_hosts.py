@@ -78,14 +78,14 @@ async def test_sim_nodes_are_hosts_of_their_own(api: Api) -> None:
         node = (await api.client.get(f"/api/nodes/{victim}")).json()
         return node["state"] == "failed"
 
-    await wait_for(node_failed, 30, interval=0.2, what=f"{victim} failed")
+    await wait_for(node_failed, 90, interval=0.2, what=f"{victim} failed")
 
     async def requeued() -> bool:
         run = (await api.client.get(f"/api/runs/{run_id}")).json()
         return run["attempt"] == 1 and run["status"] in ("pending", "starting", "running")
 
     try:
-        await wait_for(requeued, 30, interval=0.2, what="the run requeued")
+        await wait_for(requeued, 60, interval=0.2, what="the run requeued")
     except AssertionError:
         run = (await api.client.get(f"/api/runs/{run_id}")).json()
         events = (await api.client.get(f"/api/runs/{run_id}/events")).json()

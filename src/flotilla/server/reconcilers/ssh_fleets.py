@@ -209,8 +209,11 @@ class SshFleets(ReconcileLoop):
 
 
 async def _ssh_nodes(session: AsyncSession) -> list[NodeModel]:
+    """The live nodes of SSH fleets (a node without a fleet is none of theirs)."""
     query = select(NodeModel).where(
-        NodeModel.provider == SSH, NodeModel.state != NodeState.TERMINATED.value
+        NodeModel.provider == SSH,
+        NodeModel.state != NodeState.TERMINATED.value,
+        NodeModel.fleet_id.is_not(None),
     )
     return list((await session.execute(query)).scalars())
 
