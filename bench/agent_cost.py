@@ -58,6 +58,8 @@ class BenchServer(FlotillaServer):
     def __enter__(self) -> BenchServer:
         env = {**os.environ, "FLOTILLA_DATA_DIR": str(self.data_dir)}
         env |= {"FLOTILLA_ADMIN_TOKEN": TOKEN, "FLOTILLA_SSH_PORT": "off", **self.env}
+        # As bench.trigger's server: one trust domain, like the Slurm peer's root jobs.
+        env.setdefault("FLOTILLA_RUN_AS_USER", "0")
         argv = ["flo", "server", "--host", self.host, "--port", str(self.port)]
         with open(self.root / "server.log", "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)

@@ -124,7 +124,10 @@ def measure(peer: Peer, mib: int) -> dict[str, float]:
 async def flotilla_task(workdir: Path, key: asyncssh.SSHKey, run: Callable[[int], Any]) -> Any:
     """Start a server with a `start_ssh` job running, call `run(gateway port)` in a
     thread, and stop the server."""
-    settings = Settings(data_dir=workdir / "flotilla", admin_token=ADMIN, ssh_port=0)
+    # One trust domain (tasks as this process's user), like the sshd peer's login.
+    settings = Settings(
+        data_dir=workdir / "flotilla", admin_token=ADMIN, ssh_port=0, run_as_user=False
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         headers = {"Authorization": f"token {ADMIN}"}

@@ -65,6 +65,9 @@ class FlotillaServer:
             "FLOTILLA_DATA_DIR": str(self.data_dir),
             "FLOTILLA_ADMIN_TOKEN": TOKEN,
             "FLOTILLA_SSH_PORT": "off",  # not measured here; 2222 may be another server's
+            # Tasks as the server's user, as the Slurm peer's jobs run as root: the
+            # same trust domain on both sides, and the stamp dir is this process's.
+            "FLOTILLA_RUN_AS_USER": "0",
         }
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(

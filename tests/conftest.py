@@ -5,6 +5,8 @@ httpx.ASGITransport with its reconcilers running."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,9 +18,52 @@ import pytest
 from flotilla.config import Settings
 from flotilla.server.app import create_app
 from flotilla.server.context import ServerContext
-from tests.factories import ADMIN_TOKEN, AUTH, cleanup_data_dir
+from tests.factories import (
+    ADMIN_TOKEN,
+    AUTH,
+    cleanup_data_dir,
+    remove_test_accounts,
+    unused_uid_block,
+    xdist_worker,
+)
 
 PG_URL = os.environ.get("FLOTILLA_TEST_PG_URL")
+
+# Test servers share this machine's accounts (/etc/passwd). Isolated, each would
+# make `flo-admin`, `flo-alice`... with the numbers of its own UID block, and a node
+# refuses an account that exists with other numbers, so servers in parallel workers
+# would fail each other's tasks (two real control planes sharing hosts need
+# disjoint UID ranges and account names alike). So the suite's servers run with
+# FLOTILLA_RUN_AS_USER=0 (here, and in the environment `flo server` subprocesses
+# inherit), except the isolation tests: one xdist group, a UID block each
+# (`test_tenant_isolation.py`, `test_run_as_default.py`...).
+# FLOTILLA_TEST_ISOLATE=1 runs every test server with the product's default
+# instead (isolated where this machine can), each test with its own UID block and
+# its accounts removed afterwards; with one worker: `./scripts/test -n 1`.
+ISOLATE_ALL = os.environ.get("FLOTILLA_TEST_ISOLATE") == "1"
+ISOLATE_UIDS = 2_140_000_000  # its tests' UID blocks start here
+if not ISOLATE_ALL:
+    os.environ["FLOTILLA_RUN_AS_USER"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _test_uid_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With FLOTILLA_TEST_ISOLATE=1: this test's UID block (FLOTILLA_UID_MIN/MAX, for
+    `make_settings` and `flo server` subprocesses alike), its accounts removed after
+    the test's other fixtures have stopped its servers."""
+    if not ISOLATE_ALL:
+        yield
+        return
+    if xdist_worker()[1] == 1:
+        # An account a killed supervisor's useradd finished after an earlier test's
+        # cleanup would make this test's `flo-admin` a conflict: the whole range is
+        # this session's when it runs in one process.
+        remove_test_accounts(ISOLATE_UIDS, ISOLATE_UIDS + 100 * 9_000)
+    first, last = unused_uid_block(ISOLATE_UIDS, 100)
+    monkeypatch.setenv("FLOTILLA_UID_MIN", str(first))
+    monkeypatch.setenv("FLOTILLA_UID_MAX", str(last))
+    yield
+    remove_test_accounts(first, last, retry_for=5.0)
 
 
 def _pg_admin_url() -> str:
@@ -52,6 +97,17 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
+def readable_dir() -> Iterator[Path]:
+    """A directory any user may read, for files a test hands its tasks (a git
+    repository to clone, a marker to wait for): pytest's temporary root is 0700,
+    which an isolated task's account cannot pass, as no real user's would."""
+    path = Path(tempfile.mkdtemp(prefix="flotest-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     yield path
@@ -68,6 +124,11 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "resync_seconds": 0.3,
         "agent_idle_exit_seconds": 60.0,
     }
+    if ISOLATE_ALL:
+        values["uid_min"] = int(os.environ["FLOTILLA_UID_MIN"])
+        values["uid_max"] = int(os.environ["FLOTILLA_UID_MAX"])
+    else:
+        values["run_as_user"] = False  # why: ISOLATE_ALL above
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,6 +31,10 @@ from flotilla.server.db.models import (
 )
 from flotilla.server.security import new_token, token_row
 
+# A Python that any task's Unix account may run, for task commands that need only
+# the standard library: the test's own is in a virtualenv under /root (0700), out
+# of an isolated task's reach as it would be of any real user's.
+TASK_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 ADMIN_TOKEN = "flo_test-admin-token"
 AUTH = {"Authorization": f"token {ADMIN_TOKEN}"}
 
@@ -89,11 +94,21 @@ async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
 async def wait_run(
     client: httpx.AsyncClient, run_id: str, *statuses: str, timeout: float = 30.0
 ) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        run = await get_run(client, run_id)
-        return run if run["status"] in statuses else None
+    seen: dict[str, Any] = {}
 
-    result: dict[str, Any] = await wait_for(check, timeout, what=f"run {run_id} to be {statuses}")
+    async def check() -> dict[str, Any] | None:
+        seen.update(await get_run(client, run_id))
+        return seen if seen["status"] in statuses else None
+
+    try:
+        result: dict[str, Any] = await wait_for(check, timeout, what=f"run {run_id}")
+    except AssertionError:
+        # What it was doing instead, so that a failure on a loaded CI machine says why.
+        tasks = [(t["rank"], t["status"], t["node"], t["message"]) for t in seen.get("tasks", [])]
+        raise AssertionError(
+            f"timed out waiting for run {run_id} to be {statuses}: it is {seen.get('status')!r}"
+            f" ({seen.get('reason')!r}); tasks {tasks}"
+        ) from None
     return result
 
 
@@ -121,6 +136,23 @@ def make_repo(path: Path) -> Path:
     (path / "VERSION").write_text("2\n")
     git(path, "commit", "-qam", "two")
     return path
+
+
+async def tasks_uid(client: httpx.AsyncClient) -> int:
+    """The UID the caller's tasks run as on the node `local`: their account's where
+    it isolates, else the server's (this process's, for a server in it)."""
+    node = (await client.get("/api/nodes/local")).json()
+    if node["labels"].get("isolation") != "full":
+        return os.geteuid()
+    return int((await client.get("/api/user")).json()["uid"])
+
+
+def chown_tree(path: Path, uid: int) -> None:
+    """`path` and everything under it owned by `uid` (its group left as it is)."""
+    os.chown(path, uid, -1)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(Path(root) / name, uid, -1, follow_symlinks=False)
 
 
 def cleanup_data_dir(data_dir: Path) -> None:
@@ -208,19 +240,49 @@ def remove_task_cgroups(lock: Path) -> None:
                 found.rmdir()
 
 
-def remove_test_accounts(first: int, last: int) -> None:
+def unused_uid_block(base: int, size: int) -> tuple[int, int]:
+    """`size` UIDs/GIDs from `base` on that no account of this machine has, in this
+    pytest-xdist worker's share (no other worker draws them)."""
+    import grp
+    import pwd
+
+    used = {u.pw_uid for u in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    while True:
+        first = base + size * in_worker_share(9_000)
+        if not used & set(range(first, first + size)):
+            return first, first + size - 1
+
+
+def remove_test_accounts(first: int, last: int, retry_for: float = 0.0) -> None:
     """Remove the `flo-*` accounts and groups that a test server made on this node
     (`runtime/isolation/accounts.py`), only those numbered in its range
-    first..last: never an account of this machine's or of another test."""
+    first..last: never an account of this machine's or of another test.
+    `retry_for`: seconds to retry a user whose killed processes are not gone yet
+    (userdel refuses a user with processes)."""
     import grp
     import pwd
 
     for user in pwd.getpwall():
         if user.pw_name.startswith("flo-") and first <= user.pw_uid <= last:
-            subprocess.run(["userdel", "--", user.pw_name], check=True, capture_output=True)
+            _shadow_tool(["userdel", "--", user.pw_name], retry_for)
     for group in grp.getgrall():
         if group.gr_name.startswith("flo-") and first <= group.gr_gid <= last:
-            subprocess.run(["groupdel", "--", group.gr_name], check=True, capture_output=True)
+            _shadow_tool(["groupdel", "--", group.gr_name], retry_for)
+
+
+def _shadow_tool(argv: list[str], retry_for: float) -> None:
+    """Run userdel/groupdel, retried for `retry_for` seconds (a user whose killed
+    processes are not gone yet) and for at least 2 s while /etc/passwd or
+    /etc/group is locked (a supervisor's useradd: exit 1 or 10)."""
+    start = time.monotonic()
+    while True:
+        done = subprocess.run(argv, capture_output=True, check=False)
+        if done.returncode == 0:
+            return
+        limit = max(retry_for, 2.0) if done.returncode in (1, 10) else retry_for
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"{argv}: {done.stderr.decode(errors='replace')}")
+        time.sleep(0.05)
 
 
 def xdist_worker() -> tuple[int, int]:

@@ -15,9 +15,11 @@ from tests.conftest import Api
 from tests.factories import apply_and_start, job, wait_for, wait_run
 
 
-async def test_work_survives_the_agent_being_killed(sqlite_api: Api, data_dir: Path) -> None:
+async def test_work_survives_the_agent_being_killed(
+    sqlite_api: Api, data_dir: Path, readable_dir: Path
+) -> None:
     client = sqlite_api.client
-    marker = data_dir.parent / "go"
+    marker = readable_dir / "go"  # where the task's account can see it
     command = f"echo started; while [ ! -e {marker} ]; do sleep 0.05; done; exit 4"
     _, run_id = await apply_and_start(client, job("survivor", command))
     run = await wait_run(client, run_id, "running")

@@ -139,7 +139,9 @@ async def test_a_failed_node_whose_tasks_cannot_be_listed_is_not_readmitted() ->
     takes new work while its old tasks still run there, unfenced: the same run
     twice, and no one stops the old copy (its tasks are LOST in the database)."""
     clock = SimpleNamespace(now=lambda: datetime.now(UTC))
-    ctx = SimpleNamespace(settings=SimpleNamespace(node_heartbeat_seconds=5.0), clock=clock)
+    ctx = SimpleNamespace(
+        settings=SimpleNamespace(node_heartbeat_seconds=5.0, run_as_user=None), clock=clock
+    )
     router = _Router()
     loop = AgentNodes(ctx, router)  # type: ignore[arg-type]
     row = NodeModel(

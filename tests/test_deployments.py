@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import os
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -22,7 +21,7 @@ from sqlalchemy import select
 from flotilla.recipes import parse_recipe_text
 from flotilla.server.db.models import EventModel, RecipeModel, RunModel
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import add_usage, add_user, process_gone, wait_for
+from tests.factories import TASK_PYTHON, add_usage, add_user, process_gone, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -35,7 +34,7 @@ def deployment(name: str = "web", **spec: Any) -> dict[str, Any]:
         "type": "deployment",
         "spec": {
             "name": name,
-            "command": f"{sys.executable} {SERVER}",
+            "command": f"{TASK_PYTHON} {SERVER}",
             "algorithm": "round_robin",
             "health_check": {"interval": 0.2, "timeout": 0.5, "failure_count": 2},
             **spec,

@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 
 from tests.conftest import Api
-from tests.factories import apply_and_start, get_run, job, make_repo, wait_for, wait_run
+from tests.factories import (
+    apply_and_start,
+    chown_tree,
+    get_run,
+    job,
+    make_repo,
+    tasks_uid,
+    wait_for,
+    wait_run,
+)
 
 
 async def test_logs_stream_while_running_and_are_kept(sqlite_api: Api) -> None:
@@ -50,11 +59,14 @@ async def test_list_command_runs_without_a_shell(sqlite_api: Api) -> None:
     assert (await sqlite_api.client.get(f"/api/runs/{run_id}/logs")).text == "$HOME; rm -rf /\n"
 
 
-async def test_git_clone_at_tag_commit_and_branch(sqlite_api: Api, tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "src-repo")
+async def test_git_clone_at_tag_commit_and_branch(sqlite_api: Api, readable_dir: Path) -> None:
+    # As its user would have it: theirs, where their account can reach it (git
+    # clones no repository someone else owns: "dubious ownership").
+    repo = make_repo(readable_dir / "src-repo")
     from tests.factories import git
 
     first_commit = git(repo, "rev-list", "--max-parents=0", "HEAD").strip()
+    chown_tree(repo, await tasks_uid(sqlite_api.client))
     recipe = job(
         "cloner",
         "cat at-tag/VERSION at-commit/VERSION src-repo/VERSION; pwd",

@@ -6,7 +6,6 @@ and a read-only token sends no unsafe method through it."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import add_user, wait_for
+from tests.factories import TASK_PYTHON, add_user, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -58,8 +57,8 @@ async def api(data_dir: Path, database_url: str | None) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-def echo(tmp_path: Path) -> Path:
-    path = tmp_path / "echo.py"
+def echo(readable_dir: Path) -> Path:
+    path = readable_dir / "echo.py"  # where the replica's account can read it
     path.write_text(ECHO)
     return path
 
@@ -69,7 +68,7 @@ def deployment(echo: Path, who: str, visibility: str, name: str = "web") -> dict
         "type": "deployment",
         "spec": {
             "name": name,
-            "command": f"{sys.executable} {echo}",
+            "command": f"{TASK_PYTHON} {echo}",
             "environment_variables": {"WHO": who},
             "routes": [{"container_port": 8000, "visibility": visibility}],
             "health_check": {"interval": 0.2, "timeout": 0.5, "failure_count": 2},

@@ -7,7 +7,6 @@ replicas are on this machine's loopback) keep working for anyone."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from flotilla.lb.testing import TagBackend, free_port, greet
 from flotilla.server.db.models import EventModel, RecipeModel
 from flotilla.server.services.lb_policy import LoadBalancerPolicy, listen_refusal
 from tests.conftest import Api
-from tests.factories import add_user, wait_for
+from tests.factories import TASK_PYTHON, add_user, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 SERVER = Path(__file__).resolve().parents[1] / "examples" / "http_replica.py"
@@ -164,7 +163,7 @@ async def test_a_users_deployment_still_serves_through_its_load_balancer(api: Ap
     bob = await add_user(api.ctx, "bob")
     recipe = {
         "type": "deployment",
-        "spec": {"name": "web", "command": f"{sys.executable} {SERVER}"},
+        "spec": {"name": "web", "command": f"{TASK_PYTHON} {SERVER}"},
     }
     assert (await api.client.put("/api/recipes", json=recipe, headers=bob)).status_code == 201
 

@@ -9,7 +9,6 @@ examples/ and in the README), and apply refuses what a reconciler could not use.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from flotilla.server.services.deployments import balancer_config, spec_of
 from flotilla.server.services.load_balancers import config_of
 from flotilla.server.services.runs import create_run
 from tests.conftest import Api, make_settings, open_api
-from tests.factories import apply_and_start, job, wait_for, wait_run
+from tests.factories import TASK_PYTHON, apply_and_start, job, wait_for, wait_run
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +123,7 @@ async def test_a_corrupt_deployment_fails_alone(sqlite_api: Api) -> None:
     bad_id = await corrupt(api, "bad", {"routes": [{"container_port": 8000, "allow": [""]}]})
     good = {
         "type": "deployment",
-        "spec": {"name": "good", "command": f"{sys.executable} {SERVER}"},
+        "spec": {"name": "good", "command": f"{TASK_PYTHON} {SERVER}"},
     }
     assert (await api.client.put("/api/recipes", json=good)).status_code == 201
 

@@ -41,6 +41,15 @@ async def api(data_dir: Path, cloud: SimProvider) -> AsyncIterator[Api]:
         yield item
 
 
+@pytest.fixture
+async def unisolated_api(data_dir: Path, cloud: SimProvider) -> AsyncIterator[Api]:
+    """FLOTILLA_RUN_AS_USER=0: the all-reduce runs the test's own Python (its torch),
+    from a virtualenv under /root that no task's account may enter."""
+    settings = make_settings(data_dir, local_node=False, run_as_user=False)
+    async for item in open_api(settings, providers={"sim": cloud}):
+        yield item
+
+
 async def fleet_of(api: Api, nodes: int, **spec: Any) -> list[str]:
     recipe = {
         "type": "fleet",
@@ -71,7 +80,8 @@ async def log_of(api: Api, run_id: str, rank: int) -> str:
 
 
 @pytest.mark.slow
-async def test_two_node_allreduce_on_sim_nodes(api: Api) -> None:
+async def test_two_node_allreduce_on_sim_nodes(unisolated_api: Api) -> None:
+    api = unisolated_api
     await fleet_of(api, 2, placement="cluster")
     command = f"{sys.executable} {ALLREDUCE}"
     spec = job("allreduce", command, scale=2, resources={"gpu": "H100:8"})

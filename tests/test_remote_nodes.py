@@ -116,6 +116,9 @@ async def wait_done(api: httpx.AsyncClient, run_id: str, status: str, timeout: f
 def remote_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "local_node": False,  # every run must go to a host
+        # The hosts' tasks run this machine's virtualenv Python (torch, for the
+        # all-reduce), under /root: no task's own account may enter it.
+        "run_as_user": False,
         "node_heartbeat_seconds": 0.5,
         "node_unreachable_seconds": 2.0,
         "node_failed_seconds": 5.0,

@@ -25,7 +25,8 @@ from tests.factories import (
 
 
 def gated(gate_dir: Path, name: str) -> str:
-    """A command that runs until the test creates its gate file."""
+    """A command that runs until the test creates its gate file (in a directory
+    the task's account can see: `readable_dir`)."""
     return f"echo started; while [ ! -f {gate_dir}/{name} ]; do sleep 0.05; done"
 
 
@@ -58,7 +59,7 @@ async def test_higher_priority_preempts_and_the_victim_is_requeued(gpu_api: Api)
     assert (await get_run(client, low))["status"] == "running"
 
 
-async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, tmp_path: Path) -> None:
+async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, readable_dir: Path) -> None:
     client = gpu_api.client
     bad = await client.put("/api/scheduler/policy", json={"user_quota": {"admin": -1}})
     assert bad.status_code == 422 and "user_quota" in bad.text
@@ -69,7 +70,7 @@ async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, tmp_path: 
     assert (await client.get("/api/scheduler/policy")).json()["user_quota"] == {"admin": 1}
 
     _, first = await apply_and_start(
-        client, job("first", gated(tmp_path, "first"), resources={"gpu": "H100:1"})
+        client, job("first", gated(readable_dir, "first"), resources={"gpu": "H100:1"})
     )
     await wait_run(client, first, "running")
     _, second = await apply_and_start(client, job("second", "true", resources={"gpu": "H100:1"}))
@@ -88,7 +89,7 @@ async def test_user_quota_holds_runs_back_with_a_reason(gpu_api: Api, tmp_path: 
     policy["user_quota"] = {"admin": 2}
     assert (await client.put("/api/scheduler/policy", json=policy)).status_code == 200
     await wait_run(client, second, "succeeded", timeout=30)
-    (tmp_path / "first").touch()
+    (readable_dir / "first").touch()
 
 
 async def test_a_users_stop_wins_over_an_eviction(gpu_api: Api) -> None:
@@ -105,13 +106,13 @@ async def test_a_users_stop_wins_over_an_eviction(gpu_api: Api) -> None:
 
 
 async def test_fair_share_between_two_users_on_a_saturated_node(
-    gpu_api: Api, tmp_path: Path
+    gpu_api: Api, readable_dir: Path
 ) -> None:
     client = gpu_api.client
     order: list[str] = []
 
     async def start(name: str, owner: str) -> str:
-        spec = job(name, gated(tmp_path, name), resources={"gpu": "H100:1"}, owner=owner)
+        spec = job(name, gated(readable_dir, name), resources={"gpu": "H100:1"}, owner=owner)
         return (await apply_and_start(client, spec))[1]
 
     a1, a2 = await start("a1", "alice"), await start("a2", "alice")
@@ -133,11 +134,11 @@ async def test_fair_share_between_two_users_on_a_saturated_node(
     # oldest run: FIFO would give a3, a4, b1, b2. Here the two users end up
     # holding one GPU each at every step.
     for release in ("a1", "a2", "b1", "a3"):
-        (tmp_path / release).touch()
+        (readable_dir / release).touch()
         order.append(await wait_for(next_started, timeout=30, what="a start"))
     assert order == ["b1", "a3", "b2", "a4"]
     for name in ("b2", "a4"):
-        (tmp_path / name).touch()
+        (readable_dir / name).touch()
 
 
 async def _reason_has(client: Any, run_id: str, text: str) -> bool:

@@ -8,7 +8,6 @@ import json
 import socket
 import socketserver
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,15 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from flotilla.cli.main import app
-from tests.factories import ADMIN_TOKEN, AUTH, ServerProcess, cleanup_data_dir, free_port, wait_sync
+from tests.factories import (
+    ADMIN_TOKEN,
+    AUTH,
+    TASK_PYTHON,
+    ServerProcess,
+    cleanup_data_dir,
+    free_port,
+    wait_sync,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -154,7 +161,7 @@ def test_load_balancer_list_describe_delete(
 def test_deployment_list_describe_delete(server: ServerProcess, tmp_path: Path) -> None:
     spec = {
         "name": "hello",
-        "command": f"{sys.executable} {REPLICA}",
+        "command": f"{TASK_PYTHON} {REPLICA}",
         "scale": 1,
         "health_check": QUICK_CHECKS,
         "start_ssh": True,

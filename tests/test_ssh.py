@@ -12,7 +12,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from flotilla.server.ssh.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import (
     ADMIN_TOKEN,
+    TASK_PYTHON,
     ServerProcess,
     add_user,
     cleanup_data_dir,
@@ -46,7 +46,7 @@ def deployment(name: str = "web", **spec: Any) -> dict[str, Any]:
         "type": "deployment",
         "spec": {
             "name": name,
-            "command": f"{sys.executable} {REPLICA}",
+            "command": f"{TASK_PYTHON} {REPLICA}",
             "start_ssh": True,
             "environment_variables": {"GREETING": "hello from the replica"},
             **spec,
@@ -193,7 +193,7 @@ async def test_port_forwarding_reaches_only_the_tasks_own_ports(api: Api) -> Non
         # A port that a process started from this SSH session listens on (an IDE's
         # server does this) is the task's too.
         listener = await conn.create_process(
-            f"exec {sys.executable} -c 'import socket,time; s=socket.socket(); "
+            f"exec {TASK_PYTHON} -c 'import socket,time; s=socket.socket(); "
             's.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True); '
             'c, _ = s.accept(); c.sendall(b"from-the-session"); time.sleep(30)\''
         )
@@ -406,7 +406,7 @@ def test_flo_ssh_with_openssh_against_a_real_server(tmp_path: Path) -> None:
         recipe = tmp_path / "web.yaml"
         recipe.write_text(
             "type: deployment\nspec:\n  name: web\n  start_ssh: true\n"
-            f"  command: {sys.executable} {REPLICA}\n"
+            f"  command: {TASK_PYTHON} {REPLICA}\n"
         )
         flo(env, "apply", str(recipe))
 

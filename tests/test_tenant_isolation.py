@@ -172,7 +172,7 @@ async def test_the_servers_secrets_never_reach_a_task(
     the agent's (its parent supervisor's) hold none of the server's secrets."""
     for name, value in SERVER_SECRETS.items():
         monkeypatch.setenv(name, value)  # before the server starts its agent
-    async for api in open_api(make_settings(data_dir)):
+    async for api in open_api(make_settings(data_dir, run_as_user=False)):
         command = "env; echo; tr '\\0' '\\n' < /proc/$PPID/environ"
         run_id = await start(api, httpx.Headers(), "env", command)
         run = await wait_run(api.client, run_id, "succeeded", "failed")

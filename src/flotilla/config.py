@@ -77,10 +77,19 @@ class Settings:
     # (FLOTILLA_UID_MIN, FLOTILLA_UID_MAX; why these defaults: `core/unixids.py`).
     uid_min: int = DEFAULT_UID_MIN
     uid_max: int = DEFAULT_UID_MAX
-    # Run tasks as their user's Unix account (FLOTILLA_RUN_AS_USER=1). Off by default
-    # until the rest of tenant isolation (hidden data dir, limits, per-user dirs) is
-    # wired in: with it off, tasks run as the server's user, as before.
-    run_as_user: bool = False
+    # Run tasks as their user's Unix account, in a cgroup of their own, with the
+    # control plane's files hidden (FLOTILLA_RUN_AS_USER). None (unset): on for every
+    # node that can isolate (its agent runs as root and probes `full`), off elsewhere;
+    # True (1): on for every node, each applying what it can; False (0): off, an
+    # admin's choice of one trust domain (every node says so). Otherwise a node that
+    # does not isolate runs only the work of admins and of the users and groups an
+    # admin trusts there (`services/node_trust.py`).
+    run_as_user: bool | None = None
+    # What this machine's isolation probe says, instead of probing it
+    # (FLOTILLA_LOCAL_ISOLATION): "none (why)" or "partial (why)", never "full". Only
+    # to try what a server that cannot isolate does (tests, a demo as root); it can
+    # only weaken what the local node is taken to do.
+    local_isolation: str | None = None
     # Nodes on other hosts (`reconcilers/agent_nodes.py`): their agent is asked for a
     # heartbeat this often (FLOTILLA_NODE_HEARTBEAT_SECONDS); a node silent this long
     # is `unreachable` (FLOTILLA_NODE_UNREACHABLE_SECONDS: no new work, its tasks keep
@@ -95,6 +104,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         UnixIdRange(self.uid_min, self.uid_max)  # a bad range fails at start, not at a create
+        if self.local_isolation is not None and not self.local_isolation.startswith(
+            ("none (", "partial (")
+        ):
+            raise ValueError(
+                "FLOTILLA_LOCAL_ISOLATION must be 'none (why)' or 'partial (why)': it can only"
+                f" weaken what this machine is taken to isolate, not {self.local_isolation!r}"
+            )
         if not 0 < self.node_heartbeat_seconds < self.node_unreachable_seconds:
             raise ValueError(
                 "FLOTILLA_NODE_HEARTBEAT_SECONDS must be above 0 and below "
@@ -130,8 +146,9 @@ class Settings:
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
         if env.get("FLOTILLA_SIM_HOSTS"):
             values["sim_hosts"] = env["FLOTILLA_SIM_HOSTS"].lower() not in ("0", "false", "no")
-        if env.get("FLOTILLA_RUN_AS_USER"):
-            values["run_as_user"] = env["FLOTILLA_RUN_AS_USER"].lower() not in ("0", "false", "no")
+        values["run_as_user"] = _tri_state("FLOTILLA_RUN_AS_USER", env.get("FLOTILLA_RUN_AS_USER"))
+        if env.get("FLOTILLA_LOCAL_ISOLATION"):
+            values["local_isolation"] = env["FLOTILLA_LOCAL_ISOLATION"]
         if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):
             values["min_schedule_interval"] = float(env["FLOTILLA_MIN_SCHEDULE_INTERVAL"])
         for name in (
@@ -200,6 +217,18 @@ def unix_id_range_from_env() -> UnixIdRange:
     env = os.environ
     first = int(env.get("FLOTILLA_UID_MIN") or DEFAULT_UID_MIN)
     return UnixIdRange(first, int(env.get("FLOTILLA_UID_MAX") or DEFAULT_UID_MAX))
+
+
+def _tri_state(name: str, text: str | None) -> bool | None:
+    """An on/off variable whose absence means "decide for me" (None)."""
+    text = (text or "").strip().lower()
+    if not text or text == "auto":
+        return None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1, 0 or unset (auto), not {text!r}")
 
 
 def _ssh_port(text: str) -> int | None:

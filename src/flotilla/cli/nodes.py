@@ -1,5 +1,6 @@
-"""`flo nodes` (list) and `flo node describe|cordon|uncordon|drain|terminate NAME`.
-Registered on the main app by `register(app)` from `cli/main.py`."""
+"""`flo nodes` (list), `flo node describe|cordon|uncordon|drain|terminate NAME` and
+`flo node trust NAME` (whose work a node that cannot isolate runs). Registered on
+the main app by `register(app)` from `cli/main.py`."""
 
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
         ("price", price(node["price_per_hour"]) + "/h" if node["price_per_hour"] else "-"),
         ("age", age(node["age_seconds"])),
         ("interruption deadline", node["interruption_deadline"]),
+        ("isolation", node["labels"].get("isolation")),
+        ("trusted", trust_summary(node)),
     ]
     for label, value in facts:
         if value:
@@ -99,7 +102,8 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
             for g in node["gpus"]
         ],
     )
-    table("labels", ["label", "value"], sorted(node["labels"].items()))
+    labels = {k: v for k, v in node["labels"].items() if k != "trusted"}
+    table("labels", ["label", "value"], sorted(labels.items()))
     table(
         "events",
         ["time", "message", "by"],
@@ -143,6 +147,49 @@ def terminate(
     if not yes and sys.stdin.isatty() and not typer.confirm(f"terminate node {name}?"):
         raise typer.Exit(1)
     _act(name, "terminate", reason)
+
+
+@node_app.command("trust")
+def trust(
+    name: NameArg,
+    user: Annotated[
+        list[str] | None, typer.Option("--user", "-u", help="a user (repeatable)")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="a group (repeatable)")
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="stop trusting them instead")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="trust exactly these (none given: nobody)")
+    ] = False,
+) -> None:
+    """Let these users and groups' members run work on a node that cannot isolate
+    tasks (its isolation is not `full`: their tasks run as the node agent's user).
+    Admins' work always runs there."""
+    users, groups = list(user or []), list(group or [])
+    with connected() as api:
+        if not replace:
+            had = api.get_node(name)["labels"].get("trusted") or {}
+            before_users, before_groups = had.get("users", []), had.get("groups", [])
+            if remove:
+                users = [u for u in before_users if u not in users]
+                groups = [g for g in before_groups if g not in groups]
+            else:
+                users, groups = [*before_users, *users], [*before_groups, *groups]
+        node = api.set_node_trust(name, sorted(set(users)), sorted(set(groups)))
+    print(f"node {node['name']}: trusted {trust_summary(node) or 'nobody'}")
+    isolation = node["labels"].get("isolation")
+    if isolation == "full":
+        print("  (it isolates tasks: everyone's work runs there, trusted or not)")
+    elif isolation:
+        print(f"  isolation: {isolation}")
+
+
+def trust_summary(node: dict[str, Any]) -> str:
+    """`users alice, bob; groups ml`; empty when nobody is trusted."""
+    trust = node["labels"].get("trusted") or {}
+    parts = [f"{k} {', '.join(trust[k])}" for k in ("users", "groups") if trust.get(k)]
+    return "; ".join(parts)
 
 
 def gpu_summary(node: dict[str, Any]) -> str:

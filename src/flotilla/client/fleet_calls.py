@@ -27,6 +27,11 @@ class FleetCalls(_Calls):
         body = {"reason": reason} if reason else None
         return dict(self._request("POST", f"/api/nodes/{name}/{action}", json=body))
 
+    def set_node_trust(self, name: str, users: list[str], groups: list[str]) -> dict[str, Any]:
+        """Replace who is trusted on the node; returns the node after it."""
+        body = {"users": users, "groups": groups}
+        return dict(self._request("PUT", f"/api/nodes/{name}/trusted", json=body))
+
     # queue and scheduler policy
     def queue(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/api/queue")["runs"])

@@ -9,7 +9,10 @@ A run that cannot be placed reserves the spot it is closest to fitting (backfill
 without delaying the head): later, smaller runs may still start elsewhere, but
 never on the reserved nodes. Quotas are hard limits per user and per project.
 Preemption frees room for a blocked run from lower-priority (or spot) runs, never
-from equal-priority on-demand runs.
+from equal-priority on-demand runs. A run may be barred from some nodes (the
+caller's reason: a node that cannot isolate tasks and does not trust its user):
+it is placed, reserves and preempts only elsewhere, and where only those nodes
+could take it, it waits with the caller's reason.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class QueuedRun:
     priority: int = 0
     queued_at: float = 0.0
     spot: bool = False  # may run on spot capacity (and is itself preemptible)
+    # Nodes this run may not use (a node that cannot isolate tasks and does not
+    # trust its user), and why, for when only those could take it.
+    barred: frozenset[str] = frozenset()
+    barred_reason: str = ""
 
     @property
     def gpus(self) -> int:
@@ -107,37 +114,52 @@ def schedule(
         if type_index is None:
             decision.reasons[run.id] = f"no capacity of type {run.gpu_type}"
             continue
-        nodes = _place(type_index, run)
-        if nodes is not None:
-            if on_place is not None:
-                on_place(run, type_index, nodes)
-            for name in nodes:
-                type_index.take(name, run.gpus_per_node)
-            decision.placed[run.id] = nodes
-            misses = 0
-            held_user[run.user] = held_user.get(run.user, 0) + run.gpus
-            held_project[run.project] = held_project.get(run.project, 0) + run.gpus
-            continue
-        if run.gpus_per_node > type_index.max_gpus:
-            # It can never fit these nodes: say so, and let it hold nobody back.
-            decision.reasons[run.id] = _capacity_reason(type_index, run)
-            continue
-        head = blocked_types.get(run.gpu_type)
-        if head is not None:
+        # Nodes the run may not use are out of the index while it is decided: no
+        # placement, reservation or preemption for it there.
+        room_if_allowed = bool(run.barred) and _place(type_index, run) is not None
+        hidden = _hide(type_index, run.barred)
+        try:
+            nodes = _place(type_index, run)
+            if nodes is not None:
+                if on_place is not None:
+                    on_place(run, type_index, nodes)
+                for name in nodes:
+                    type_index.take(name, run.gpus_per_node)
+                decision.placed[run.id] = nodes
+                misses = 0
+                held_user[run.user] = held_user.get(run.user, 0) + run.gpus
+                held_project[run.project] = held_project.get(run.project, 0) + run.gpus
+                continue
+            if _never_fits_allowed(type_index, run):
+                # Only nodes it may not use could take it: say so, hold nobody back.
+                decision.reasons[run.id] = run.barred_reason
+                continue
+            if run.gpus_per_node > type_index.max_gpus:
+                # It can never fit these nodes: say so, and let it hold nobody back.
+                decision.reasons[run.id] = _capacity_reason(type_index, run)
+                continue
+            head = blocked_types.get(run.gpu_type)
+            if head is not None:
+                decision.reasons[run.id] = (
+                    f"behind {higher_blocked} waiting run(s) with higher or equal priority "
+                    f"({run.gpu_type} capacity held for run {head})"
+                )
+                continue
             decision.reasons[run.id] = (
-                f"behind {higher_blocked} waiting run(s) with higher or equal priority "
-                f"({run.gpu_type} capacity held for run {head})"
+                run.barred_reason if room_if_allowed else _capacity_reason(type_index, run)
             )
-            continue
-        decision.reasons[run.id] = _capacity_reason(type_index, run)
-        victims = _preemption(type_index, run, running, decision, policy)
-        if victims:
-            for victim, why in victims.items():
-                decision.preempt[victim] = why
-            decision.reasons[run.id] = f"preempting {len(victims)} run(s) to make room"
-        blocked_types[run.gpu_type] = run.id
-        higher_blocked += 1
-        reserved += _reserve(type_index, run)
+            victims = _preemption(type_index, run, running, decision, policy)
+            if victims:
+                for victim, why in victims.items():
+                    decision.preempt[victim] = why
+                decision.reasons[run.id] = f"preempting {len(victims)} run(s) to make room"
+            if run.barred:
+                continue  # it may not go everywhere: it holds nobody's capacity back
+            blocked_types[run.gpu_type] = run.id
+            higher_blocked += 1
+            reserved += _reserve(type_index, run)
+        finally:
+            _show(type_index, hidden)
     for type_index, name, gpus in reserved:  # reservations last only for this cycle
         type_index.release(name, gpus)
     return decision
@@ -231,6 +253,27 @@ def _place(index: TypeIndex, run: QueuedRun) -> tuple[str, ...] | None:
     return fit.nodes if fit is not None else None
 
 
+def _hide(index: TypeIndex, names: frozenset[str]) -> list[str]:
+    hidden = [n for n in names if n in index.nodes and index.nodes[n].schedulable]
+    for name in hidden:
+        index.set_schedulable(name, False)
+    return hidden
+
+
+def _show(index: TypeIndex, hidden: list[str]) -> None:
+    for name in hidden:
+        index.set_schedulable(name, True)
+
+
+def _never_fits_allowed(index: TypeIndex, run: QueuedRun) -> bool:
+    """Whether too few of the nodes `run` may use are large enough for it, however
+    much frees up (with barred nodes hidden, only those count as schedulable)."""
+    if not run.barred:
+        return False
+    large = [n for n in index.nodes.values() if n.schedulable and n.gpu_count >= run.gpus_per_node]
+    return len(large) < run.nodes
+
+
 def _capacity_reason(index: TypeIndex, run: QueuedRun) -> str:
     if run.gpus_per_node > index.max_gpus:
         return (
@@ -296,8 +339,12 @@ def _preemption(
             return policy.preempt_equal_priority or (victim.spot and not run.spot)
         return False
 
+    # Only runs on nodes `run` may use free room for it (barred ones are hidden).
     candidates = [
-        v for v in running if preemptible(v) and any(n in index.nodes for n, _ in v.placement)
+        v
+        for v in running
+        if preemptible(v)
+        and any(n in index.nodes and index.nodes[n].schedulable for n, _ in v.placement)
     ]
     if not candidates:
         return {}

@@ -68,6 +68,7 @@ from flotilla.server.routers import (
 )
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
+from flotilla.server.services.node_isolation import log_isolation
 from flotilla.server.services.nodes import ensure_local_node
 from flotilla.server.ssh.gateway import SshGateway
 
@@ -90,6 +91,8 @@ def create_app(
             settings.data_dir, settings.local_gpus, settings.agent_idle_exit_seconds
         )
         clock_now = (clock or Clock()).now()
+        local_isolation = settings.local_isolation or local.inventory.labels["isolation"]
+        log_isolation(settings, local_isolation)
         router = NodeRouter(local, settings.data_dir / "node-logs") if backend is None else None
         ctx = ServerContext(
             settings=settings,
@@ -101,6 +104,7 @@ def create_app(
             clock=clock or Clock(),
             metrics_public=os.environ.get("FLOTILLA_METRICS_PUBLIC", "").lower()
             in ("1", "true", "yes"),
+            local_isolation=local_isolation,
         )
         async with ctx.transaction() as session:
             await bootstrap_admin(
@@ -110,7 +114,9 @@ def create_app(
                 session, ctx.secret_box, clock_now, TokenPolicy.of(settings).access_ttl
             )
             if settings.local_node:
-                await ensure_local_node(session, local.inventory, clock_now)
+                await ensure_local_node(
+                    session, local.inventory, clock_now, local_isolation, settings.run_as_user
+                )
         scheduler = Scheduler(ctx)
         supervision = Supervision(ctx, scheduler)
         loops = [

@@ -19,6 +19,7 @@ from flotilla.clock import Clock
 from flotilla.compute.base import ComputeBackend
 from flotilla.compute.provider import Provider
 from flotilla.config import Settings
+from flotilla.runtime.isolation import probe
 from flotilla.server.auth.throttle import LoginThrottle
 from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
@@ -68,6 +69,9 @@ class ServerContext:
     ready_replicas: set[str] = field(default_factory=set)
     # SSH access to tasks that allow it (`start_ssh`); None when the port is off.
     ssh_gateway: SshGateway | None = None
+    # What this machine's agent can isolate (`runtime/isolation.probe`, or
+    # FLOTILLA_LOCAL_ISOLATION): the nodes run by it (`local`, `sim`) have it.
+    local_isolation: str = field(default_factory=lambda: probe().summary())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

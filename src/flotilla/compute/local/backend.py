@@ -22,6 +22,7 @@ from flotilla.compute.launch import build_task_spec, describe_workload
 from flotilla.compute.local import paths
 from flotilla.runtime.agent_client import AgentClient
 from flotilla.runtime.inventory import local_gpus, memory_bytes
+from flotilla.runtime.isolation import probe
 from flotilla.runtime.taskspec import TaskFiles, TaskSpec, TaskState
 
 NODE_NAME = "local"
@@ -40,7 +41,13 @@ class LocalBackend:
             gpus=gpus,
             cpus=os.cpu_count() or 1,
             memory_bytes=memory_bytes(),
-            labels={"hostname": socket.gethostname(), "gpu_source": self.gpu_source},
+            # What this machine's agent can isolate: it runs as this process's
+            # user, so this process's probe is the agent's.
+            labels={
+                "hostname": socket.gethostname(),
+                "gpu_source": self.gpu_source,
+                "isolation": probe().summary(),
+            },
         )
         self.idle_exit = idle_exit
         self.agent: AgentClient | None = None

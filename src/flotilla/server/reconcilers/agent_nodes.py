@@ -172,7 +172,7 @@ class AgentNodes(ReconcileLoop):
         now = _now(self)
         state = NodeState(node.state)
         before = dict(node.labels)
-        failed_gpus = apply_inventory(node, hello)
+        failed_gpus = apply_inventory(node, hello, self.ctx.settings.run_as_user)
         changed = node.labels != before or bool(failed_gpus)
         for index, why in failed_gpus.items():
             record_event(

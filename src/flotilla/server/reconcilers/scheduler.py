@@ -40,6 +40,8 @@ from flotilla.server.services.launch import (
     resolve_secrets,
     workload_of,
 )
+from flotilla.server.services.node_isolation import confined_nodes
+from flotilla.server.services.node_trust import bar_untrusted
 from flotilla.server.services.placement import Plan, TaskPlacement, plan
 from flotilla.server.services.runs import current_tasks, run_tasks, switch_run_status
 from flotilla.server.services.scheduling import (
@@ -120,6 +122,9 @@ class Scheduler(ReconcileLoop):
         if recovery.evict_from_lost_nodes(session, snapshot, now):
             self.ctx.wakers.supervision.set()
         recovery.finish_drains(session, snapshot, now)
+        snapshot.barred = await bar_untrusted(
+            session, snapshot, self.ctx.local_isolation, self.ctx.settings.run_as_user
+        )
         policy = await load_policy(session)
         seen = (_fingerprint(snapshot), repr(policy))
         if not snapshot.pending or seen == self._last_seen:
@@ -192,16 +197,22 @@ class Scheduler(ReconcileLoop):
                 recipe_id=run.recipe_id,
                 run_id=run.id,
             )
-        run_as = await self._run_as(session, run, recipe)
+        run_as = await self._run_as(session, run, recipe, waiting.tasks)
         return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files, run_as)
 
     async def _run_as(
-        self, session: AsyncSession, run: RunModel, recipe: RecipeModel
-    ) -> RunAs | None:
-        """The account the run's tasks run as, when the server is set to use them."""
-        if not self.ctx.settings.run_as_user:
-            return None
-        return await resolve_run_as(session, run, recipe)
+        self, session: AsyncSession, run: RunModel, recipe: RecipeModel, tasks: list[TaskModel]
+    ) -> tuple[RunAs | None, frozenset[str]]:
+        """The account the run's tasks run as, and the nodes of `tasks` where they
+        do (FLOTILLA_RUN_AS_USER, and what each node can do: `node_isolation`)."""
+        settings = self.ctx.settings
+        nodes = {t.node for t in tasks if t.node}
+        confined = await confined_nodes(
+            session, nodes, self.ctx.local_isolation, settings.run_as_user
+        )
+        if not confined:
+            return None, confined
+        return await resolve_run_as(session, run, recipe), confined
 
     def _requests(
         self,
@@ -210,8 +221,9 @@ class Scheduler(ReconcileLoop):
         job_name: str,
         secret_env: dict[str, str],
         secret_files: list[tuple[str, str]],
-        run_as: RunAs | None,
+        run_as: tuple[RunAs | None, frozenset[str]],
     ) -> list[LaunchRequest]:
+        account, confined_on = run_as
         return launch_requests(
             run,
             tasks,
@@ -221,8 +233,9 @@ class Scheduler(ReconcileLoop):
             run.leader_port or 29500,
             self.ctx.settings.stop_grace_seconds,
             str(self.ctx.settings.checkpoints / run.id),
-            run_as,
+            account,
             protected_paths(self.ctx.settings),
+            confined_on,
         )
 
     async def relaunch(
@@ -237,7 +250,7 @@ class Scheduler(ReconcileLoop):
         )
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
-        run_as = await self._run_as(session, run, recipe)
+        run_as = await self._run_as(session, run, recipe, all_tasks)
         requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files, run_as)
         return [r for r in requests if r.task.task_id in wanted]
 
@@ -246,6 +259,8 @@ def _fingerprint(snapshot: Snapshot) -> tuple[object, ...]:
     nodes = tuple((n.name, n.state, tuple(snapshot.free_gpus(n))) for n in snapshot.nodes.values())
     return (
         nodes,
+        # Trust changes (a trusted user, a new group member) alter no node's state.
+        tuple(sorted((run, tuple(sorted(b.nodes))) for run, b in snapshot.barred.items())),
         tuple((w.run.id, w.run.attempt) for w in snapshot.pending),
         tuple((p.run.id, p.run.attempt) for p in snapshot.placed),
     )

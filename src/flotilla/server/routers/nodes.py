@@ -1,5 +1,6 @@
-"""Nodes: list and describe them, and the admin actions cordon, uncordon, drain
-and terminate. Each action answers with the node's view after it."""
+"""Nodes: list and describe them, the admin actions cordon, uncordon, drain and
+terminate, and who is trusted on a node that cannot isolate tasks. Each action
+answers with the node's view after it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from flotilla.core.status import NodeState
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.node_actions import NodeAction, act_on_node
+from flotilla.server.services.node_trust import set_trusted
 from flotilla.server.services.node_views import list_node_views, node_detail
 
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
@@ -20,6 +22,14 @@ router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 class NodeActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(default=None, max_length=1000, description="why; kept in the event")
+
+
+class TrustRequest(BaseModel):
+    """Everyone trusted on the node, replacing who was before (empty: nobody)."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[str] = Field(default_factory=list, max_length=1000)
+    groups: list[str] = Field(default_factory=list, max_length=1000)
 
 
 @router.get("")
@@ -76,6 +86,18 @@ async def terminate(
 ) -> dict[str, Any]:
     """Release the instance at its provider; its runs are requeued elsewhere."""
     return await _act(ctx, caller, name, NodeAction.TERMINATE, body)
+
+
+@router.put("/{name}/trusted")
+async def trust(ctx: Ctx, caller: Caller, name: str, body: TrustRequest) -> dict[str, Any]:
+    """Whose work the node runs while it cannot isolate tasks (its `isolation`
+    label is not `full`): admins' and these users' and groups' members'."""
+    caller.require_admin()
+    async with ctx.transaction() as session:
+        await set_trusted(session, name, body.users, body.groups, caller.name, ctx.clock.now())
+    ctx.wakers.scheduler.set()  # runs that waited for this may start now
+    async with ctx.sessions() as session:
+        return await node_detail(session, caller, name, ctx.clock.now())
 
 
 async def _act(

@@ -21,6 +21,7 @@ from flotilla.core.status import NodeState, TaskStatus
 from flotilla.errors import Conflict
 from flotilla.server.db.models import NodeModel, RunModel, TaskModel
 from flotilla.server.services.events import record_event
+from flotilla.server.services.node_isolation import isolation_labels
 from flotilla.server.services.nodes import find_node
 
 AGENT_PROVIDERS = ("agent", "ssh")
@@ -146,8 +147,12 @@ async def runs_on(session: AsyncSession, node: str) -> Sequence[RunModel]:
     return (await session.execute(query)).scalars().all()
 
 
-def apply_inventory(node: NodeModel, hello: dict[str, Any]) -> dict[int, str]:
-    """What the agent said about its host, onto the row. Returns the GPUs that NVML
+def apply_inventory(
+    node: NodeModel, hello: dict[str, Any], run_as_user: bool | None = None
+) -> dict[int, str]:
+    """What the agent said about its host, onto the row; its isolation as the
+    agent probed it and as its tasks get it with FLOTILLA_RUN_AS_USER (`run_as_user`,
+    `services/node_isolation.py`). Returns the GPUs that NVML
     newly reports unhealthy, with why. Unhealthy stays unhealthy (until the node is
     registered anew): a GPU that threw an XID is not trusted again by itself."""
     inventory = hello.get("inventory") or {}
@@ -167,12 +172,13 @@ def apply_inventory(node: NodeModel, hello: dict[str, Any]) -> dict[int, str]:
     node.memory_bytes = int(inventory.get("memory_bytes") or 0)
     isolation = hello.get("isolation") or {}
     level, why = str(isolation.get("level", "unknown")), str(isolation.get("reason", ""))
+    probe = level if level == "full" or not why else f"{level} ({why})"
     node.labels = {
         **node.labels,
         "hostname": str(hello.get("hostname", "")),
         "agent_version": str(hello.get("version", "")),
         "gpu_source": str(inventory.get("gpu_source", "")),
-        "isolation": level if level == "full" or not why else f"{level} ({why})",
+        **isolation_labels(probe, run_as_user),
     }
     return newly
 

@@ -1,13 +1,14 @@
 """Turning a placed run into launch requests: the recipe's environment, the
 environment contract, the attached secrets and the Unix account the tasks run as,
 resolved at the last moment; with an account, what confines the task (its cgroup
-limits from `resources`, the control plane's paths hidden). Called by the
-scheduler (`reconcilers/scheduler.py`)."""
+limits from `resources`, the control plane's paths hidden), on the nodes that run
+tasks as their users (`node_isolation.confined_nodes`). Called by the scheduler
+(`reconcilers/scheduler.py`); `pick_run_user` also by `node_trust.py`."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import make_url, select
@@ -81,19 +82,41 @@ async def resolve_secrets(
 PERSON_TRIGGERS = frozenset({"manual", "restart"})
 
 
+def pick_run_user(
+    run: RunModel,
+    recipe: RecipeModel,
+    users: Mapping[str, UserModel],
+    owner_is_group: bool,
+    last_applier: str | None,
+) -> UserModel | None:
+    """The user a run is on behalf of: the user who started it; for runs the
+    platform started, the recipe's owner if a user owns it, else the user who last
+    applied it. `users` holds (at least) those of these names that exist. Who the
+    tasks run as (`resolve_run_as`) and whose work a node that cannot isolate
+    takes (`services/node_trust.py`) both ask this."""
+    user = users.get(run.created_by or "") if run.trigger in PERSON_TRIGGERS else None
+    if user is None and not owner_is_group:
+        user = users.get(recipe.owner)
+    if user is None and last_applier is not None:
+        user = users.get(last_applier)
+    return user
+
+
 async def resolve_run_as(session: AsyncSession, run: RunModel, recipe: RecipeModel) -> RunAs | None:
-    """Who the run's tasks run as: the user who started it; for runs the platform
-    started, the recipe's owner if a user owns it, else the user who last applied
-    it. Supplementary groups: that user's Flotilla groups, and the owning group.
-    None when no such user exists (any more)."""
-    user = None
-    if run.trigger in PERSON_TRIGGERS:
-        user = await _user_named(session, run.created_by)
+    """Who the run's tasks run as (`pick_run_user`), with that user's Flotilla
+    groups and the owning group as supplementary groups. None when no such user
+    exists (any more)."""
     owner_group = await _group_named(session, recipe.owner)
-    if user is None and owner_group is None:
-        user = await _user_named(session, recipe.owner)
-    if user is None:
-        user = await _user_named(session, await _last_applier(session, recipe))
+    users: dict[str, UserModel] = {}
+    for name in (run.created_by, recipe.owner):
+        if name and (found := await _user_named(session, name)) is not None:
+            users[name] = found
+    applier = None
+    if pick_run_user(run, recipe, users, owner_group is not None, None) is None:
+        applier = await _last_applier(session, recipe)
+        if applier and (found := await _user_named(session, applier)) is not None:
+            users[applier] = found
+    user = pick_run_user(run, recipe, users, owner_group is not None, applier)
     if user is None:
         return None
     groups = {g.id: g for g in await _groups_of(session, user)}
@@ -202,12 +225,13 @@ def launch_requests(
     checkpoint_dir: str | None = None,
     run_as: RunAs | None = None,
     hide: Sequence[str] = (),
+    confined_on: Collection[str] | None = None,
 ) -> list[LaunchRequest]:
     """One request per task; with `run_as`, confined: `task_limits` and `hide`
-    (`protected_paths`)."""
+    (`protected_paths`). `confined_on`: the nodes whose tasks run as `run_as`
+    (`node_isolation.confined_nodes`); None: every node."""
     spec = JobSpec.model_validate(run.spec)
     limits = task_limits(spec) if run_as is not None else None
-    hidden = list(hide) if run_as is not None else []
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
     workload = workload_of(spec)
     requests = []
@@ -226,6 +250,7 @@ def launch_requests(
             node=task.node or "",
         )
         env = {**spec.environment_variables, **task_environment(identity), **secret_env}
+        confined = run_as is not None and (confined_on is None or task.node in confined_on)
         requests.append(
             LaunchRequest(
                 task=task_ref(task),
@@ -235,9 +260,9 @@ def launch_requests(
                 grace_seconds=grace_seconds,
                 process_env=process_environments(identity),
                 checkpoint_dir=checkpoint_dir,
-                run_as=run_as,
-                limits=limits,
-                hide=hidden,
+                run_as=run_as if confined else None,
+                limits=limits if confined else None,
+                hide=list(hide) if confined else [],
             )
         )
     return requests

@@ -22,8 +22,11 @@ from flotilla.core.status import NodeState, can_switch_node
 from flotilla.errors import Conflict, NotFound
 from flotilla.server.db.models import NodeModel
 from flotilla.server.services.events import record_event
+from flotilla.server.services.node_isolation import ISOLATION_LABEL, isolation_labels
 
 LOCAL_NODE = "local"
+# Labels an admin set (`services/node_trust.py`), kept when the server restarts.
+KEPT_LABELS = ("trusted",)
 LIVE_STATES = [s.value for s in NodeState if not s.is_gone()]
 
 
@@ -66,10 +69,17 @@ def gpu_slots(count: int) -> list[dict[str, Any]]:
 
 
 async def ensure_local_node(
-    session: AsyncSession, inventory: NodeInventory, now: datetime
+    session: AsyncSession,
+    inventory: NodeInventory,
+    now: datetime,
+    probe: str | None = None,
+    run_as_user: bool | None = None,
 ) -> NodeModel:
-    """The server's own machine as a node. Its GPUs follow the inventory on every
-    start; an admin's cordon survives restarts."""
+    """The server's own machine as a node. Its GPUs and its isolation (`probe`,
+    default the inventory's, with FLOTILLA_RUN_AS_USER) follow this start; an
+    admin's cordon and trust list survive restarts."""
+    probe = probe or str(inventory.labels.get(ISOLATION_LABEL, ""))
+    labels = local_labels(inventory, probe, run_as_user)
     node = await find_node(session, LOCAL_NODE)
     gpus = [{"index": g.index, "healthy": True} for g in inventory.gpus]
     if node is None:
@@ -90,7 +100,7 @@ async def ensure_local_node(
             gpus=gpus,
             cpus=inventory.cpus,
             memory_bytes=inventory.memory_bytes,
-            labels=local_labels(inventory),
+            labels=labels,
             price_per_hour=0.0,
             created_at=now,
             ready_at=now,
@@ -111,14 +121,18 @@ async def ensure_local_node(
         return node
     node.gpu_type, node.gpus = inventory.gpu_type, gpus
     node.cpus, node.memory_bytes = inventory.cpus, inventory.memory_bytes
-    node.labels = local_labels(inventory)
+    kept = {k: v for k, v in node.labels.items() if k in KEPT_LABELS}
+    node.labels = {**labels, **kept}
     return node
 
 
-def local_labels(inventory: NodeInventory) -> dict[str, Any]:
+def local_labels(
+    inventory: NodeInventory, probe: str = "", run_as_user: bool | None = None
+) -> dict[str, Any]:
     # One machine is its own partition, spine, leaf and NVLink domain.
     return {
         **inventory.labels,
+        **isolation_labels(probe, run_as_user),
         "region": "local",
         "ib_network": "",
         "partition": "local",

@@ -4,6 +4,8 @@ gang shapes (`core.packing`), runs one queue cycle (`core.queue.schedule`) and
 maps the chosen nodes back to tasks and GPU indices.
 
 No I/O: the scheduler reconciler loads the snapshot, calls `plan`, and applies it.
+A run never goes to a node it is barred from (`Snapshot.barred`: a node that cannot
+isolate tasks and does not trust the run's user, `services/node_trust.py`).
 GPU types are indexed per capacity kind: spot nodes form their own pool (`H100
 spot`), used only by runs that asked for spot, so on-demand work never lands on
 capacity that can be reclaimed.
@@ -18,7 +20,7 @@ from flotilla.core.queue import Policy, QueuedRun, RunningRun, held_gpus, quota_
 from flotilla.core.topology import CapacityIndex, Node, TypeIndex
 from flotilla.server.db.models import NodeModel
 from flotilla.server.services.nodes import healthy_gpus
-from flotilla.server.services.scheduling import Snapshot, Waiting
+from flotilla.server.services.scheduling import Barred, Snapshot, Waiting
 
 DEFAULT_NODE_GPUS = 8
 
@@ -57,8 +59,9 @@ def plan(
     held = held_gpus(running)
     for waiting in snapshot.pending:
         request = waiting.spec.resources.gpu_request()
+        barred = snapshot.barred.get(waiting.run.id)
         if request is None:
-            _place_without_gpus(waiting, schedulable, out)
+            _place_without_gpus(waiting, schedulable, barred, out)
             continue
         spot = waiting.spec.use_spot_instance
         kind = _kind_for(request.type, spot, index)
@@ -85,6 +88,8 @@ def plan(
                 priority=waiting.spec.priority,
                 queued_at=waiting.run.queued_at.timestamp(),
                 spot=spot,
+                barred=barred.nodes if barred else frozenset(),
+                barred_reason=barred.reason if barred else "",
             )
         )
     decision = schedule(index, queue, running, usage, policy, max_misses=max_misses)
@@ -174,16 +179,23 @@ def _take(node: NodeModel, free: dict[str, list[int]], gpus: int) -> TaskPlaceme
     return TaskPlacement(node.name, node.address, tuple(taken))
 
 
-def _place_without_gpus(waiting: Waiting, schedulable: list[NodeModel], out: Plan) -> None:
+def _place_without_gpus(
+    waiting: Waiting, schedulable: list[NodeModel], barred: Barred | None, out: Plan
+) -> None:
     """Runs that need no GPU share one node, preferring nodes without GPUs so they
-    leave GPU nodes to GPU work."""
+    leave GPU nodes to GPU work; never a node they are barred from."""
     if not schedulable:
         out.reasons[waiting.run.id] = (
             "no schedulable node (all nodes are cordoned, draining or down)"
         )
         out.waiting_for_capacity = True
         return
-    node = min(schedulable, key=lambda n: (len(n.gpus or []), n.name))
+    allowed = [n for n in schedulable if barred is None or n.name not in barred.nodes]
+    if not allowed:
+        assert barred is not None
+        out.reasons[waiting.run.id] = barred.reason
+        return
+    node = min(allowed, key=lambda n: (len(n.gpus or []), n.name))
     out.placements[waiting.run.id] = [
         TaskPlacement(node.name, node.address, ()) for _ in waiting.tasks
     ]

@@ -45,6 +45,15 @@ class Waiting:
     tasks: list[TaskModel]
 
 
+@dataclass(frozen=True)
+class Barred:
+    """Nodes a pending run may not use (they cannot isolate and do not trust its
+    user: `services/node_trust.py`), and what to tell if that keeps it waiting."""
+
+    nodes: frozenset[str]
+    reason: str
+
+
 @dataclass
 class Snapshot:
     nodes: dict[str, NodeModel]  # live (not terminated) nodes by name
@@ -56,6 +65,9 @@ class Snapshot:
     # Pending runs whose stored spec no longer validates, with why: the scheduler
     # ends them in error instead of failing the whole cycle for everyone.
     broken: list[tuple[RunModel, str]] = field(default_factory=list)
+    # Pending run -> the nodes it may not use (filled by the scheduler; empty while
+    # every node isolates).
+    barred: dict[str, Barred] = field(default_factory=dict)
 
     def free_gpus(self, node: NodeModel) -> list[int]:
         held = self.held.get(node.name, set())
