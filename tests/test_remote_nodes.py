@@ -255,9 +255,8 @@ async def test_a_deployment_serves_from_replicas_on_two_hosts(
     host_network: HostNetwork, data_dir: Path
 ) -> None:
     """Two replicas, one per host, behind the load balancer (source-IP hashing) and
-    reached through the front door; each replica's backend is its node's address. An
-    SSH session into a replica on another host is refused, saying so (the gateway
-    runs sessions on this machine only)."""
+    reached through the front door; each replica's backend is its node's address.
+    SSH sessions into the replicas on the other hosts (`ssh_into_replica`)."""
     h1, h2 = host_network.add_host("h1"), host_network.add_host("h2")
     agents: list[subprocess.Popen[str]] = []
     try:
@@ -300,17 +299,37 @@ async def test_a_deployment_serves_from_replicas_on_two_hosts(
             again = [(await api.get("/d/~admin/web/")).text for _ in range(5)]
             assert set(again) == {answer.text}
             assert ctx.ssh_gateway is not None
-            async with asyncssh.connect(
-                "127.0.0.1",
-                ctx.ssh_gateway.port,
-                username="web",
-                client_keys=[key],
-                known_hosts=None,
-            ) as conn:
-                refused = await conn.run("hostname", check=False)
-            assert refused.exit_status != 0 and "runs on host" in str(refused.stderr)
+            for replica in replicas:
+                where = "h1" if replica["address"] == h1.address else "h2"
+                port = int(next(iter(replica["ports"].values())))  # PORT, on its host
+                await ssh_into_replica(ctx, key, f"web.{replica['number']}", where, port)
     finally:
         for agent in agents:
             agent.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(10)
+
+
+async def ssh_into_replica(
+    ctx: ServerContext, key: asyncssh.SSHKey, login: str, host: str, port: int
+) -> None:
+    """`flo ssh` into a replica on another host, through the gateway: a command runs
+    there (its host name, the task's environment, its exit status back), a port
+    forward reaches the replica's own server, SFTP lists its working directory, and a
+    forward to a port nothing in the task listens on is refused, saying so."""
+    assert ctx.ssh_gateway is not None
+    async with asyncssh.connect(
+        "127.0.0.1", ctx.ssh_gateway.port, username=login, client_keys=[key], known_hosts=None
+    ) as conn:
+        ran = await conn.run("hostname; echo $FLOTILLA_RANK; exit 7", check=False)
+        assert ran.exit_status == 7, (ran.stdout, ran.stderr)
+        assert str(ran.stdout).split() == [host, "0"], (ran.stdout, ran.stderr)
+        reader, writer = await conn.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.endswith(host.encode()), answer
+        async with conn.start_sftp_client() as sftp:
+            assert isinstance(await sftp.listdir("."), list)
+        with pytest.raises(asyncssh.ChannelOpenError, match=r"listens on 127\.0\.0\.1:1$"):
+            await conn.open_connection("127.0.0.1", 1)

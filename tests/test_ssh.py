@@ -21,9 +21,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from flotilla.runtime.sessions.shell import sftp_server
 from flotilla.server.db.models import AuditModel, UserModel
 from flotilla.server.ssh.connection import GatewayConnection
-from flotilla.server.ssh.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import (
     ADMIN_TOKEN,
@@ -467,7 +467,7 @@ async def test_what_sessions_left_running_is_found_again_after_a_restart(data_di
     assert not await process_gone(left_running)
     async for api in open_api(settings):
         assert api.ctx.ssh_gateway is not None
-        assert any(t.run_id == replica["run_id"] for t in api.ctx.ssh_gateway.sessions)
+        assert any(t.run_id == replica["run_id"] for t in api.ctx.ssh_gateway.book.sessions)
         run = (await api.client.get(f"/api/runs/{replica['run_id']}")).json()
         os.killpg(int(run["tasks"][0]["pid"]), signal.SIGKILL)
         await wait_for(lambda: process_gone(left_running), what="the left process to end")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.server.ssh.entry import CannotEnter, TaskEntry, task_entry
-from flotilla.server.ssh.shell import sftp_server
+from flotilla.runtime.sessions.entry import CannotEnter, TaskEntry, task_entry
+from flotilla.runtime.sessions.shell import sftp_server
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import cleanup_data_dir, job, wait_run
 from tests.test_ssh import person

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flotilla.runtime.procs import process_start_ticks
-from flotilla.server.ssh.leftovers import SESSION_MARK
+from flotilla.runtime.sessions.leftovers import SESSION_MARK
 from tests.conftest import make_settings, open_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -30,7 +30,7 @@ async def test_another_servers_session_lives_on_when_a_gateway_starts(data_dir: 
         async for api in open_api(make_settings(data_dir, ssh_port=0)):
             gateway = api.ctx.ssh_gateway
             assert gateway is not None  # started: what sessions left was looked at
-            assert not any(t.run_id == theirs["FLOTILLA_RUN_ID"] for t in gateway.sessions)
+            assert not any(t.run_id == theirs["FLOTILLA_RUN_ID"] for t in gateway.book.sessions)
             assert process_start_ticks(other.pid) is not None  # alive, no zombie
     finally:
         with contextlib.suppress(ProcessLookupError):

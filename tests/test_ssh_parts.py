@@ -14,7 +14,7 @@ from flotilla.cli.ssh import config_block, pin_host_key, ssh_options
 from flotilla.config import DEFAULT_SSH_PORT, Settings
 from flotilla.core.sshlogin import Login, parse_login
 from flotilla.runtime import proctree
-from flotilla.server.ssh.connection import reachable
+from flotilla.runtime.sessions.forwards import reachable
 from tests.conftest import Api
 
 

@@ -220,7 +220,9 @@ async def test_a_confined_launch_says_what_to_hide_and_limit(
     if not run_as_user:  # as before: the server's user, no cgroup, nothing hidden
         assert (spec.run_as, spec.limits, spec.hide, spec.keep) == (None, None, [], [])
         return
-    assert spec.limits == Limits(memory_bytes=1 << 30, cpus=1.5, pids=2 * PIDS_PER_PROCESS)
+    # A CPU task: it may open none of the node's GPUs.
+    limits = Limits(memory_bytes=1 << 30, cpus=1.5, pids=2 * PIDS_PER_PROCESS, gpus=[])
+    assert spec.limits == limits
     assert spec.hide == [str(data_dir), str(tmp_path / "ckpt"), str(db.parent)]
     assert spec.keep == [str(tmp_path / "ckpt" / run_id)]
     assert spec.env["FLOTILLA_CHECKPOINT_DIR"] == spec.keep[0]

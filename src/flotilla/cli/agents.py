@@ -193,8 +193,15 @@ def serve(
     gpus: Annotated[
         str | None, typer.Option("--gpus", help="declared GPUs when NVML finds none: H100:8")
     ] = None,
+    ssh_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--ssh-listen", help="`flo ssh` into this host's tasks [the --listen address, port + 1]"
+        ),
+    ] = None,
 ) -> None:
-    """Run the node agent on TCP with mutual TLS, in the foreground."""
+    """Run the node agent on TCP with mutual TLS, in the foreground; SSH sessions
+    into its tasks, for the control plane's gateway only, on the port after it."""
     from flotilla.runtime import agent
 
     argv = ["--listen", listen, "--tls-dir", str(tls_dir or default_tls_dir())]
@@ -202,4 +209,6 @@ def serve(
         argv += ["--data-dir", str(data_dir)]
     if gpus is not None:
         argv += ["--gpus", gpus]
+    if ssh_listen is not None:
+        argv += ["--ssh-listen", ssh_listen]
     agent.main(argv)

@@ -42,6 +42,7 @@ from flotilla.runtime.hostfiles import live_task_dirs, read_log, with_host_env
 from flotilla.runtime.inventory import host_inventory
 from flotilla.runtime.isolation import NodeIsolation, TaskCgroup
 from flotilla.runtime.procs import read_json
+from flotilla.runtime.sessions.relay import SessionRelay
 from flotilla.runtime.supervisor import Supervisor
 from flotilla.runtime.taskspec import EXITED, TaskFiles, TaskSpec
 from flotilla.runtime.tls import is_control_plane, server_context
@@ -60,6 +61,7 @@ class Agent:
         isolation: NodeIsolation | None = None,
         data_dir: Path | None = None,
         declared_gpus: str | None = None,
+        ssh_listen: tuple[str, int] | None = None,
     ) -> None:
         if listen is not None and tls is None:
             raise ValueError("a TCP listener needs TLS: never an unauthenticated port")
@@ -72,6 +74,14 @@ class Agent:
         # An agent of another host keeps its tasks under DATA_DIR/runs and says so.
         self.runs_dir = data_dir / "runs" if data_dir is not None else None
         self.declared_gpus = declared_gpus
+        # SSH sessions into this host's tasks, for the control plane's gateway
+        # (`sessions/relay.py`): on a host's agent, beside its TLS port.
+        self.ssh_listen = ssh_listen if data_dir is not None else None
+        self.relay = (
+            SessionRelay(data_dir / "ssh_relay_host_key")
+            if data_dir is not None and ssh_listen is not None
+            else None
+        )
         # NVML health of a host's GPUs, read at every heartbeat (None: no NVML).
         self.gpu_health = GpuHealth.open() if data_dir is not None else None
         self.clients: set[asyncio.StreamWriter] = set()
@@ -97,6 +107,8 @@ class Agent:
                     limit=_LIMIT,
                 )
             )
+        if self.relay is not None and self.ssh_listen is not None and self.runs_dir is not None:
+            await self.relay.start(*self.ssh_listen, self.runs_dir)
         gc.freeze()  # fewer copy-on-write pages in every forked supervisor
         idle = asyncio.create_task(self._idle_watch())
         async with contextlib.AsyncExitStack() as stack:
@@ -104,6 +116,8 @@ class Agent:
                 await stack.enter_async_context(server)
             await self.done.wait()
         idle.cancel()
+        if self.relay is not None:
+            await self.relay.close()
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
@@ -174,6 +188,8 @@ class Agent:
             )
         if op == "live_tasks":
             return {"task_dirs": live_task_dirs(self._require_runs_dir())}
+        if op == "ssh_ticket":
+            return self._ssh_ticket(request)
         raise ValueError(f"unknown op {op!r}")
 
     def _hello(self) -> dict[str, Any]:
@@ -190,6 +206,21 @@ class Agent:
         if self.gpu_health is not None:
             answer["gpu_health"] = [reading.to_dict() for reading in self.gpu_health.read()]
         return answer
+
+    def _ssh_ticket(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.relay is None:
+            raise ValueError("this agent has no session relay (it runs without --listen)")
+        runs_dir = self._require_runs_dir().resolve()
+        task_dir = Path(request["task_dir"]).resolve()
+        if runs_dir not in task_dir.parents:
+            raise ValueError(f"{request['task_dir']} is not a task dir of this agent")
+        return self.relay.issue(
+            str(task_dir),
+            str(request["run_id"]),
+            int(request["rank"]),
+            str(request["label"]),
+            [int(g) for g in request.get("gpus", [])],
+        )
 
     def _require_runs_dir(self) -> Path:
         if self.runs_dir is None:
@@ -303,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir", type=Path, help="with --listen: tasks live in DATA_DIR/runs [TLS_DIR/..]"
     )
     parser.add_argument("--gpus", help="declared GPUs when NVML finds none: H100:8")
+    parser.add_argument(
+        "--ssh-listen",
+        type=parse_listen,
+        help="with --listen: the session relay's ADDR:PORT [the --listen address, its port + 1]",
+    )
     args = parser.parse_args(argv)
     if args.socket is None and args.listen is None:
         parser.error("give --socket, --listen or both")
@@ -316,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir = args.tls_dir.resolve().parent
     if args.data_dir is not None:
         (args.data_dir / "runs").mkdir(parents=True, exist_ok=True, mode=0o700)
+    if args.listen is not None and args.ssh_listen is None:
+        args.ssh_listen = (args.listen[0], args.listen[1] + 1)
     if args.idle_exit is None:
         args.idle_exit = float("inf") if args.listen else 600.0
     tls = server_context(args.tls_dir) if args.listen is not None else None  # fails early
@@ -342,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         isolation,
         data_dir=args.data_dir,
         declared_gpus=args.gpus,
+        ssh_listen=args.ssh_listen,
     )
     asyncio.run(agent.serve())
 

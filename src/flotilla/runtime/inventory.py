@@ -4,9 +4,11 @@ reads it for this machine; an agent reports it for its host in `hello`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,29 +45,40 @@ def parse_declared(declared: str) -> list[GpuDevice]:
     return devices
 
 
-def detect_nvml() -> list[GpuDevice] | None:
-    """GPUs reported by NVML, or None when NVML or the driver is unavailable."""
+@contextlib.contextmanager
+def nvml() -> Iterator[Any]:
+    """pynvml, initialised for the block; None when NVML or the driver is missing."""
     try:
         import pynvml
     except ImportError:
-        return None
+        yield None
+        return
     try:
         pynvml.nvmlInit()
     except Exception:  # NVMLError: no driver, no device
-        return None
+        yield None
+        return
     try:
+        yield pynvml
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def detect_nvml() -> list[GpuDevice] | None:
+    """GPUs reported by NVML, or None when NVML or the driver is unavailable."""
+    with nvml() as lib:
+        if lib is None:
+            return None
         devices = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
+        for index in range(lib.nvmlDeviceGetCount()):
+            handle = lib.nvmlDeviceGetHandleByIndex(index)
+            name = lib.nvmlDeviceGetName(handle)
             name = name.decode() if isinstance(name, bytes) else str(name)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            memory = lib.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)
+            uuid = lib.nvmlDeviceGetUUID(handle)
             uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
             devices.append(GpuDevice(index, gpu_type_from_name(name), int(memory), uuid))
         return devices
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def local_gpus(declared: str | None) -> tuple[list[GpuDevice], str]:

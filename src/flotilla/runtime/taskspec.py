@@ -50,6 +50,9 @@ class Limits:
     memory_bytes: int | None = None
     cpus: float | None = None  # CPU time as a number of CPUs (a CFS quota)
     pids: int | None = None
+    # The node's GPUs (indices) the task may open; the others are fenced off where
+    # the node's cgroups can (`isolation/devices.py`). None: not fenced.
+    gpus: list[int] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

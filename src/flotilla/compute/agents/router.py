@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from flotilla.compute.agents.logmirror import mirror_files
@@ -152,6 +153,29 @@ class NodeRouter:
             states += result
         return states
 
+    async def ssh_ticket(self, task: TaskRef, label: str, gpus: tuple[int, ...]) -> SessionTicket:
+        """A one-time way into `task` on its host, through its agent's session relay
+        (`runtime/sessions/relay.py`). TemporaryError when the host cannot be asked;
+        ValueError (the agent's refusal) when the task does not run there."""
+        node = self.remote.get(task.node or "")
+        if node is None or task.node in self.failed:
+            raise TemporaryError(f"node {task.node} is not connected")
+        answer = await node.call(
+            "ssh_ticket",
+            task_dir=node.task_dir(task),
+            run_id=task.run_id,
+            rank=task.rank,
+            label=label,
+            gpus=list(gpus),
+        )
+        return SessionTicket(
+            host=_host_of(node.address),
+            port=int(answer["port"]),
+            host_key=str(answer["host_key"]),
+            user=str(answer["user"]),
+            secret=str(answer["ticket"]),
+        )
+
     def log_files(self, task: TaskRef) -> LogFiles:
         mirror = mirror_files(self.logs_root, task)
         if task.node in self.remote or task.node in self.failed or mirror.main.parent.exists():
@@ -204,9 +228,25 @@ def _inventory(node: RemoteNode) -> NodeInventory | None:
     inventory = node.hello["inventory"]
     return NodeInventory(
         name=node.name,
-        address=node.address.split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
+        address=_host_of(node.address),
         gpus=[GpuDevice(**g) for g in inventory.get("gpus", [])],
         cpus=int(inventory.get("cpus", 0)),
         memory_bytes=int(inventory.get("memory_bytes", 0)),
         labels={"hostname": str(node.hello.get("hostname", ""))},
     )
+
+
+def _host_of(address: str) -> str:
+    """`tls://HOST:PORT` -> HOST."""
+    return address.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+
+@dataclass(frozen=True)
+class SessionTicket:
+    """Where to log in to a host's session relay, with what, and its host key."""
+
+    host: str
+    port: int
+    host_key: str
+    user: str
+    secret: str = field(repr=False)

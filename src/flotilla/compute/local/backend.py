@@ -35,6 +35,7 @@ class LocalBackend:
         self.data_dir = data_dir
         self.runs_dir = data_dir / "runs"
         gpus, self.gpu_source = local_gpus(declared_gpus)
+        found = probe()
         self.inventory = NodeInventory(
             name=NODE_NAME,
             address="127.0.0.1",
@@ -46,7 +47,8 @@ class LocalBackend:
             labels={
                 "hostname": socket.gethostname(),
                 "gpu_source": self.gpu_source,
-                "isolation": probe().summary(),
+                "isolation": found.summary(),
+                "gpu_fencing": found.gpu_fencing,
             },
         )
         self.idle_exit = idle_exit

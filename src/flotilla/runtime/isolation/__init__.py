@@ -10,7 +10,8 @@ every supervisor it forks; the supervisor applies it to its task
 - a task whose spec has `run_as` or `limits` gets its own cgroup (limits, and a
   kill of the whole tree, `setsid` escapes included); with `run_as` it runs as
   that account (created on the node with exactly those numbers); the paths in
-  `hide` are empty for it, its own task directory excepted;
+  `hide` are empty for it, its own task directory excepted; the node's GPUs that
+  are not the task's cannot be opened from it where the devices cgroup exists;
 - what the node lacks is skipped and named in the probe's reason ("partial").
 """
 
@@ -26,6 +27,7 @@ from flotilla.runtime.containers import ContainerRuntime
 from flotilla.runtime.containers import detect as detect_containers
 from flotilla.runtime.isolation.accounts import tools_present
 from flotilla.runtime.isolation.cgroups import (
+    DEVICES,
     LIMIT_CONTROLLERS,
     CgroupLayout,
     TaskCgroup,
@@ -52,6 +54,9 @@ class IsolationProbe:
     group_kill: bool  # cgroup.kill: a stop reaches processes that left the group
     mount_namespace: bool  # the data dir can be hidden
     accounts: bool  # useradd/groupadd: tasks can run as their owner's account
+    # How a task's GPUs are fenced from the node's others (`devices.py`): not part of
+    # the level, since pure cgroup v2 cannot without a BPF program; said on the node.
+    gpu_fencing: str = "none"
 
     def summary(self) -> str:
         return self.level if self.level == FULL else f"{self.level} ({self.reason})"
@@ -98,6 +103,11 @@ def probe(layout: CgroupLayout | None = None) -> IsolationProbe:
     if not accounts:
         problems.append("no useradd/groupadd: tasks cannot run as their owner's account")
     level = FULL if not problems else PARTIAL
+    if usable and DEVICES in layout.bases:
+        fencing = "devices cgroup"
+    else:
+        why = "cgroup v2 needs a BPF device program" if usable else "no usable cgroups"
+        fencing = f"none ({why}): CUDA_VISIBLE_DEVICES only"
     return IsolationProbe(
         level,
         "; ".join(problems),
@@ -107,6 +117,7 @@ def probe(layout: CgroupLayout | None = None) -> IsolationProbe:
         usable and layout.kill,
         namespace,
         accounts,
+        fencing,
     )
 
 

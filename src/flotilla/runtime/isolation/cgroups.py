@@ -23,12 +23,18 @@ import os
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flotilla.runtime.isolation.devices import deny_rules, nvidia_minors
 from flotilla.runtime.taskspec import Limits
 
 LIMIT_CONTROLLERS = ("memory", "cpu", "pids")
+# The v1 controller that fences a task's GPUs (`devices.py`); on pure v2 that takes a
+# BPF program, which the agent does not load: GPUs are then not fenced (the probe
+# says so).
+DEVICES = "devices"
 UNIFIED = ""  # the key of the v2 hierarchy in `CgroupLayout.bases`
 CFS_PERIOD_US = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -66,6 +72,8 @@ def discover(proc: Path = Path("/proc/self")) -> CgroupLayout:
     if v1:
         version = "hybrid" if UNIFIED in bases else "v1"
         kept = {**v1, **({UNIFIED: bases[UNIFIED]} if UNIFIED in bases else {})}
+        if DEVICES in bases:
+            kept[DEVICES] = bases[DEVICES]
         controllers = tuple(v1)
     elif UNIFIED in bases:
         version = "v2"
@@ -183,9 +191,10 @@ class TaskCgroup:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def create(self, limits: Limits | None) -> None:
-        """Make the group (and the agent's group above it) and apply the limits.
-        Raises OSError if a hierarchy refuses."""
+    def create(self, limits: Limits | None, gpu_minors: Mapping[int, int] | None = None) -> None:
+        """Make the group (and the agent's group above it) and apply the limits;
+        `gpu_minors` (index -> device minor): the node's GPUs, by default as
+        `devices.gpu_minors` finds them. Raises OSError if a hierarchy refuses."""
         for hierarchy, directory in self.dirs.items():
             for attempt in range(3):  # another task's cleanup may remove the agent's group
                 if self.version == "v2" and hierarchy == UNIFIED:
@@ -198,6 +207,10 @@ class TaskCgroup:
                         raise
         if limits is not None:
             self._limit(limits)
+            if limits.gpus is not None and DEVICES in self.dirs:
+                minors = gpu_minors if gpu_minors is not None else nvidia_minors()
+                for rule in deny_rules(limits.gpus, minors):
+                    _write(self.dirs[DEVICES] / "devices.deny", rule)
 
     def _limit(self, limits: Limits) -> None:
         if self.version == "v2":

@@ -179,6 +179,7 @@ def apply_inventory(
         "agent_version": str(hello.get("version", "")),
         "gpu_source": str(inventory.get("gpu_source", "")),
         **isolation_labels(probe, run_as_user),
+        "gpu_fencing": str(isolation.get("gpu_fencing", "none (not reported)")),
     }
     return newly
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import make_url, select
@@ -251,6 +252,8 @@ def launch_requests(
         )
         env = {**spec.environment_variables, **task_environment(identity), **secret_env}
         confined = run_as is not None and (confined_on is None or task.node in confined_on)
+        # Its GPUs fenced: the node's others cannot be opened from it.
+        fenced = replace(limits, gpus=[int(g) for g in task.gpus or ()]) if limits else None
         requests.append(
             LaunchRequest(
                 task=task_ref(task),
@@ -261,7 +264,7 @@ def launch_requests(
                 process_env=process_environments(identity),
                 checkpoint_dir=checkpoint_dir,
                 run_as=run_as if confined else None,
-                limits=limits if confined else None,
+                limits=fenced if confined else None,
                 hide=list(hide) if confined else [],
             )
         )

@@ -67,10 +67,15 @@ def isolates(effective: str) -> bool:
     return effective == FULL
 
 
+def has_own_agent(node: NodeModel) -> bool:
+    """Whether `node` is a host with an agent of its own (not this machine's)."""
+    return node.provider in OWN_AGENT_PROVIDERS or bool((node.labels or {}).get(AGENT_LABEL))
+
+
 def node_probe(node: NodeModel, local_probe: str) -> str:
     """What the agent that runs `node`'s tasks can do."""
     labels = node.labels or {}
-    if node.provider not in OWN_AGENT_PROVIDERS and not labels.get(AGENT_LABEL):
+    if not has_own_agent(node):
         return local_probe
     # Rows from before `isolation_probe` existed carry the probe as `isolation`.
     return str(labels.get(PROBE_LABEL) or labels.get(ISOLATION_LABEL) or NOT_HEARD)

@@ -1,27 +1,32 @@
 """One SSH client connection to the gateway: who it is (the key), where its login
-leads (a running task), and what it may open there: sessions (`shell.py`) and
-port forwards to the addresses the task's own processes listen on. Created by
-`SshGateway` for each connection asyncssh accepts."""
+leads (a running task), and what it may open there: sessions (`runtime/sessions/
+shell.py`) and port forwards to the addresses the task's own processes listen on;
+for a task on another host, both through that host's session relay (`remote.py`).
+Created by `SshGateway` for each connection asyncssh accepts."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from flotilla.runtime import proctree
+from flotilla.runtime.sessions.forwards import forward_into, prohibited
+from flotilla.runtime.sessions.shell import RefusalSession, TaskShell
+from flotilla.runtime.sessions.target import Target
 from flotilla.server.db.models import UserModel
 from flotilla.server.services.ssh_keys import user_for_key
-from flotilla.server.ssh.shell import RefusalSession, TaskShell
-from flotilla.server.ssh.targets import Refused, Target, login_of, resolve_target, ssh_identity
+from flotilla.server.ssh.remote import ProxySession, RemoteLink
+from flotilla.server.ssh.targets import (
+    Refused,
+    RemoteTarget,
+    login_of,
+    resolve_target,
+    ssh_identity,
+)
 
 if TYPE_CHECKING:
     from flotilla.server.ssh.gateway import SshGateway
-
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
-_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 class GatewayConnection(asyncssh.SSHServer):
@@ -40,9 +45,11 @@ class GatewayConnection(asyncssh.SSHServer):
         self.actor = "anonymous"
         self.accepted_key = b""
         self.refusal = ""
-        self.resolved: asyncio.Future[Target | None] | None = None
-        self.target: Target | None = None
+        self.resolved: asyncio.Future[Target | RemoteTarget | None] | None = None
+        self.target: Target | RemoteTarget | None = None
         self.shells: set[TaskShell] = set()
+        self.link: RemoteLink | None = None  # to the host of a task on another host
+        self.proxies: set[ProxySession] = set()  # its sessions, carried there
 
     # -- connection and authentication -----------------------------------------
 
@@ -54,6 +61,8 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connections.discard(self)
+        if self.link is not None:
+            self.link.close()
         if self.resolved is None and self.refusal:  # never got past its keys
             self.gateway.audit("anonymous", self.source_ip, self._login(), 401, self.refusal)
 
@@ -80,7 +89,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.resolved = asyncio.ensure_future(self._resolve())
 
-    async def _resolve(self) -> Target | None:
+    async def _resolve(self) -> Target | RemoteTarget | None:
         """Where the proven user's login leads, or None with `refusal` set; audited."""
         try:
             login = login_of(self._login())
@@ -89,13 +98,16 @@ class GatewayConnection(asyncssh.SSHServer):
                 if user is None or user.locked:
                     raise Refused(f"user {self.actor} is locked or gone")
                 identity = await ssh_identity(session, user)
-                self.target = await resolve_target(session, identity, login)
+                target = await resolve_target(session, identity, login)
+            if isinstance(target, RemoteTarget):
+                self.link = await RemoteLink.open(self.gateway.ctx.backend, target, self.end)
+            self.target = target
         except Refused as e:
             self.refusal = str(e)
             self.gateway.audit(self.actor, self.source_ip, self._login(), 403, self.refusal)
             return None
-        self.gateway.audit(self.actor, self.source_ip, self._login(), 200, self.target.label)
-        return self.target
+        self.gateway.audit(self.actor, self.source_ip, self._login(), 200, target.label)
+        return target
 
     def _login(self) -> str:
         return str(self.conn.get_extra_info("username", "")) if self.conn else ""
@@ -117,13 +129,18 @@ class GatewayConnection(asyncssh.SSHServer):
         target = await self.resolved
         if target is None:
             return RefusalSession(self.refusal)
+        if self.link is not None:
+            proxy = ProxySession(self.link)
+            self.proxies.add(proxy)
+            return proxy
+        assert isinstance(target, Target)
         return TaskShell(target, self._shell_changed)
 
     def _shell_changed(self, shell: TaskShell, alive: bool) -> None:
         if alive:
             self.shells.add(shell)
             if shell.session_id is not None:
-                self.gateway.remember(shell.target, shell.session_id)
+                self.gateway.book.remember(shell.target, shell.session_id)
         else:
             self.shells.discard(shell)
 
@@ -133,19 +150,16 @@ class GatewayConnection(asyncssh.SSHServer):
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
-        """Port forwarding (`ssh -L`, IDEs): only to an address the task, or a process
-        started from one of its shells, listens on, connected to exactly that
-        socket's address."""
+        """Port forwarding (`ssh -L`, IDEs): `forwards.py` says where it may go."""
         assert self.resolved is not None and self.conn is not None
         target = await self.resolved
         if target is None:
-            raise _prohibited(self.refusal)
-        sessions = {proctree.session_id(target.pid)} | {s.session_id for s in self.shells}
-        owned = await asyncio.to_thread(_listeners_of, {s for s in sessions if s is not None})
-        address = reachable(dest_host, dest_port, owned)
-        if address is None:
-            raise _prohibited(f"nothing in {target.label} listens on {dest_host}:{dest_port}")
-        return await self.conn.forward_connection(address, dest_port)
+            raise prohibited(self.refusal)
+        if self.link is not None:
+            return await self.link.forward(dest_host, dest_port)
+        assert isinstance(target, Target)
+        sessions = [s.session_id for s in self.shells]
+        return await forward_into(self.conn, target, sessions, dest_host, dest_port)
 
     async def recheck(self) -> None:
         """End the connection if its user lost the right to be there since logging in
@@ -165,28 +179,9 @@ class GatewayConnection(asyncssh.SSHServer):
     def end(self, message: str) -> None:
         for shell in list(self.shells):
             shell.end(message)
+        for proxy in list(self.proxies):
+            proxy.end(message)
+        if self.link is not None:
+            self.link.close()
         if self.conn is not None:
             self.conn.close()
-
-
-def reachable(dest_host: str, dest_port: int, owned: set[tuple[str, int]]) -> str | None:
-    """The address to connect to for `dest_host:dest_port` if one of the `owned`
-    listeners serves it: a loopback name reaches the task's loopback or any-address
-    listeners; an address reaches only a listener on exactly that address."""
-    for address, port in sorted(owned):
-        if port != dest_port:
-            continue
-        local = _WILDCARD.get(address, address)
-        if dest_host in _LOOPBACK and ipaddress.ip_address(local).is_loopback:
-            return local
-        if dest_host in (address, local):
-            return local
-    return None
-
-
-def _prohibited(reason: str) -> asyncssh.ChannelOpenError:
-    return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-
-
-def _listeners_of(sessions: set[int]) -> set[tuple[str, int]]:
-    return proctree.listeners(proctree.processes_in_sessions(sessions))

@@ -16,17 +16,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from flotilla.listeners import stop_accepting
+from flotilla.runtime.sessions.leftovers import SessionBook
+from flotilla.runtime.sessions.sshserver import load_host_key, server_options
+from flotilla.runtime.sessions.target import Target
 from flotilla.server.services.audit import AuditEntry, record_audit
 from flotilla.server.ssh.connection import GatewayConnection
-from flotilla.server.ssh.leftovers import adopt_leftovers, kill_sessions
-from flotilla.server.ssh.targets import Target
+from flotilla.server.ssh.leftovers import adopt_leftovers
 
 if TYPE_CHECKING:
     from flotilla.server.context import ServerContext
@@ -34,40 +34,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("flotilla.ssh")
 _WATCH_SECONDS = 1.0
 _RECHECK_TICKS = 5  # access is checked again every 5 s
-# AES (GCM first, CTR for older clients) and not ChaCha20-Poly1305: asyncssh runs AES
-# in OpenSSL with the CPU's AES instructions but glues ChaCha20 and Poly1305 together
-# in Python, which halved download speed (bench/ssh.py). OpenSSH clients then
-# choose aes128-ctr, the first of their list we offer.
-_CIPHERS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-]
-
-
-def load_host_key(data_dir: Path) -> asyncssh.SSHKey:
-    """The gateway's host key, made on first start and kept (0600) so that clients'
-    known_hosts entries stay valid across restarts."""
-    path = data_dir / "ssh_host_ed25519_key"
-    if path.exists():
-        return asyncssh.read_private_key(str(path))
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
-    return key
 
 
 class SshGateway:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.host_key = load_host_key(ctx.settings.data_dir)
+        self.host_key = load_host_key(ctx.settings.data_dir / "ssh_host_ed25519_key")
         self.connections: set[GatewayConnection] = set()
-        # Sessions (by id) started in each task, kept after they end: what they left
-        # running (`nohup … &`) is killed when the task stops.
-        self.sessions: dict[Target, set[int]] = {}
+        # What sessions left running (`nohup … &`) is killed when their task stops.
+        self.book = SessionBook()
         self._server: asyncssh.SSHAcceptor | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._audits: set[asyncio.Task[None]] = set()
@@ -95,7 +70,7 @@ class SshGateway:
             if port != 0 or self.port != api_port:
                 break
             self._server_close()
-        self.sessions = await adopt_leftovers(self.ctx)
+        self.book = SessionBook(await adopt_leftovers(self.ctx))
         self._watcher = asyncio.create_task(self._watch_tasks())
         log.info("SSH gateway on %s:%d (host key %s)", host, self.port, self.fingerprint)
 
@@ -110,15 +85,7 @@ class SshGateway:
                 lambda: GatewayConnection(self),
                 host,
                 port,
-                server_host_keys=[self.host_key],
-                encryption_algs=_CIPHERS,
-                encoding=None,
-                line_editor=False,
-                agent_forwarding=False,
-                x11_forwarding=False,
-                allow_scp=False,
-                login_timeout=30,
-                keepalive_interval=30,
+                **server_options(self.host_key),
             )
         except OSError as e:
             raise OSError(
@@ -145,9 +112,6 @@ class SshGateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 3)
 
-    def remember(self, target: Target, session_id: int) -> None:
-        self.sessions.setdefault(target, set()).add(session_id)
-
     async def _watch_tasks(self) -> None:
         """Close the connections of tasks that stopped (or were replaced), and kill
         what their SSH sessions left running: it may hold the task's GPUs. Every
@@ -159,12 +123,10 @@ class SshGateway:
                     await connection.recheck()
             for connection in list(self.connections):
                 target = connection.target
-                if target and not target.is_running():
+                # A task on another host: its relay ends the sessions (`remote.py`).
+                if isinstance(target, Target) and not target.is_running():
                     connection.end(f"{target.label} has stopped")
-            stopped = [t for t in self.sessions if not t.is_running()]
-            if stopped:
-                leftovers = [sid for t in stopped for sid in self.sessions.pop(t)]
-                await asyncio.to_thread(kill_sessions, leftovers)
+            await self.book.reap()
 
     def audit(self, actor: str, source_ip: str, login: str, status: int, detail: str) -> None:
         """Record a login attempt, in the background (called from asyncssh callbacks)."""

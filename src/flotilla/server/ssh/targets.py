@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.compute.base import TaskRef
 from flotilla.core.sshlogin import Login, parse_login
 from flotilla.core.status import RunStatus, TaskStatus
-from flotilla.runtime import proctree
-from flotilla.runtime.procs import is_same_process, process_start_ticks
+from flotilla.runtime.sessions.target import Target, task_target
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
-from flotilla.server.services.agent_nodes import AGENT_PROVIDERS
+from flotilla.server.services.launch import task_ref
+from flotilla.server.services.node_isolation import has_own_agent
 from flotilla.server.services.recipes import visible_to
 
 SSH_TYPES = ("deployment", "job")  # in this order when one of each has the name
@@ -36,25 +37,17 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
-    """A running task a shell may be opened in."""
+class RemoteTarget:
+    """A running task on another host: its sessions go through that host's session
+    relay (`remote.py`), which checks the process there."""
 
-    recipe_type: str
-    recipe_name: str
-    run_id: str
-    run_number: int
-    task_id: str
-    rank: int
-    pid: int  # the task's leading process: its environment and directory are the shell's
-    start_ticks: int  # with the pid, the process's identity (pids are reused)
+    label: str
+    task: TaskRef
     gpus: tuple[int, ...]
 
     @property
-    def label(self) -> str:
-        return f"{self.recipe_type} {self.recipe_name} run {self.run_number} rank {self.rank}"
-
-    def is_running(self) -> bool:
-        return is_same_process(self.pid, self.start_ticks)
+    def run_id(self) -> str:
+        return self.task.run_id
 
 
 def login_of(username: str) -> Login:
@@ -69,7 +62,9 @@ async def ssh_identity(session: AsyncSession, user: UserModel) -> Identity:
     return await load_identity(session, user, ALL_SCOPES, "ssh_key")
 
 
-async def resolve_target(session: AsyncSession, identity: Identity, login: Login) -> Target:
+async def resolve_target(
+    session: AsyncSession, identity: Identity, login: Login
+) -> Target | RemoteTarget:
     recipe = await _recipe(session, identity, login)
     runs = (
         await session.execute(
@@ -97,8 +92,9 @@ async def resolve_target(session: AsyncSession, identity: Identity, login: Login
 
 async def running_task(
     session: AsyncSession, recipe: RecipeModel, run: RunModel, rank: int
-) -> Target | None:
-    """Rank `rank` of `run` as a target, if it runs and its process is still its own."""
+) -> Target | RemoteTarget | None:
+    """Rank `rank` of `run` as a target, if it runs; on this machine, if its process
+    is still its own."""
     task = (
         await session.execute(
             select(TaskModel).where(
@@ -111,26 +107,12 @@ async def running_task(
     ).scalar()
     if task is None or not task.pid:
         return None
+    label = f"{recipe.type} {recipe.name} run {run.number} rank {task.rank}"
+    gpus = tuple(int(g) for g in task.gpus or ())
     if task.node and await _on_another_host(session, task.node):
-        # Its pid is a process on that host: nothing on this machine to enter.
-        raise Refused(
-            f"rank {rank} of {recipe.name} runs on host {task.node}: SSH sessions into "
-            "tasks on other hosts are not supported yet"
-        )
-    ticks = process_start_ticks(task.pid)
-    if ticks is None or not is_task_process(task.pid, run.id, task.rank):
-        return None
-    return Target(
-        recipe_type=recipe.type,
-        recipe_name=recipe.name,
-        run_id=run.id,
-        run_number=run.number,
-        task_id=task.id,
-        rank=task.rank,
-        pid=task.pid,
-        start_ticks=ticks,
-        gpus=tuple(int(g) for g in task.gpus or ()),
-    )
+        # Its pid is a process on that host: its agent's relay checks it there.
+        return RemoteTarget(label, task_ref(task), gpus)
+    return task_target(label, run.id, task.rank, task.pid, gpus)
 
 
 async def _recipe(session: AsyncSession, identity: Identity, login: Login) -> RecipeModel:
@@ -167,16 +149,6 @@ async def _recipe(session: AsyncSession, identity: Identity, login: Login) -> Re
     return recipe
 
 
-async def _on_another_host(session: AsyncSession, node: str) -> bool:
-    query = select(NodeModel.provider).where(NodeModel.name == node)
-    return (await session.execute(query)).scalar() in AGENT_PROVIDERS
-
-
-def is_task_process(pid: int, run_id: str, rank: int) -> bool:
-    """Whether `pid` still is the task's process, not a stranger that reused the pid."""
-    env = proctree.environment(pid)
-    return (
-        env is not None
-        and env.get("FLOTILLA_RUN_ID") == run_id
-        and env.get("FLOTILLA_RANK") == str(rank)
-    )
+async def _on_another_host(session: AsyncSession, name: str) -> bool:
+    node = (await session.execute(select(NodeModel).where(NodeModel.name == name))).scalar()
+    return node is not None and has_own_agent(node)

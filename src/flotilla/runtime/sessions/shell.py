@@ -10,7 +10,8 @@ room, and input stops being read from the client while the process does not read
 it, so neither side can make the gateway buffer without bound. Input and EOF that
 come while the process is still being started wait for it (scripts send EOF at once:
 `ssh HOST cmd </dev/null`); on a terminal EOF is ignored, as sshd does. Created by the
-gateway's `session_requested`; the gateway ends sessions whose task has stopped.
+gateway's `session_requested` (and a host's session relay's); they end the sessions
+whose task has stopped.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from typing import Any
 import asyncssh
 
 from flotilla.runtime import proctree
-from flotilla.server.ssh.entry import CannotEnter, TaskEntry, task_entry
-from flotilla.server.ssh.leftovers import SESSION_MARK
-from flotilla.server.ssh.targets import Target, is_task_process
+from flotilla.runtime.sessions.entry import CannotEnter, TaskEntry, task_entry
+from flotilla.runtime.sessions.leftovers import SESSION_MARK
+from flotilla.runtime.sessions.target import Target, is_task_process
 
 # Become the session leader with the terminal on fd 0 as the controlling terminal,
 # then become the shell. A separate tiny program because the server process must
