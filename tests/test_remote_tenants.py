@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from flotilla.runtime.hosts import HostNetwork
 from flotilla.runtime.isolation import FULL, probe
+from flotilla.server.context import ServerContext
 from flotilla.server.db.models import UserModel
 from tests.factories import add_user, job, wait_run
 from tests.hosts_fixture import host_network_fixture  # noqa: F401
@@ -51,6 +52,15 @@ async def start(
     started = await api.post(f"/api/jobs/{applied.json()['state']['id']}/start", headers=headers)
     assert started.status_code == 200, started.text
     return str(started.json()["run"]["id"])
+
+
+async def ssh_key_of(ctx: ServerContext, name: str) -> asyncssh.SSHKey:
+    """A new key, registered as user `name`'s only one."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    async with ctx.transaction() as session:
+        user = (await session.execute(select(UserModel).where(UserModel.name == name))).scalar_one()
+        user.ssh_public_keys = [key.export_public_key().decode().strip()]
+    return key
 
 
 async def test_a_users_work_on_a_remote_host_is_isolated_there(
@@ -90,11 +100,7 @@ async def test_a_users_work_on_a_remote_host_is_isolated_there(
             assert lines[-1] == "done" and run["status"] == "succeeded", text
 
             # An SSH session into alice's task on h1 runs as her account, in its cgroup.
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            async with ctx.transaction() as session:
-                query = select(UserModel).where(UserModel.name == "alice")
-                user = (await session.execute(query)).scalar_one()
-                user.ssh_public_keys = [key.export_public_key().decode().strip()]
+            key = await ssh_key_of(ctx, "alice")
             shell = await start(api, alice, "shell", "exec sleep 120", start_ssh=True)
             await wait_run(api, shell, "running", timeout=30)
             assert ctx.ssh_gateway is not None
@@ -111,11 +117,7 @@ async def test_a_users_work_on_a_remote_host_is_isolated_there(
             assert f"cannot open directory '{HOST_DATA}': Permission denied" in str(ran.stderr)
             assert shell in out, out  # the task's cgroup is named after its run
             # Bob may not enter alice's task, nor reach it without the gateway.
-            bob_key = asyncssh.generate_private_key("ssh-ed25519")
-            async with ctx.transaction() as session:
-                query = select(UserModel).where(UserModel.name == "bob")
-                user = (await session.execute(query)).scalar_one()
-                user.ssh_public_keys = [bob_key.export_public_key().decode().strip()]
+            bob_key = await ssh_key_of(ctx, "bob")
             async with asyncssh.connect(
                 "127.0.0.1",
                 ctx.ssh_gateway.port,

@@ -1,7 +1,8 @@
 """SSH fleets (issue 12, item 2): three hosts of their own, each with a real sshd;
 a `provider: ssh` fleet lists them with a key kept as a Flotilla secret. Flotilla
 logs in, checks each host, starts its agent with a certificate of the control
-plane's CA, and the hosts become ready nodes that run work. Bad recipes are refused
+plane's CA, and the hosts become ready nodes that run work (a 2-rank gloo
+all-reduce across two of them). Bad recipes are refused
 naming the field; a host that refuses the key is a fleet event, not a node; a host
 removed from the list is drained, then terminated."""
 
@@ -22,9 +23,18 @@ from sqlalchemy import select
 
 from flotilla.runtime.hosts import Host, HostNetwork
 from flotilla.server.db.models import EventModel
-from tests.factories import apply_and_start, wait_for
+from tests.factories import apply_and_start, job, wait_for
 from tests.hosts_fixture import host_network_fixture  # noqa: F401
-from tests.test_remote_nodes import logs, node_state, nodes, remote_settings, served, wait_done
+from tests.test_remote_nodes import (
+    ALLREDUCE,
+    PY,
+    logs,
+    node_state,
+    nodes,
+    remote_settings,
+    served,
+    wait_done,
+)
 
 pytestmark = pytest.mark.slow
 SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/usr/bin")
@@ -129,6 +139,13 @@ async def test_an_ssh_fleet_enrolls_its_hosts_and_runs_work(
             _, run_id = await apply_and_start(api, recipe)
             await wait_done(api, run_id, "succeeded", 30)
             assert (await logs(api, run_id)).strip() in ("h1", "h2")
+            # A 2-rank gloo all-reduce across the fleet's two hosts (one GPU each).
+            spec = job("allreduce", [PY, "-c", ALLREDUCE.read_text()], scale=2, **spec)
+            _, run_id = await apply_and_start(api, spec)
+            await wait_done(api, run_id, "succeeded", 30)
+            outputs = [await logs(api, run_id, rank) for rank in (0, 1)]
+            assert "sum 3.0" in outputs[0] and "sum 3.0" in outputs[1], outputs
+            assert {o.split(" on ", 1)[1].split(":")[0] for o in outputs} == {"h1", "h2"}
 
             # h2 leaves the fleet: drained, then terminated.
             kept = await api.put("/api/recipes", json=fleet([listed(hosts[0])]))

@@ -181,15 +181,7 @@ class RelayConnection(asyncssh.SSHServer):
 
     def session_requested(self) -> Any:
         assert self.target is not None
-        return TaskShell(self.target, self._shell_changed)
-
-    def _shell_changed(self, shell: TaskShell, alive: bool) -> None:
-        if alive:
-            self.shells.add(shell)
-            if shell.session_id is not None:
-                self.relay.book.remember(shell.target, shell.session_id)
-        else:
-            self.shells.discard(shell)
+        return TaskShell(self.target, self.shells, self.relay.book)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

@@ -27,14 +27,13 @@ import signal
 import struct
 import sys
 import termios
-from collections.abc import Callable
 from typing import Any
 
 import asyncssh
 
 from flotilla.runtime import proctree
 from flotilla.runtime.sessions.entry import CannotEnter, TaskEntry, task_entry
-from flotilla.runtime.sessions.leftovers import SESSION_MARK
+from flotilla.runtime.sessions.leftovers import SESSION_MARK, SessionBook
 from flotilla.runtime.sessions.target import Target, is_task_process
 
 # Become the session leader with the terminal on fd 0 as the controlling terminal,
@@ -52,9 +51,10 @@ def sftp_server() -> str | None:
 
 
 class TaskShell(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, target: Target, on_change: Callable[[TaskShell, bool], None]) -> None:
+    def __init__(self, target: Target, live: set[TaskShell], book: SessionBook) -> None:
         self.target = target
-        self.on_change = on_change  # (shell, alive): the gateway keeps the live ones
+        self.live = live  # its connection's running shells: it is there while it runs
+        self.book = book  # where its session is remembered, for what it leaves behind
         self.runner: asyncio.Task[None] | None = None
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
         self.process: asyncio.subprocess.Process | None = None
@@ -176,7 +176,8 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
         finally:
             if entry is not None:
                 entry.close()  # the child has its own copy
-        self.on_change(self, True)
+        self.live.add(self)
+        self.book.remember(self.target, self.process.pid)
         if self.chan.is_closing():  # the client left while the process started
             self.end("")
         try:
@@ -185,7 +186,7 @@ class TaskShell(asyncssh.SSHServerSession[bytes]):
                 self._read_output(self.master, final=True)
             await self.outputs_closed.wait()
         finally:
-            self.on_change(self, False)
+            self.live.discard(self)
             self._close_fds()
         # The exit status goes after the output: clients may stop reading once it is in.
         # Polled: asyncssh reports a buffer below its low-water mark, never an empty one.

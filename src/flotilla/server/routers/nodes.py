@@ -4,11 +4,10 @@ answers with the node's view after it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.api.base import errors
+from flotilla.api.nodes import NodeActionRequest, NodeDetail, NodeList, TrustRequest
 from flotilla.core.status import NodeState
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
@@ -19,77 +18,64 @@ from flotilla.server.services.node_views import list_node_views, node_detail
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 
 
-class NodeActionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, max_length=1000, description="why; kept in the event")
-
-
-class TrustRequest(BaseModel):
-    """Everyone trusted on the node, replacing who was before (empty: nobody)."""
-
-    model_config = ConfigDict(extra="forbid")
-    users: list[str] = Field(default_factory=list, max_length=1000)
-    groups: list[str] = Field(default_factory=list, max_length=1000)
-
-
-@router.get("")
+@router.get("", responses=errors(422))
 async def list_nodes(
     ctx: Ctx,
     caller: Caller,
     state: NodeState | None = None,
     fleet: str | None = None,
     gpu_type: str | None = None,
-) -> dict[str, Any]:
+) -> NodeList:
     """Every node that is not terminated (or those in `state`), by name."""
     async with ctx.sessions() as session:
         views = await list_node_views(
             session, caller, ctx.clock.now(), state=state, fleet=fleet, gpu_type=gpu_type
         )
-    return {"nodes": views}
+    return NodeList.model_validate({"nodes": views})
 
 
-@router.get("/{name}")
-async def get_node(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@router.get("/{name}", responses=errors(404))
+async def get_node(ctx: Ctx, caller: Caller, name: str) -> NodeDetail:
     """One node with its GPUs' holders and its events."""
     async with ctx.sessions() as session:
-        return await node_detail(session, caller, name, ctx.clock.now())
+        return NodeDetail.model_validate(await node_detail(session, caller, name, ctx.clock.now()))
 
 
-@router.post("/{name}/cordon")
+@router.post("/{name}/cordon", responses=errors(403, 404, 409, 422))
 async def cordon(
     ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
-) -> dict[str, Any]:
+) -> NodeDetail:
     """No new work; what runs there keeps running."""
     return await _act(ctx, caller, name, NodeAction.CORDON, body)
 
 
-@router.post("/{name}/uncordon")
+@router.post("/{name}/uncordon", responses=errors(403, 404, 409, 422))
 async def uncordon(
     ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
-) -> dict[str, Any]:
+) -> NodeDetail:
     """Back to `ready` from `cordoned` or `draining`."""
     return await _act(ctx, caller, name, NodeAction.UNCORDON, body)
 
 
-@router.post("/{name}/drain")
+@router.post("/{name}/drain", responses=errors(403, 404, 409, 422))
 async def drain(
     ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
-) -> dict[str, Any]:
+) -> NodeDetail:
     """No new work, and the node's runs are stopped (grace period) and requeued;
     the node ends `cordoned`."""
     return await _act(ctx, caller, name, NodeAction.DRAIN, body)
 
 
-@router.post("/{name}/terminate")
+@router.post("/{name}/terminate", responses=errors(403, 404, 409, 422))
 async def terminate(
     ctx: Ctx, caller: Caller, name: str, body: NodeActionRequest | None = None
-) -> dict[str, Any]:
+) -> NodeDetail:
     """Release the instance at its provider; its runs are requeued elsewhere."""
     return await _act(ctx, caller, name, NodeAction.TERMINATE, body)
 
 
-@router.put("/{name}/trusted")
-async def trust(ctx: Ctx, caller: Caller, name: str, body: TrustRequest) -> dict[str, Any]:
+@router.put("/{name}/trusted", responses=errors(403, 404, 422))
+async def trust(ctx: Ctx, caller: Caller, name: str, body: TrustRequest) -> NodeDetail:
     """Whose work the node runs while it cannot isolate tasks (its `isolation`
     label is not `full`): admins' and these users' and groups' members'."""
     caller.require_admin()
@@ -97,13 +83,13 @@ async def trust(ctx: Ctx, caller: Caller, name: str, body: TrustRequest) -> dict
         await set_trusted(session, name, body.users, body.groups, caller.name, ctx.clock.now())
     ctx.wakers.scheduler.set()  # runs that waited for this may start now
     async with ctx.sessions() as session:
-        return await node_detail(session, caller, name, ctx.clock.now())
+        return NodeDetail.model_validate(await node_detail(session, caller, name, ctx.clock.now()))
 
 
 async def _act(
     ctx: Ctx, caller: Identity, name: str, action: NodeAction, body: NodeActionRequest | None
-) -> dict[str, Any]:
+) -> NodeDetail:
     caller.require_admin()  # before anything changes
     await act_on_node(ctx, name, action, body.reason if body else None, caller)
     async with ctx.sessions() as session:
-        return await node_detail(session, caller, name, ctx.clock.now())
+        return NodeDetail.model_validate(await node_detail(session, caller, name, ctx.clock.now()))

@@ -134,15 +134,7 @@ class GatewayConnection(asyncssh.SSHServer):
             self.proxies.add(proxy)
             return proxy
         assert isinstance(target, Target)
-        return TaskShell(target, self._shell_changed)
-
-    def _shell_changed(self, shell: TaskShell, alive: bool) -> None:
-        if alive:
-            self.shells.add(shell)
-            if shell.session_id is not None:
-                self.gateway.book.remember(shell.target, shell.session_id)
-        else:
-            self.shells.discard(shell)
+        return TaskShell(target, self.shells, self.gateway.book)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
