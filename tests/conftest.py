@@ -122,6 +122,7 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "local_gpus": None,
         "stop_grace_seconds": 2.0,
         "resync_seconds": 0.3,
+        "retry_backoff_seconds": 0.05,  # tests/test_retry_backoff.py waits a real one
         "agent_idle_exit_seconds": 60.0,
     }
     if ISOLATE_ALL:

@@ -34,6 +34,10 @@ class Settings:
     stop_grace_seconds: float = 10.0
     # How often reconcilers re-check the world even without a wake-up.
     resync_seconds: float = 2.0
+    # A run that failed and has `retries` left waits this long before its next
+    # attempt, doubling with each retry up to RETRY_BACKOFF_MAX (a failing clone or
+    # a crashing command is not hammered): FLOTILLA_RETRY_BACKOFF_SECONDS.
+    retry_backoff_seconds: float = 10.0
     # The local agent exits after this long with no tasks and no clients.
     agent_idle_exit_seconds: float = 600.0
     secret_key: str | None = None
@@ -151,6 +155,8 @@ class Settings:
             values["local_isolation"] = env["FLOTILLA_LOCAL_ISOLATION"]
         if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):
             values["min_schedule_interval"] = float(env["FLOTILLA_MIN_SCHEDULE_INTERVAL"])
+        if env.get("FLOTILLA_RETRY_BACKOFF_SECONDS"):
+            values["retry_backoff_seconds"] = float(env["FLOTILLA_RETRY_BACKOFF_SECONDS"])
         for name in (
             "auth_issuer",
             "oidc_issuer",

@@ -318,6 +318,9 @@ class RunModel(Base):
     # Requeues after the user's own failures (non-zero exit), bounded by `retries`;
     # infrastructure requeues do not count.
     retries_used: Mapped[int] = mapped_column(Integer, default=0)
+    # A retry waits until then (back-off after the run's own failure): kept here, so
+    # a restarted server keeps waiting. None: schedulable now.
+    not_before: Mapped[datetime | None]
     # A deployment replica: the recipe version it runs and its host port per route
     # ({"8000": 41234}); None for job runs.
     recipe_version: Mapped[int | None]

@@ -106,7 +106,7 @@ class Scheduler(ReconcileLoop):
 
     async def _cycle(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
-        snapshot = await load_snapshot(session)
+        snapshot = await load_snapshot(session, now)
         for run, why in snapshot.broken:
             switch_run_status(
                 session,

@@ -204,8 +204,10 @@ class Supervision(ReconcileLoop):
             and run.stop_reason is None
         ):
             run.retries_used += 1
-            why = f"retry {run.retries_used} of {retries} after: {verdict.reason}"
+            wait = retry_backoff(self.ctx.settings.retry_backoff_seconds, run.retries_used)
+            why = f"retry {run.retries_used} of {retries} in {wait:g} s after: {verdict.reason}"
             await self._requeue(session, run, why)
+            run.not_before = now + timedelta(seconds=wait)
         return False
 
     async def _requeue(self, session: AsyncSession, run: RunModel, why: str) -> None:
@@ -217,6 +219,7 @@ class Supervision(ReconcileLoop):
             session, run, RunStatus.PENDING, reason=why, actor=ACTOR, now=self.ctx.clock.now()
         )
         run.attempt = attempt
+        run.not_before = None  # a platform requeue goes at once; a retry sets its wait
         session.add_all(new_tasks(run, recipe.name))
 
     def _enforce_max_duration(self, session: AsyncSession, run: RunModel) -> None:
@@ -266,3 +269,12 @@ def _exited_status(state: TaskState) -> TaskStatus:
 
 def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+RETRY_BACKOFF_MAX = 300.0
+
+
+def retry_backoff(base: float, retry: int) -> float:
+    """Seconds before retry number `retry` (1, 2, …): `base`, doubling, at most
+    RETRY_BACKOFF_MAX."""
+    return float(min(RETRY_BACKOFF_MAX, base * 2 ** (retry - 1)))

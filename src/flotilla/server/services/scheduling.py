@@ -83,7 +83,9 @@ class Snapshot:
         ]
 
 
-async def load_snapshot(session: AsyncSession) -> Snapshot:
+async def load_snapshot(session: AsyncSession, now: datetime) -> Snapshot:
+    """Nodes, what holds them and the queue. A run still waiting out its retry
+    back-off (`not_before` after `now`) is not in the queue yet."""
     snapshot = Snapshot({n.name: n for n in await live_nodes(session)})
     rows = (
         await session.execute(
@@ -97,6 +99,8 @@ async def load_snapshot(session: AsyncSession) -> Snapshot:
     for run, recipe in rows:
         current = current_tasks(run, tasks[run.id])
         if run.status == RunStatus.PENDING.value:
+            if run.not_before is not None and run.not_before > now:
+                continue
             try:
                 spec = JobSpec.model_validate(run.spec)
             except ValidationError as e:
