@@ -201,12 +201,19 @@ def _weighted(share: float, user: str, policy: Policy) -> float:
 
 
 QUOTA_REASONS = ("user quota:", "project quota:")
+# A new run's reason until the scheduler has looked at it.
+QUEUED = "queued"
 
 
 def held_by_quota(reason: str) -> bool:
     """Whether a pending run's reason says a quota holds it back: more nodes would
     not start it, so it is no demand for a fleet to grow for."""
     return reason.startswith(QUOTA_REASONS)
+
+
+def scheduler_has_looked(reason: str) -> bool:
+    """Whether a pending run's reason is the scheduler's (a new run's is QUEUED)."""
+    return bool(reason) and reason != QUEUED
 
 
 def held_gpus(running: Iterable[RunningRun]) -> tuple[dict[str, int], dict[str, int]]:

@@ -422,6 +422,19 @@ class SettingModel(Base):
     updated_at: Mapped[datetime]
 
 
+class BackoffModel(Base):
+    """A retry that waits (`services/backoffs.py`): a reconciler's failed try of
+    something, kept here so a restarted server waits too instead of trying every
+    failed thing again at once."""
+
+    __tablename__ = "backoffs"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # `ssh-enroll:NODE`
+    failures: Mapped[int]  # in a row
+    not_before: Mapped[datetime]
+    # What the wait is for (a recipe version): a change ends it. None: any.
+    version: Mapped[int | None]
+
+
 class DeploymentStateModel(Base):
     """What the deployment reconciler keeps between steps: the replica count the
     autoscaler wants, since when load has been above or below target, the load

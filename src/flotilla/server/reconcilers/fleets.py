@@ -19,18 +19,21 @@ capacity; fleet applies and deletes set it) and every `resync_seconds` otherwise
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.provider import CapacityError, Instance, ProviderError, ProviderEvent
 from flotilla.core.autoscale import format_seconds
+from flotilla.core.backoff import doubling
 from flotilla.core.status import NodeState
 from flotilla.errors import TemporaryError
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.reconcilers.isolation import describe
 from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services import backoffs
 from flotilla.server.services.events import record_event
 from flotilla.server.services.fleet_nodes import (
     ACTOR,
@@ -72,8 +75,6 @@ class Fleets(ReconcileLoop):
         # Polled events not yet recorded: polling consumes them, so they are kept
         # until the transaction that applies them commits.
         self._events: list[tuple[str, ProviderEvent]] = []
-        # fleet id -> (no new request before, recipe version it applies to)
-        self._backoff: dict[str, tuple[datetime, int]] = {}
         # fleet id -> (nodes in a row that failed before becoming ready, when the last did)
         self._boot_failures: dict[str, tuple[int, datetime]] = {}
         self._counted_failures: set[str] = set()  # node ids
@@ -84,9 +85,10 @@ class Fleets(ReconcileLoop):
         now = self.ctx.clock.now()
         async with self.ctx.transaction() as session:
             snapshot = await load_fleets(session, self.ctx.providers, planning=True)
-            self._count_boot_failures(session, snapshot, now)
+            await self._count_boot_failures(session, snapshot, now)
             self._report_broken(session, snapshot, now)
-        changed |= await self._apply(decide(snapshot, now, self._backing_off(snapshot, now)), now)
+            holding = await _backing_off(session, snapshot, now)
+        changed |= await self._apply(decide(snapshot, now, holding), now)
         if changed:
             self.ctx.wakers.scheduler.set()
 
@@ -99,17 +101,7 @@ class Fleets(ReconcileLoop):
                 _fleet_event(session, fleet_id, FLEET_ERROR, message, now)
         self._broken = dict(snapshot.broken)
 
-    def _backing_off(self, snapshot: FleetSnapshot, now: datetime) -> set[str]:
-        """Fleets whose last request failed and whose retry time has not come, unless
-        their recipe changed since (a new recipe deserves a new try)."""
-        out = set()
-        for fleet in snapshot.fleets:
-            hold = self._backoff.get(fleet.recipe.id)
-            if hold is not None and hold[0] > now and hold[1] == fleet.recipe.version:
-                out.add(fleet.recipe.id)
-        return out
-
-    def _count_boot_failures(
+    async def _count_boot_failures(
         self, session: AsyncSession, snapshot: FleetSnapshot, now: datetime
     ) -> None:
         """Back off replacing nodes that fail before they are ever ready; a node that
@@ -125,8 +117,14 @@ class Fleets(ReconcileLoop):
                         continue
                     self._counted_failures.add(node.id)
                     count, last = count + 1, now
-                    delay = min(BOOT_FAILURE_BACKOFF * 2 ** (count - 1), MAX_BOOT_FAILURE_BACKOFF)
-                    self._backoff[fleet_id] = (now + timedelta(seconds=delay), fleet.recipe.version)
+                    delay = doubling(BOOT_FAILURE_BACKOFF, count, MAX_BOOT_FAILURE_BACKOFF)
+                    await backoffs.failed(
+                        session,
+                        _key(fleet_id),
+                        now,
+                        _fixed(delay),
+                        fleet.recipe.version,
+                    )
                     message = (
                         f"{count} node(s) in a row failed before becoming ready "
                         f"({node.reason}); next replacement in {format_seconds(delay)}"
@@ -208,7 +206,7 @@ class Fleets(ReconcileLoop):
                 reasons = await fleet_reasons(session, [fleet.id])
                 if reasons.get(fleet.id) != (kind, message):
                     _fleet_event(session, fleet.id, kind, message, now)
-                self._backoff[fleet.id] = (now + timedelta(seconds=retry), request.version)
+                await backoffs.failed(session, _key(fleet.id), now, _fixed(retry), request.version)
                 return
             nodes = await record_instances(
                 session,
@@ -223,7 +221,7 @@ class Fleets(ReconcileLoop):
                 f" (request {request.request_id})"
             )
             _fleet_event(session, fleet.id, FLEET_OK, message, now)
-        self._backoff.pop(request.fleet_id, None)
+            await backoffs.succeeded(session, _key(fleet.id))
 
     async def _release(self, release: Release, now: datetime) -> bool:
         """Cordon (so no work lands on it), terminate at the provider, then mark
@@ -266,3 +264,21 @@ def _fleet_event(
     session: AsyncSession, fleet_id: str, kind: str, message: str, now: datetime
 ) -> None:
     record_event(session, kind=kind, message=message, actor=ACTOR, now=now, recipe_id=fleet_id)
+
+
+def _key(fleet_id: str) -> str:
+    return f"fleet-request:{fleet_id}"
+
+
+async def _backing_off(session: AsyncSession, snapshot: FleetSnapshot, now: datetime) -> set[str]:
+    """Fleets whose last request failed and whose retry time has not come, unless
+    their recipe changed since (a new recipe deserves a new try). Kept in the
+    database (`services/backoffs.py`): a restart waits too."""
+    by_key = {_key(f.recipe.id): f.recipe for f in snapshot.fleets}
+    held = await backoffs.waiting(session, by_key, now)
+    return {by_key[k].id for k, row in held.items() if row.version == by_key[k].version}
+
+
+def _fixed(seconds: float) -> Callable[[int], float]:
+    """A wait that does not grow with the failures in a row (the caller's)."""
+    return lambda _: seconds

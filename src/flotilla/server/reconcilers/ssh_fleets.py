@@ -6,16 +6,16 @@ agent installed at this version, its certificate, the agent started), one
 enrollment per host at a time, outside any transaction, and registered as a
 `provisioning` node; the node reconciler (`agent_nodes.py`) makes it `ready` when
 its agent answers. A failed enrollment is a fleet event, retried after 10 s, then
-20, 40 … up to 5 minutes. A node whose host is no longer listed (or whose fleet
-was deleted) is drained first — its runs requeued elsewhere — then terminated.
-The agent stays installed on the host.
+20, 40 … up to 5 minutes (the wait kept in the database: `services/backoffs.py`).
+A node whose host is no longer listed (or whose fleet was deleted) is drained
+first — its runs requeued elsewhere — then terminated. The agent stays installed
+on the host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla import __version__
 from flotilla.compute.ssh.enroll import AgentInstall, Enrolled, EnrollFailed, SshTarget, enroll
+from flotilla.core.backoff import doubling
 from flotilla.core.status import NodeState
 from flotilla.recipes.fleet import SSH, FleetSpec, SshHost
 from flotilla.recipes.job import SecretRef
@@ -31,6 +32,7 @@ from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.pki import issue_node_cert
 from flotilla.server.reconcilers.loop import ReconcileLoop
+from flotilla.server.services import backoffs
 from flotilla.server.services.agent_nodes import register_agent_node
 from flotilla.server.services.agents import load_ca
 from flotilla.server.services.events import record_event
@@ -57,7 +59,6 @@ class SshFleets(ReconcileLoop):
         super().__init__(asyncio.Event(), ctx.settings.resync_seconds)
         self.ctx = ctx
         self._enrolling: dict[str, asyncio.Task[None]] = {}
-        self._retry: dict[str, tuple[float, float]] = {}  # node -> (not before, delay)
 
     async def stop(self, grace: float = 10.0) -> None:
         for task in self._enrolling.values():
@@ -68,6 +69,8 @@ class SshFleets(ReconcileLoop):
         async with self.ctx.sessions() as session:
             listed = await self._listed(session)
             nodes = await _ssh_nodes(session)
+            keys = [_key(name) for name in listed]
+            held = await backoffs.waiting(session, keys, self.ctx.clock.now())
         live = {n.name: n for n in nodes}
         for name, item in listed.items():
             node = live.get(name)
@@ -77,8 +80,7 @@ class SshFleets(ReconcileLoop):
                 name in self._enrolling
             ):
                 continue
-            not_before, _ = self._retry.get(name, (0.0, 0.0))
-            if time.monotonic() >= not_before:
+            if _key(name) not in held:
                 self._enrolling[name] = asyncio.create_task(self._enroll_once(name, item))
         gone = [n for n in nodes if n.name not in listed]
         if gone:
@@ -178,23 +180,24 @@ class SshFleets(ReconcileLoop):
                 now=now,
                 recipe_id=item.fleet.id,
             )
-        self._retry.pop(name, None)
+            await backoffs.succeeded(session, _key(name))
 
     async def _failed(self, name: str, item: Listed, why: str) -> None:
-        _, delay = self._retry.get(name, (0.0, RETRY_FIRST / 2))
-        delay = min(delay * 2, RETRY_MAX)
-        self._retry[name] = (time.monotonic() + delay, delay)
-        message = (
-            f"host {item.host.address} ({name}) not enrolled: {why}; retrying in {delay:.0f} s"
-        )
-        log.warning("%s", message)
+        now = self.ctx.clock.now()
         async with self.ctx.transaction() as session:
+            delay = await backoffs.failed(
+                session, _key(name), now, lambda n: doubling(RETRY_FIRST, n, RETRY_MAX)
+            )
+            message = (
+                f"host {item.host.address} ({name}) not enrolled: {why}; retrying in {delay:.0f} s"
+            )
+            log.warning("%s", message)
             record_event(
                 session,
                 kind=FLEET_ERROR,
                 message=message,
                 actor=ACTOR,
-                now=self.ctx.clock.now(),
+                now=now,
                 recipe_id=item.fleet.id,
             )
 
@@ -225,3 +228,7 @@ async def _taken(session: AsyncSession, name: str, fleet_id: str) -> bool:
     if node is None or NodeState(node.state).is_gone():
         return False
     return node.provider != SSH or node.fleet_id != fleet_id
+
+
+def _key(node: str) -> str:
+    return f"ssh-enroll:{node}"

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.base import LaunchRequest, TaskRef
+from flotilla.core.backoff import doubling
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.core.verdict import TaskView, judge_run
 from flotilla.errors import FlotillaError
@@ -277,4 +278,4 @@ RETRY_BACKOFF_MAX = 300.0
 def retry_backoff(base: float, retry: int) -> float:
     """Seconds before retry number `retry` (1, 2, …): `base`, doubling, at most
     RETRY_BACKOFF_MAX."""
-    return float(min(RETRY_BACKOFF_MAX, base * 2 ** (retry - 1)))
+    return doubling(base, retry, RETRY_BACKOFF_MAX)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.provider import Offer, Provider
 from flotilla.core import autoscale
-from flotilla.core.queue import held_by_quota
+from flotilla.core.queue import held_by_quota, scheduler_has_looked
 from flotilla.core.status import NodeState, RunStatus
 from flotilla.core.units import parse_gpu
 from flotilla.recipes.fleet import SSH, FleetSpec
@@ -227,7 +227,9 @@ async def pending_demand(session: AsyncSession) -> list[autoscale.Demand]:
     )
     out = []
     for run_id, spec, reason in rows:
-        if not reason or held_by_quota(reason):
+        # Until the scheduler has looked, a quota may yet hold it back: a node grown
+        # for it then would stand idle (the fleet loop can run first).
+        if not scheduler_has_looked(reason) or held_by_quota(reason):
             continue
         gpu = (spec.get("resources") or {}).get("gpu")
         try:

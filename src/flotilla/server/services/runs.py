@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.core.queue import QUEUED
 from flotilla.core.status import RunStatus, TaskStatus, can_switch
 from flotilla.errors import Conflict, NotFound
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
@@ -73,7 +74,7 @@ def create_run(
         number=recipe.run_counter,
         attempt=0,
         status=RunStatus.PENDING.value,
-        reason="queued",
+        reason=QUEUED,
         trigger=trigger,
         created_by=actor,
         spec=dict(spec if spec is not None else recipe.spec),
