@@ -24,8 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from flotilla.compute.sim.catalog import instance_type
 from flotilla.compute.sim.topology import virtual_cluster
+from flotilla.core.catalog import instance_type
 from flotilla.core.queue import Policy, QueuedRun, schedule
 from flotilla.core.topology import LEVELS, CapacityIndex, TypeIndex
 

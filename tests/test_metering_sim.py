@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from flotilla.compute.sim.catalog import instance_type
 from flotilla.compute.sim.provider import IbNetwork, SimConfig, SimProvider
+from flotilla.core.catalog import instance_type
 from flotilla.core.metering import billed_seconds, cents
 from flotilla.server.db.models import NodeModel, UsageModel
 from tests.conftest import Api, make_settings, open_api

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from flotilla.compute.sim.catalog import INSTANCE_TYPES, instance_type
 from flotilla.compute.sim.topology import virtual_cluster
+from flotilla.core.catalog import INSTANCE_TYPES, instance_type
 from flotilla.core.queue import Policy, QueuedRun, RunningRun, schedule
 from flotilla.core.topology import CapacityIndex, Node, TypeIndex
 

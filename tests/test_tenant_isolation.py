@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from flotilla.compute import paths
 from flotilla.compute.base import LaunchRequest
-from flotilla.compute.local import paths
 from flotilla.compute.local.backend import LocalBackend
 from flotilla.runtime.isolation import FULL, probe
 from flotilla.runtime.isolation.cgroups import agent_key, discover

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flotilla.compute import paths
 from flotilla.compute.base import LaunchRequest, Workload
-from flotilla.compute.local import paths
 from flotilla.runtime.containers import unavailable_reason
 from flotilla.runtime.taskspec import GitClone, SecretFile, TaskSpec
 

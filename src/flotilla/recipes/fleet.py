@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator, model_validator
 
-from flotilla.compute.sim.catalog import instance_type
+from flotilla.core.catalog import instance_type
 from flotilla.core.units import parse_duration
 from flotilla.recipes.job import NAME_PATTERN, Strict
 

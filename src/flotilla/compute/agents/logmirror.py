@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flotilla.compute import paths
 from flotilla.compute.base import LogFiles, TaskRef
-from flotilla.compute.local import paths
 from flotilla.runtime.taskspec import TaskFiles
 
 ReadLog = Callable[[str, str, int, int], Awaitable[dict[str, Any]]]

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flotilla.compute import paths
 from flotilla.compute.agents.logmirror import LogMirror
 from flotilla.compute.base import TaskEventHandler, TaskRef
-from flotilla.compute.local import paths
 from flotilla.errors import TemporaryError
 from flotilla.runtime.agent_client import AgentClient, TlsTarget
 from flotilla.runtime.taskspec import TaskSpec, TaskState

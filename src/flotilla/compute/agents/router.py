@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from flotilla.compute.agents.logmirror import mirror_files
 from flotilla.compute.agents.remote import RemoteNode
 from flotilla.compute.base import (
+    ComputeBackend,
     LaunchRequest,
     LogFiles,
     NodeInventory,
@@ -29,7 +30,6 @@ from flotilla.compute.base import (
     Workload,
 )
 from flotilla.compute.launch import build_task_spec
-from flotilla.compute.local.backend import LocalBackend
 from flotilla.errors import TemporaryError
 from flotilla.runtime.inventory import GpuDevice
 from flotilla.runtime.taskspec import LOST, TaskSpec, TaskState
@@ -42,7 +42,9 @@ LOG_PULL_SECONDS = 0.5
 class NodeRouter:
     name = "local"  # the backend of this machine, and of the hosts joined to it
 
-    def __init__(self, local: LocalBackend, logs_root: Path) -> None:
+    def __init__(self, local: ComputeBackend, logs_root: Path) -> None:
+        # This machine's backend (`LocalBackend` in the server): any backend will do,
+        # so this one never imports another backend's package.
         self.local = local
         self.logs_root = logs_root
         self.remote: dict[str, RemoteNode] = {}

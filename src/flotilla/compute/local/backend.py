@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+from flotilla.compute import paths
 from flotilla.compute.base import (
     GpuDevice,
     LaunchRequest,
@@ -19,7 +20,6 @@ from flotilla.compute.base import (
     Workload,
 )
 from flotilla.compute.launch import build_task_spec, describe_workload
-from flotilla.compute.local import paths
 from flotilla.runtime.agent_client import AgentClient
 from flotilla.runtime.inventory import local_gpus, memory_bytes
 from flotilla.runtime.isolation import probe

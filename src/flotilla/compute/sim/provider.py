@@ -24,8 +24,8 @@ from flotilla.compute.provider import (
     ProviderError,
     ProviderEvent,
 )
-from flotilla.compute.sim.catalog import INSTANCE_TYPES, REGIONS, InstanceType, instance_type
 from flotilla.compute.sim.topology import virtual_cluster
+from flotilla.core.catalog import INSTANCE_TYPES, REGIONS, InstanceType, instance_type
 from flotilla.core.topology import Node
 
 SEVEN_DAYS = 7 * 24 * 3600.0

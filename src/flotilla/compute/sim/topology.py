@@ -4,7 +4,7 @@ NVLink domain, leaf and spine. Used by the sim provider and by benchmarks."""
 
 from __future__ import annotations
 
-from flotilla.compute.sim.catalog import InstanceType
+from flotilla.core.catalog import InstanceType
 from flotilla.core.topology import Node
 
 NODES_PER_LEAF = 16  # 128 GPUs per leaf switch with 8-GPU nodes

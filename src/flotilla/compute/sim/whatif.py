@@ -17,8 +17,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from flotilla.compute.sim.catalog import instance_type
 from flotilla.compute.sim.topology import virtual_cluster
+from flotilla.core.catalog import instance_type
 from flotilla.core.queue import QueuedRun, RunningRun, schedule
 from flotilla.core.topology import CapacityIndex
 from flotilla.recipes.fleet import FleetSpec, Placement

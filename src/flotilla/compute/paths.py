@@ -1,8 +1,11 @@
-"""Where a task's files go on the local backend.
+"""Where a task's files go on its node, under the node's runs directory.
 
-There is no container here, so each task gets a private root directory; absolute
-paths written for a container (`/home/jovyan/workspace`) are placed under it, and
-relative paths are taken from the working directory. Pure path arithmetic.
+Tasks run without a container by default, so each gets a private root directory;
+absolute paths written for a container (`/home/jovyan/workspace`) are placed under
+it, and relative paths are taken from the working directory. Pure path arithmetic,
+shared by every backend that drives a node agent: `launch.py` (the task's spec), the
+local backend, and the remote nodes' connection and log mirror (`agents/`). Here,
+beside `launch.py`, so that no backend imports another's package.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The simulated cloud's catalog: regions and instance types with their GPUs and
-prices per GPU-hour.
+prices per GPU-hour. Pure data: the `sim` provider (`compute/sim/`) offers these, and
+the fleet recipe (`recipes/fleet.py`) rejects an unknown `provider: sim` instance type
+when it is parsed. It lives in the core, not with the provider, because recipes sit
+below compute: a recipe reading the provider's package would run the layers backwards.
 
 Prices marked `published=True` are the figures given in the seed documents (H100
 $3.90 on demand / $1.60 spot, H200 $4.29, MI300X $3.45 / $0.95); the others are
