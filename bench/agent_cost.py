@@ -124,6 +124,7 @@ def measure_window(pid: int, seconds: float) -> dict[str, float]:
 class LoopbackAgent:
     name: str
     port: int
+    relay_port: int  # its SSH session relay's: not port + 1, which may be another's
     root: Path
     proc: subprocess.Popen[bytes] | None = None
 
@@ -135,6 +136,7 @@ class LoopbackAgent:
         argv = [sys.executable, "-m", "flotilla.runtime.agent", "--listen"]
         argv += [f"127.0.0.1:{self.port}", "--tls-dir", str(self.tls_dir)]
         argv += ["--data-dir", str(self.root / "data")]
+        argv += ["--ssh-listen", f"127.0.0.1:{self.relay_port}"]
         with open(self.root / "agent.log", "ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -154,8 +156,11 @@ class AgentFleet:
 
     def __init__(self, server: BenchServer, count: int, root: Path) -> None:
         self.server = server
-        ports = free_ports(count)
-        self.agents = [LoopbackAgent(f"bench-a{i}", p, root / f"a{i}") for i, p in enumerate(ports)]
+        ports = free_ports(2 * count)
+        self.agents = [
+            LoopbackAgent(f"bench-a{i}", ports[2 * i], ports[2 * i + 1], root / f"a{i}")
+            for i in range(count)
+        ]
 
     def __enter__(self) -> AgentFleet:
         try:

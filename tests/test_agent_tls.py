@@ -192,6 +192,8 @@ def start_agent(tls_dir: Path, port: int, host: str = "127.0.0.1") -> subprocess
             f"{host}:{port}",
             "--tls-dir",
             str(tls_dir),
+            "--ssh-listen",  # not port + 1: that may be another test's
+            f"{host}:{free_port()}",
         ],
         stdout=log,
         stderr=log,

@@ -42,6 +42,7 @@ from flotilla.runtime.hostfiles import live_task_dirs, read_log, with_host_env
 from flotilla.runtime.inventory import host_inventory
 from flotilla.runtime.isolation import NodeIsolation, TaskCgroup
 from flotilla.runtime.procs import read_json
+from flotilla.runtime.renewal import CertRenewal
 from flotilla.runtime.sessions.relay import SessionRelay
 from flotilla.runtime.supervisor import Supervisor
 from flotilla.runtime.taskspec import EXITED, TaskFiles, TaskSpec
@@ -62,6 +63,7 @@ class Agent:
         data_dir: Path | None = None,
         declared_gpus: str | None = None,
         ssh_listen: tuple[str, int] | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         if listen is not None and tls is None:
             raise ValueError("a TCP listener needs TLS: never an unauthenticated port")
@@ -74,6 +76,8 @@ class Agent:
         # An agent of another host keeps its tasks under DATA_DIR/runs and says so.
         self.runs_dir = data_dir / "runs" if data_dir is not None else None
         self.declared_gpus = declared_gpus
+        # Its certificate, renewed over the control plane's link (`renewal.py`).
+        self.renewal = CertRenewal(tls_dir, tls) if tls_dir is not None and tls else None
         # SSH sessions into this host's tasks, for the control plane's gateway
         # (`sessions/relay.py`): on a host's agent, beside its TLS port.
         self.ssh_listen = ssh_listen if data_dir is not None else None
@@ -190,6 +194,14 @@ class Agent:
             return {"task_dirs": live_task_dirs(self._require_runs_dir())}
         if op == "ssh_ticket":
             return self._ssh_ticket(request)
+        if op in ("cert_request", "cert_install"):
+            if self.renewal is None:
+                raise ValueError(
+                    "this agent has no certificate to renew (it runs without --listen)"
+                )
+            if op == "cert_request":
+                return self.renewal.request()
+            return self.renewal.install(str(request["cert"]))
         raise ValueError(f"unknown op {op!r}")
 
     def _hello(self) -> dict[str, Any]:
@@ -200,6 +212,8 @@ class Agent:
             "containers": self.isolation.containers.summary(),
             "hostname": socket.gethostname(),
         }
+        if self.renewal is not None:
+            answer["cert_not_after"] = self.renewal.not_after()
         if self.runs_dir is not None:
             answer["runs_dir"] = str(self.runs_dir)
             answer["inventory"] = host_inventory(self.declared_gpus, str(self.runs_dir.parent))
@@ -381,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         declared_gpus=args.gpus,
         ssh_listen=args.ssh_listen,
+        tls_dir=args.tls_dir if args.listen is not None else None,
     )
     asyncio.run(agent.serve())
 

@@ -7,7 +7,7 @@ database alone issues nothing. With it:
 
 - `issue_node_cert` turns a node's CSR into its certificate (CN and DNS SAN = the node
   name the control plane decided, never what the CSR asks for; serverAuth only; 30
-  days, renewed by a new join or, later, over the agent connection);
+  days, renewed over the agent's link: `services/node_certs.py`);
 - `issue_control_plane_cert` makes the control plane's client certificate (CN
   `CONTROL_PLANE_NAME`, clientAuth only), the one credential agents accept.
 

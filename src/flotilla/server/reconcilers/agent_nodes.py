@@ -14,7 +14,9 @@ Every `node_heartbeat_seconds`:
   its tasks counted lost, so the runs are requeued on other nodes;
 - fencing: every answering agent is asked which of its tasks still run, and any
   that the control plane does not expect there (a failed node's, whose runs were
-  requeued elsewhere) is stopped. Nothing runs twice once a node answers again.
+  requeued elsewhere) is stopped. Nothing runs twice once a node answers again;
+- a node whose certificate has a third of its life left gets a new one over the
+  link (`services/node_certs.py`), an event saying until when.
 
 Provider calls and agent calls happen outside any transaction.
 """
@@ -50,6 +52,7 @@ from flotilla.server.services.agent_nodes import (
 from flotilla.server.services.agents import control_plane_tls
 from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import task_ref
+from flotilla.server.services.node_certs import NodeCertificates
 from flotilla.server.services.nodes import switch_node_state
 
 log = logging.getLogger("flotilla.nodes")
@@ -69,6 +72,7 @@ class AgentNodes(ReconcileLoop):
         self._tls_checked = datetime.min.replace(tzinfo=UTC)
         self._tls_version = ""
         self._attached_at: dict[str, float] = {}  # silence of a node never heard from
+        self.certs = NodeCertificates(ctx)
 
     async def attach_all(self) -> None:
         """Attach every live agent node (at start, before supervision's first step,
@@ -88,8 +92,23 @@ class AgentNodes(ReconcileLoop):
         heard = {n: a for n, a in zip(names, answers, strict=True) if a is not None}
         counts = await asyncio.gather(*(self._fence(self.router.remote[n], rows) for n in heard))
         fenced = dict(zip(heard, counts, strict=True))
+        now = _now(self)
+        due = [self.router.remote[n] for n in heard if self.certs.due(self.router.remote[n], now)]
+        renewed = await asyncio.gather(*(self.certs.renew(node, now) for node in due))
         changed = False
         async with self.ctx.transaction() as session:
+            for node_, message in zip(due, renewed, strict=True):
+                if message is not None:
+                    row = next(r for r in rows if r.name == node_.name)
+                    record_event(
+                        session,
+                        kind="node",
+                        message=message,
+                        actor=ACTOR,
+                        now=now,
+                        node_id=row.id,
+                        recipe_id=row.fleet_id,
+                    )
             for name in names:
                 node = await session.get(NodeModel, next(r.id for r in rows if r.name == name))
                 if node is None or NodeState(node.state).is_gone():
