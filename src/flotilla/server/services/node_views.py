@@ -27,11 +27,11 @@ from flotilla.core.status import NodeState, RunStatus
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import event_view, node_events
+from flotilla.server.services.fleets import FLEET
 from flotilla.server.services.nodes import LIVE_STATES, get_node
 from flotilla.server.services.views import iso
 
 HOLDING = [s.value for s in RunStatus if s.holds_resources()]
-FLEET = "fleet"
 
 
 @dataclass(frozen=True)
