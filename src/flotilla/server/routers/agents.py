@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.api.agents import AgentList, CreateJoinTokenRequest, Joined, JoinRequest, JoinToken
+from flotilla.api.base import errors
 from flotilla.errors import FieldProblem, InvalidRecipe
 from flotilla.runtime.tls import DEFAULT_AGENT_PORT
 from flotilla.server.routers.deps import Caller, Ctx
@@ -21,35 +21,8 @@ from flotilla.server.services import agents as agent_service
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 
 
-class CreateJoinTokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    node: str | None = Field(
-        None, description="the node name the token joins (default: the host says it)"
-    )
-    expires_in_seconds: int = Field(3600, description="lifetime, 60 s to 7 days")
-
-
-class JoinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token: str
-    node: str = Field(description="the node's name (a DNS label): its certificate's name")
-    csr: str = Field(description="a PEM certificate request; the key stays on the node")
-    listen: str | None = Field(
-        None,
-        description=(
-            "HOST:PORT where the control plane reaches the node's agent "
-            f"(default: the address this request came from, port {DEFAULT_AGENT_PORT})"
-        ),
-        max_length=300,
-    )
-
-
-@router.post("/join-tokens", status_code=201)
-async def create_join_token(
-    ctx: Ctx, caller: Caller, body: CreateJoinTokenRequest
-) -> dict[str, Any]:
+@router.post("/join-tokens", status_code=201, responses=errors(403, 422))
+async def create_join_token(ctx: Ctx, caller: Caller, body: CreateJoinTokenRequest) -> JoinToken:
     caller.require_admin()
     async with ctx.transaction() as session:
         made = await agent_service.create_join_token(
@@ -60,19 +33,20 @@ async def create_join_token(
             actor=caller.name,
             now=ctx.clock.now(),
         )
-    return {
-        "token": made.token,
-        "node": made.node,
-        "expires_at": made.expires_at.isoformat(),
-        "ca_sha256": made.ca_sha256,
-    }
+    return JoinToken(
+        token=made.token,
+        node=made.node,
+        expires_at=made.expires_at.isoformat(),
+        ca_sha256=made.ca_sha256,
+    )
 
 
-@router.post("/join")
-async def join(ctx: Ctx, body: JoinRequest, request: Request) -> dict[str, Any]:
+# 401: the join token is unknown, spent or expired (the only credential here).
+@router.post("/join", responses=errors(409, 422))
+async def join(ctx: Ctx, body: JoinRequest, request: Request) -> Joined:
     endpoint = agent_endpoint(body.listen, request.client.host if request.client else None)
     async with ctx.transaction() as session:
-        return await agent_service.join(
+        joined = await agent_service.join(
             session,
             ctx.secret_box,
             token=body.token,
@@ -81,13 +55,14 @@ async def join(ctx: Ctx, body: JoinRequest, request: Request) -> dict[str, Any]:
             endpoint=endpoint,
             now=ctx.clock.now(),
         )
+    return Joined.model_validate(joined)
 
 
-@router.get("")
-async def list_agents(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("", responses=errors(403))
+async def list_agents(ctx: Ctx, caller: Caller) -> AgentList:
     caller.require_admin()
     async with ctx.sessions() as session:
-        return {"agents": await agent_service.joined_nodes(session)}
+        return AgentList.model_validate({"agents": await agent_service.joined_nodes(session)})
 
 
 def agent_endpoint(listen: str | None, client_host: str | None) -> str:

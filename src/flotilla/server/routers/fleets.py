@@ -4,10 +4,10 @@ created and changed like any recipe, through `PUT /api/recipes`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 
+from flotilla.api.base import errors
+from flotilla.api.fleets import Fleet, FleetList
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.fleet_views import fleet_view_by_name, fleet_views
@@ -16,19 +16,20 @@ from flotilla.server.services.fleets import FLEET, delete_fleet
 router = APIRouter(prefix="/api/fleets", tags=["fleets"])
 
 
-@router.get("")
-async def list_fleets(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_fleets(ctx: Ctx, caller: Caller) -> FleetList:
     async with ctx.sessions() as session:
-        return {"fleets": await fleet_views(session, ctx.providers, caller)}
+        views = await fleet_views(session, ctx.providers, caller)
+    return FleetList.model_validate({"fleets": views})
 
 
-@router.get("/{name}")
-async def get_fleet(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@router.get("/{name}", responses=errors(404))
+async def get_fleet(ctx: Ctx, caller: Caller, name: str) -> Fleet:
     async with ctx.sessions() as session:
-        return await fleet_view_by_name(session, ctx.providers, caller, name)
+        return Fleet.model_validate(await fleet_view_by_name(session, ctx.providers, caller, name))
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(403, 404))
 async def delete(ctx: Ctx, caller: Caller, name: str, owner_name: str | None = None) -> Response:
     """Delete the fleet. Idle nodes are terminated at once; busy ones are drained
     first, so their work is requeued elsewhere."""

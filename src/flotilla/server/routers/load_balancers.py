@@ -8,10 +8,10 @@ limits the backends and listen addresses of non-admins' load balancers
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 
+from flotilla.api.base import errors
+from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import lb_policy
@@ -22,33 +22,35 @@ from flotilla.server.services.load_balancers import LOAD_BALANCER, load_balancer
 router = APIRouter(prefix="/api/load_balancers", tags=["load balancers"])
 
 
-def _view(ctx: Ctx, recipe: RecipeModel) -> dict[str, Any]:
-    return {
-        "id": recipe.id,
-        "name": recipe.name,
-        "owner": recipe.owner,
-        "project": recipe.project,
-        "spec": recipe.spec,
-        **load_balancer_state(ctx.lb_plane, plane_key(recipe)),
-    }
+def _view(ctx: Ctx, recipe: RecipeModel) -> LoadBalancer:
+    return LoadBalancer.model_validate(
+        {
+            "id": recipe.id,
+            "name": recipe.name,
+            "owner": recipe.owner,
+            "project": recipe.project,
+            "spec": recipe.spec,
+            **load_balancer_state(ctx.lb_plane, plane_key(recipe)),
+        }
+    )
 
 
-@router.get("")
-async def list_load_balancers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_load_balancers(ctx: Ctx, caller: Caller) -> LoadBalancerList:
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(session, caller, LOAD_BALANCER)
-    return {"load_balancers": [_view(ctx, r) for r in recipes]}
+    return LoadBalancerList(load_balancers=[_view(ctx, r) for r in recipes])
 
 
 # Before `/{name}`, which would take `policy` for a load balancer's name (the name
 # is reserved for it).
-@router.get("/policy")
+@router.get("/policy", responses=errors())
 async def get_policy(ctx: Ctx, caller: Caller) -> LoadBalancerPolicy:
     async with ctx.sessions() as session:
         return await lb_policy.load_policy(session)
 
 
-@router.put("/policy")
+@router.put("/policy", responses=errors(403, 422))
 async def put_policy(ctx: Ctx, caller: Caller, body: LoadBalancerPolicy) -> LoadBalancerPolicy:
     caller.require_admin()
     async with ctx.transaction() as session:
@@ -57,16 +59,16 @@ async def put_policy(ctx: Ctx, caller: Caller, body: LoadBalancerPolicy) -> Load
     return body
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=errors(404))
 async def get_load_balancer(
     ctx: Ctx, caller: Caller, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> LoadBalancer:
     async with ctx.sessions() as session:
         recipe = await recipe_service.get_recipe(session, LOAD_BALANCER, name, owner_name, caller)
     return _view(ctx, recipe)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(403, 404))
 async def delete_load_balancer(
     ctx: Ctx, caller: Caller, name: str, owner_name: str | None = None
 ) -> Response:

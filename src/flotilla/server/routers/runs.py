@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.runs import Run, RunEvents
 from flotilla.core.status import RunStatus
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel, RunModel
@@ -35,23 +37,38 @@ async def readable_run(
     return run, recipe
 
 
-@router.get("/{run_id}")
-async def get_run_view(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
+# The log text, whole or streamed. `response_class=Response` (no media type of its
+# own) keeps the errors documented as the JSON they are, not as text.
+LOG_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the log text (streamed until the run ends with `follow`)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/{run_id}", responses=errors(404))
+async def get_run_view(ctx: Ctx, caller: Caller, run_id: str) -> Run:
     async with ctx.sessions() as session:
         run, recipe = await readable_run(session, caller, run_id)
         tasks = (await run_tasks(session, [run.id]))[run.id]
-    return run_view(run, tasks, recipe.name)
+    return Run.model_validate(run_view(run, tasks, recipe.name))
 
 
-@router.get("/{run_id}/events")
-async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
+@router.get("/{run_id}/events", responses=errors(404))
+async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> RunEvents:
     async with ctx.sessions() as session:
         await readable_run(session, caller, run_id)
         events = await run_events(session, run_id)
-    return {"events": [event_view(e) for e in events]}
+    return RunEvents.model_validate({"events": [event_view(e) for e in events]})
 
 
-@router.get("/{run_id}/logs", response_model=None)
+@router.get(
+    "/{run_id}/logs",
+    response_model=None,
+    response_class=Response,
+    responses={**LOG_TEXT, **errors(404, 422)},
+)
 async def get_run_logs(
     ctx: Ctx,
     caller: Caller,

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
+from flotilla.api.base import errors
+from flotilla.api.usage import RunCost, SaturnDailyUsageList, UsageReport
 from flotilla.core.metering import csv_columns, render_csv
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel
@@ -35,9 +37,21 @@ Since = Annotated[
     Query(description="ISO date or date-time, inclusive (default: start of this month, UTC)"),
 ]
 Until = Annotated[str | None, Query(description="ISO date or date-time, exclusive (default: now)")]
+# 400: `until` not after `since`; 422: a bad date, `by` key or parameter.
+WINDOW_ERRORS = (400, 422)
+# `format=csv` answers the rows as a CSV file instead of the JSON report.
+CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+}
 
 
-@router.get("/usage")
+@router.get(
+    "/usage",
+    response_model=UsageReport,
+    # Each row carries only the key fields of its `by`, as it always has.
+    response_model_exclude_unset=True,
+    responses={**CSV, **errors(*WINDOW_ERRORS)},
+)
 async def get_usage(
     ctx: Ctx,
     caller: Caller,
@@ -48,7 +62,7 @@ async def get_usage(
     idle: Annotated[
         bool, Query(description="include fleet nodes' idle time (user `idle:<fleet>`)")
     ] = True,
-) -> Any:
+) -> UsageReport | Response:
     """Node-seconds, GPU-hours and dollars, billed per second (rounded up), grouped
     by `by`; open usage counts up to now. Costs are rounded to the cent per row;
     `total` is rounded from the unrounded sums."""
@@ -68,11 +82,11 @@ async def get_usage(
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    return view
+    return UsageReport.model_validate(view)
 
 
-@router.get("/usage/runs/{run_id}")
-async def get_run_cost(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
+@router.get("/usage/runs/{run_id}", responses=errors(404))
+async def get_run_cost(ctx: Ctx, caller: Caller, run_id: str) -> RunCost:
     """What one run has cost so far, task by task (every attempt)."""
     async with ctx.sessions() as session:
         run = await get_run(session, run_id)
@@ -80,29 +94,33 @@ async def get_run_cost(ctx: Ctx, caller: Caller, run_id: str) -> dict[str, Any]:
         if recipe is None:
             raise NotFound(f"run {run_id}")
         caller.require_read(recipe.owner, recipe.project, f"run {run_id}")
-        return await usage_service.run_cost(session, run_id, ctx.clock.now())
+        return RunCost.model_validate(
+            await usage_service.run_cost(session, run_id, ctx.clock.now())
+        )
 
 
-@router.get("/orgs/{org}/usage/daily")
+@router.get("/orgs/{org}/usage/daily", responses=errors(404, *WINDOW_ERRORS))
 async def org_daily_usage(
     ctx: Ctx, caller: Caller, org: str, start: Since = None, end: Until = None
-) -> dict[str, Any]:
+) -> SaturnDailyUsageList:
     """Saturn's daily usage: one row per day, user, owner, project and instance type."""
     _require_org(org)
-    return {"usage": await _daily(ctx, caller, start, end)}
+    return SaturnDailyUsageList.model_validate({"usage": await _daily(ctx, caller, start, end)})
 
 
-@router.get("/orgs/{org}/members/{user}/usage/daily")
+@router.get("/orgs/{org}/members/{user}/usage/daily", responses=errors(404, *WINDOW_ERRORS))
 async def member_daily_usage(
     ctx: Ctx, caller: Caller, org: str, user: str, start: Since = None, end: Until = None
-) -> dict[str, Any]:
+) -> SaturnDailyUsageList:
     """One member's daily usage (by user name or id), for those who may see the
     member (themselves, people sharing a group or project, admins); rows are then
     limited to what the caller may see like every usage report."""
     _require_org(org)
     async with ctx.sessions() as session:
         member = await readable_user(session, caller, user)
-    return {"usage": await _daily(ctx, caller, start, end, member.name)}
+    return SaturnDailyUsageList.model_validate(
+        {"usage": await _daily(ctx, caller, start, end, member.name)}
+    )
 
 
 async def _daily(
