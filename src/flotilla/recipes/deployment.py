@@ -5,7 +5,10 @@ range, a health check and autoscaling.
 
 Each replica is a run. A replica listens on one port per route; it finds them in
 `$PORT` (the first route) and `$FLOTILLA_PORT_<container_port>` (each route), since
-replicas sharing a machine cannot share a port. Pure: no I/O.
+replicas sharing a machine cannot share a port. A command that names neither (Saturn's
+`python3 -m http.server 8000`, listening on its route's `container_port`) gets the
+container port it names (`literal_container_ports`): it is reachable, but only one
+replica fits on a machine. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flotilla.lb.config import Algorithm, HealthCheck, parse_cidrs
 from flotilla.recipes.job import JobSpec, Strict, Workload
 
 _RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+_PORT_VARIABLE = re.compile(r"\$\{?(PORT|FLOTILLA_PORT_\d+)\b")
 MAX_REPLICAS = 1000
 MAX_WAIT_FOR_REPLICA = 3600.0
 
@@ -150,6 +154,26 @@ class DeploymentSpec(Workload):
 
     def replica_range(self) -> tuple[int, int]:
         return _bounds(self.replicas) if self.replicas is not None else (self.scale, self.scale)
+
+    def uses_port_variables(self) -> bool:
+        """Whether the command (or start script) reads `$PORT`/`$FLOTILLA_PORT_<n>`."""
+        text = "\n".join([*self._command_texts(), self.start_script or ""])
+        return _PORT_VARIABLE.search(text) is not None
+
+    def literal_container_ports(self) -> set[int]:
+        """The routes' container ports the command names itself (`http.server 8000`,
+        `--port=8000`, `0.0.0.0:8000`) while using no port variable: its replicas
+        listen there, not on a port chosen for them."""
+        if self.uses_port_variables():
+            return set()
+        tokens: set[str] = set()
+        for text in self._command_texts():
+            words = text.split()
+            tokens.update(re.split(r"[=:]", word)[-1].strip("'\"") for word in words)
+        return {r.container_port for r in self.routes if str(r.container_port) in tokens}
+
+    def _command_texts(self) -> list[str]:
+        return self.command if isinstance(self.command, list) else [self.command]
 
     def replica_job(self, ports: dict[int, int]) -> dict[str, Any]:
         """The spec one replica runs with: a single-task job serving on `ports`

@@ -8,11 +8,21 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from flotilla.core.cron import validate_schedule
 from flotilla.core.units import GpuRequest, parse_duration, parse_gpu, parse_memory
+from flotilla.recipes.commands import package_lists, sequence_script
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -87,6 +97,13 @@ class SecretRef(Strict):
         return self
 
 
+class CommandList(StrEnum):
+    """What a list `command` means (see `recipes/commands.py`)."""
+
+    ARGV = "argv"  # Flotilla's: one program and its arguments, no shell
+    SEQUENCE = "sequence"  # Saturn's: shell commands run one after another
+
+
 class ConcurrencyPolicy(StrEnum):
     ALLOW = "Allow"
     FORBID = "Forbid"
@@ -133,6 +150,11 @@ class Workload(Strict):
     image: str | dict[str, Any] | None = None
     instance_type: str | None = None
     command: str | list[str]
+    command_list: CommandList = Field(
+        CommandList.ARGV,
+        description="a list command: `argv` (program and arguments) or `sequence` "
+        "(Saturn's: commands run in order; what saturn-client's lists mean)",
+    )
     working_directory: str | None = None
     environment_variables: dict[str, EnvValue] = Field(default_factory=dict)
     git_repositories: list[GitRepository] = Field(default_factory=list)
@@ -146,23 +168,47 @@ class Workload(Strict):
         "default", pattern=NAME_PATTERN, description="the project charged; quotas apply to it"
     )
     resources: Resources = Field(default_factory=lambda: Resources())
+    extra_packages: dict[str, Any] | None = Field(
+        None,
+        description="Saturn's apt, conda and pip packages ({pip: 'numpy pandas'}), "
+        "installed before the start script",
+    )
     # Saturn fields kept for compatibility of existing recipes; honoured by the
     # backends that have the concept (a container backend), recorded by the others.
-    extra_packages: dict[str, Any] | None = None
     token_scope: str | None = None
     shared_folders: list[dict[str, Any]] = Field(default_factory=list)
 
-    @field_validator("command", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _command(cls, value: Any) -> Any:
-        # saturn-client sends list commands JSON-encoded as a string.
+    def _saturn_list_command(cls, data: Any) -> Any:
+        # saturn-client sends list commands JSON-encoded as a string, and means a
+        # sequence of commands by them; a stated `command_list` wins.
+        if not isinstance(data, dict):
+            return data
+        value = data.get("command")
         if isinstance(value, str) and value.lstrip().startswith("["):
             try:
                 decoded = json.loads(value)
             except ValueError:
-                return value
+                return data
             if isinstance(decoded, list) and all(isinstance(x, str) for x in decoded):
-                return decoded
+                return {"command_list": CommandList.SEQUENCE.value, **data, "command": decoded}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # `command_list: argv` is left out: specs stored before it existed stay equal
+        # to what they parse into, so re-applying one is no new version.
+        out: dict[str, Any] = handler(self)
+        if out.get("command_list") == CommandList.ARGV:
+            out.pop("command_list")
+        return out
+
+    @field_validator("extra_packages")
+    @classmethod
+    def _packages(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            package_lists(value)  # raises ValueError naming the bad key
         return value
 
     @field_validator("command")
@@ -243,7 +289,10 @@ class JobSpec(Workload):
         return parse_duration(self.max_duration) if self.max_duration is not None else None
 
     def argv_or_shell(self) -> tuple[list[str] | None, str | None]:
-        """(argv, None) for list commands, (None, shell text) for string commands."""
+        """(argv, None) for argv list commands, (None, shell text) for string
+        commands and Saturn's sequences (split across the job's `scale` tasks)."""
         if isinstance(self.command, list):
+            if self.command_list == CommandList.SEQUENCE:
+                return None, sequence_script(self.command, self.scale)
             return list(self.command), None
         return None, self.command

@@ -10,7 +10,9 @@ Offline; on a new recipe version, start new replicas and drain the old ones only
 once as many new ones are ready (a rolling update); stop surplus replicas.
 A replica leaving the load balancer (rollout, scale-down) is stopped once its
 connections there have ended: at least DRAIN_MIN (1 s, for requests the front
-door has in flight) and at most DRAIN_MAX (30 s) after it left.
+door has in flight) and at most DRAIN_MAX (30 s) after it left. A stopped
+deployment (`sc stop`, or created by `sc apply` without `--start`) has none.
+A replica running NOT_READY_AFTER without answering gets one event saying why.
 
 All deployments are decided in one transaction. One that fails (a stored spec
 the recipe no longer accepts, say) fails only itself: the transaction is redone
@@ -24,7 +26,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,7 +47,9 @@ from flotilla.server.services.deployments import (
     backend_address,
     balancer_config,
     deployment_state,
+    is_stopped,
     live_deployments,
+    not_ready_reason,
     recent_exits,
     spec_of,
     start_replica,
@@ -62,6 +66,7 @@ DEMAND_HOLD = 60.0
 # counted there) and not after DRAIN_MAX.
 DRAIN_MIN = 1.0
 DRAIN_MAX = 30.0
+NOT_READY_AFTER = timedelta(seconds=10)
 
 
 class Deployments(ReconcileLoop):
@@ -76,6 +81,7 @@ class Deployments(ReconcileLoop):
         self.demanded: set[str] = set()  # deployments a held TCP connection waits on
         self.changed = False  # this step started or stopped replicas
         self.refused: dict[str, str] = {}  # deployment -> why a budget refuses replicas
+        self.told_not_ready: set[str] = set()  # replicas whose not-ready event is out
         self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
@@ -89,6 +95,7 @@ class Deployments(ReconcileLoop):
         await self._probe(replicas)
         active = {r.run.id for r in replicas}
         self.unrouted = {run: at for run, at in self.unrouted.items() if run in active}
+        self.told_not_ready &= active
         self.changed = False
         now = self.ctx.clock.now()
         memory = self._memory()
@@ -127,14 +134,21 @@ class Deployments(ReconcileLoop):
             self.ctx.wakers.scheduler.set()
             self.ctx.wakers.supervision.set()
 
-    def _memory(self) -> tuple[set[str], dict[str, float], set[str], dict[str, str]]:
-        return set(self.ready), dict(self.unrouted), set(self.demanded), dict(self.refused)
+    def _memory(self) -> _Memory:
+        return (
+            set(self.ready),
+            dict(self.unrouted),
+            set(self.demanded),
+            dict(self.refused),
+            set(self.told_not_ready),
+        )
 
-    def _restore(self, memory: tuple[set[str], dict[str, float], set[str], dict[str, str]]) -> None:
-        ready, unrouted, demanded, refused = memory
+    def _restore(self, memory: _Memory) -> None:
+        ready, unrouted, demanded, refused, told = memory
         self.ready.clear()
         self.ready.update(ready)  # shared with the front door: the same set, refilled
         self.unrouted, self.refused = dict(unrouted), dict(refused)
+        self.told_not_ready = set(told)
         self.demanded |= demanded  # kept: demand that came in during the attempt
 
     async def _reconcile(
@@ -145,6 +159,9 @@ class Deployments(ReconcileLoop):
         state = await deployment_state(session, recipe, spec)
         replicas = [r for r in await active_replicas(session, recipe) if not r.stopping]
         key = plane_key(recipe)
+        if await is_stopped(session, recipe.id):
+            self._retire(session, key, replicas, now)
+            return balancer_config(recipe, spec, state, [], self.ctx.settings.host)
         self._scale(recipe, spec, state, now)
         current = [r for r in replicas if r.run.recipe_version == recipe.version]
         old = [r for r in replicas if r.run.recipe_version != recipe.version]
@@ -159,7 +176,34 @@ class Deployments(ReconcileLoop):
         rolled = len(ready_current) >= min(state.desired_replicas, len(old))
         routed = ready_current + ([] if rolled else [r for r in old if r.run.id in self.ready])
         self._retire(session, key, surplus + (old if rolled else []), now)
+        self._tell_not_ready(session, recipe, current, now)
         return balancer_config(recipe, spec, state, routed, self.ctx.settings.host)
+
+    def _tell_not_ready(
+        self, session: AsyncSession, recipe: RecipeModel, replicas: list[Replica], now: datetime
+    ) -> None:
+        """One event for each replica running NOT_READY_AFTER without answering."""
+        for replica in replicas:
+            started = replica.run.started_at
+            if (
+                not replica.running
+                or replica.run.id in self.ready
+                or replica.run.id in self.told_not_ready
+                or started is None
+                or now - _aware(started, now) < NOT_READY_AFTER
+            ):
+                continue
+            self.told_not_ready.add(replica.run.id)
+            record_event(
+                session,
+                kind="deployment",
+                message=f"replica {replica.run.number} is not ready: "
+                f"{not_ready_reason(replica, self.ready)}",
+                actor=ACTOR,
+                now=now,
+                recipe_id=recipe.id,
+                run_id=replica.run.id,
+            )
 
     def _demand(self, recipe_id: str) -> None:
         """A connection waits at the load balancer for a replica: scale from zero."""
@@ -333,6 +377,14 @@ class Deployments(ReconcileLoop):
             for backend in listener["backends"]
             if backend["active_connections"]
         }
+
+
+_Memory = tuple[set[str], dict[str, float], set[str], dict[str, str], set[str]]
+
+
+def _aware(value: datetime, like: datetime) -> datetime:
+    """SQLite gives back naive UTC datetimes."""
+    return value.replace(tzinfo=like.tzinfo) if value.tzinfo is None else value
 
 
 async def _answers(replica: Replica) -> bool:

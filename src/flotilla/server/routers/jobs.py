@@ -3,24 +3,19 @@ run history, pods and logs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import ClientError, NotFound
-from flotilla.server.db.models import RunModel, TaskModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import idempotency
 from flotilla.server.services import jobs as job_service
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.logs import read_log
+from flotilla.server.services.recipe_pods import pod_history, pod_logs
 from flotilla.server.services.runs import recipe_runs, request_stop, run_tasks
-from flotilla.server.services.secrets import log_redactor
 from flotilla.server.services.views import (
-    pod_history_item,
     recipe_states,
     recipe_view,
     run_summary,
@@ -233,11 +228,7 @@ async def history(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
     """Every pod (task) of every run, newest first (Saturn's historical pods)."""
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
-        runs = await recipe_runs(session, job.id, limit=1000)
-        tasks = await run_tasks(session, [r.id for r in runs])
-    now = ctx.clock.now()
-    pods = [pod_history_item(t, r, job.name, now) for r in runs for t in reversed(tasks[r.id])]
-    return {"pods": pods}
+        return {"pods": await pod_history(session, job, ctx.clock.now())}
 
 
 @router.get("/{job_id}/logs")
@@ -246,25 +237,4 @@ async def job_logs(
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
-        runs = await recipe_runs(session, job.id, limit=1000)
-        tasks = [t for ts in (await run_tasks(session, [r.id for r in runs])).values() for t in ts]
-        by_id = {r.id: r for r in runs}
-        task = _pick_log_task(tasks, runs, pod_name, job.name)
-        if task is None:
-            return {"logs": ""}
-        redactor = await log_redactor(session, ctx.secret_box, by_id[task.run_id], job)
-    files = ctx.backend.log_files(task_ref(task))
-    return {"logs": read_log(files.setup, redactor) + read_log(files.main, redactor)}
-
-
-def _pick_log_task(
-    tasks: list[TaskModel], runs: Sequence[RunModel], pod_name: str | None, job_name: str
-) -> TaskModel | None:
-    """The named pod, or the newest run's first rank."""
-    if pod_name is not None:
-        tasks = [t for t in tasks if t.name == pod_name]
-        if not tasks:
-            raise NotFound(f"pod {pod_name!r} of job {job_name}")
-    if not tasks:
-        return None
-    return tasks[0] if pod_name else max(tasks, key=lambda t: (t.run_id == runs[0].id, -t.rank))
+        return {"logs": await pod_logs(ctx, session, job, pod_name)}

@@ -1,11 +1,15 @@
-"""Recipes: apply (idempotent PUT), create, read, list, versions."""
+"""Recipes: apply (idempotent PUT), create, read, list, versions.
+
+A deployment created by saturn-client (its requests carry `X-Saturn-Client-Version`)
+is created stopped, as Saturn does: `sc apply` without `--start` waits for `sc
+start`. Flotilla's own clients get it running at once."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Header, Response
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +19,7 @@ from flotilla.recipes.fleet import SSH
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.deployments import DEPLOYMENT
+from flotilla.server.services.deployments import DEPLOYMENT, set_stopped
 from flotilla.server.services.fleet_checks import check_fleet
 from flotilla.server.services.fleet_views import fleet_recipe_states
 from flotilla.server.services.fleets import FLEET
@@ -29,6 +33,8 @@ from flotilla.server.services.views import iso, recipe_states, recipe_view
 
 router = APIRouter(prefix="/api/recipes", tags=["recipes"])
 JOB = "job"
+# saturn-client sends its version with every request.
+SaturnClient = Annotated[str | None, Header(alias="X-Saturn-Client-Version")]
 # What FastAPI would have encoded the answer with, used before the commit instead.
 _ANSWER = TypeAdapter(dict[str, Any])
 
@@ -65,7 +71,9 @@ async def _states(
     return states
 
 
-async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) -> Response:
+async def _apply(
+    ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool, saturn: str | None = None
+) -> Response:
     """Apply in one transaction whose last step is encoding the answer: whatever
     fails, up to an answer that cannot be sent, rolls it all back, and nothing
     wakes before the commit."""
@@ -91,6 +99,9 @@ async def _apply(ctx: Ctx, caller: Caller, payload: Any, enforce_unknown: bool) 
         if changed and recipe.type == JOB:
             schedule = recipe_service.enabled_schedule(recipe)
             recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
+        if saturn and changed and recipe.type == DEPLOYMENT and recipe.version == 1:
+            why = f"created by saturn-client {saturn}; `sc start` runs it"
+            await set_stopped(session, recipe, True, caller.name, ctx.clock.now(), why)
         states = await _states(ctx, session, [recipe])
         answer = _answer(recipe_view(recipe, states[recipe.id]))
     wakers = ctx.wakers
@@ -121,9 +132,10 @@ async def apply_recipe(
     caller: Caller,
     payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
+    saturn_client: SaturnClient = None,
 ) -> Response:
     """Create or update a recipe from its envelope. The same recipe twice is a no-op."""
-    return await _apply(ctx, caller, payload, enforce_unknown)
+    return await _apply(ctx, caller, payload, enforce_unknown, saturn_client)
 
 
 @router.post("", status_code=201, response_model=dict[str, Any], openapi_extra=_RECIPE_BODY)
@@ -132,8 +144,9 @@ async def create_recipe(
     caller: Caller,
     payload: Any = Body(...),  # noqa: B008
     enforce_unknown: bool = True,
+    saturn_client: SaturnClient = None,
 ) -> Response:
-    return await _apply(ctx, caller, payload, enforce_unknown)
+    return await _apply(ctx, caller, payload, enforce_unknown, saturn_client)
 
 
 @router.get("")

@@ -1,5 +1,7 @@
 """Server status, the caller's identity, the instance sizes (`/api/info/servers`,
-which saturn-client reads for `sc options`) and where the SSH gateway listens."""
+which saturn-client reads for `sc options` and `sc split`), the one organization
+this server is (`/api/orgs`, for saturn-client's `primary_org`) and where the SSH
+gateway listens."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from flotilla import __version__
+from flotilla.core.catalog import instance_type
 from flotilla.server.routers.deps import Caller, Ctx
+from flotilla.server.routers.usage import ORG
+from flotilla.server.services.fleet_views import offer_views
 from flotilla.server.services.users import get_user, user_view
 from flotilla.server.services.views import API_VERSION
 from flotilla.server.ssh.gateway import gateway_info
@@ -38,22 +43,78 @@ async def user(ctx: Ctx, caller: Caller) -> dict[str, Any]:
 
 @router.get("/info/servers")
 async def servers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    sizes = {}
+    """Saturn's sizes: this server's own machines (`local`) and every instance type
+    a configured provider offers (what `instance_type` may name)."""
+    sizes: dict[str, dict[str, Any]] = {}
     for node in ctx.backend.nodes():
-        sizes[node.name] = {
-            "name": node.name,
-            "display": node.name,
-            "display_name": node.name,
-            "cores": node.cpus,
-            "memory": f"{node.memory_bytes // 2**30}Gi",
-            "gpu": len(node.gpus),
-            "gpu_type": node.gpu_type,
-            "hardware_type": "gpu" if node.gpus else "cpu",
-            "cloud": ctx.backend.name,
-            "price_per_hour": None,
-            "description": "this machine",
-        }
+        sizes[node.name] = _size(
+            node.name,
+            node.cpus,
+            f"{node.memory_bytes // 2**30}Gi",
+            len(node.gpus),
+            node.gpu_type,
+            ctx.backend.name,
+            None,
+            "this machine",
+        )
+    for offer in offer_views(ctx.providers):
+        name = offer["instance_type"]
+        if name in sizes:
+            continue  # cheapest first: the first offer of a type names its price
+        cores, memory = _shape(name)
+        sizes[name] = _size(
+            name,
+            cores,
+            memory,
+            offer["gpus"],
+            offer["gpu_type"],
+            offer["provider"],
+            offer["on_demand_per_hour"],
+            f"from provider {offer['provider']} ({offer['region']})",
+        )
     return {"sizes": sizes, "auto_shutoff": ["Never"], "disk_space": []}
+
+
+def _shape(instance_type_name: str) -> tuple[int, str | None]:
+    """Cores and memory of a catalogued instance type; (0, None) for another one."""
+    try:
+        kind = instance_type(instance_type_name)
+    except KeyError:
+        return 0, None
+    return kind.vcpus, f"{kind.memory_gib}Gi"
+
+
+def _size(
+    name: str,
+    cores: int,
+    memory: str | None,
+    gpus: int,
+    gpu_type: str | None,
+    cloud: str,
+    price: float | None,
+    description: str,
+) -> dict[str, Any]:
+    # `cores` 0: the provider does not say (saturn-client sorts sizes by it).
+    return {
+        "name": name,
+        "display": name,
+        "display_name": name,
+        "cores": cores,
+        "memory": memory,
+        "gpu": gpus,
+        "gpu_type": gpu_type,
+        "hardware_type": "gpu" if gpus else "cpu",
+        "cloud": cloud,
+        "price_per_hour": price,
+        "description": description,
+    }
+
+
+@router.get("/orgs")
+async def orgs(ctx: Ctx, caller: Caller, all_orgs: bool = False) -> dict[str, Any]:
+    """Saturn's organizations: a Flotilla server is one, the primary one."""
+    org = {"id": ORG, "name": ORG, "is_primary": True, "description": "this Flotilla server"}
+    return {"orgs": [org], "next_key": None}
 
 
 @router.get("/ssh")

@@ -3,8 +3,14 @@ replica runs, the load balancer config that routes to the ready replicas, and
 their views.
 
 A replica is a run of the deployment's recipe whose spec is `replica_job(ports)`:
-one task serving on host ports chosen for it (`replica_ports`), tagged with the
-recipe version it runs (`recipe_version`) so a rolling update can tell old from new.
+one task serving on host ports chosen for it (`replica_ports`; a command that names
+its route's container port keeps that one), tagged with the recipe version it runs
+(`recipe_version`) so a rolling update can tell old from new.
+
+A deployment runs until stopped: its latest `started`/`stopped` event says which
+(`is_stopped`), so it survives a restart without a column of its own. Saturn's
+client creates deployments stopped (`sc apply` without `--start` waits for `sc
+start`); Flotilla's own applies start them at once.
 """
 
 from __future__ import annotations
@@ -19,8 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import RunStatus
 from flotilla.lb import Backend, Listener, LoadBalancerConfig
+from flotilla.recipes.commands import with_packages
 from flotilla.recipes.deployment import DeploymentSpec
-from flotilla.server.db.models import DeploymentStateModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.db.models import (
+    DeploymentStateModel,
+    EventModel,
+    RecipeModel,
+    RunModel,
+    TaskModel,
+)
+from flotilla.server.services.events import record_event
 from flotilla.server.services.launch import free_port
 from flotilla.server.services.recipes import live_recipes
 from flotilla.server.services.runs import create_run
@@ -28,6 +42,8 @@ from flotilla.server.services.runs import create_run
 DEPLOYMENT = "deployment"
 ACTOR = "deployments"
 RECENT = timedelta(minutes=5)
+# The events that start and stop a deployment (`set_stopped`).
+STARTED, STOPPED = "started", "stopped"
 
 
 def spec_of(recipe: RecipeModel) -> DeploymentSpec:
@@ -129,21 +145,90 @@ async def recent_exits(session: AsyncSession, recipe: RecipeModel, now: datetime
     return len(rows.all())
 
 
+async def is_stopped(session: AsyncSession, recipe_id: str) -> bool:
+    """Whether the deployment's latest start/stop event is a stop."""
+    query = (
+        select(EventModel.kind)
+        .where(EventModel.recipe_id == recipe_id, EventModel.kind.in_([STARTED, STOPPED]))
+        .order_by(EventModel.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar() == STOPPED
+
+
+async def set_stopped(
+    session: AsyncSession, recipe: RecipeModel, stopped: bool, actor: str, now: datetime, why: str
+) -> bool:
+    """Stop or start the deployment (its replicas follow at the reconciler's next
+    step); False when it already was. `why` ends the event's message."""
+    if await is_stopped(session, recipe.id) == stopped:
+        return False
+    record_event(
+        session,
+        kind=STOPPED if stopped else STARTED,
+        message=f"deployment {'stopped' if stopped else 'started'}: {why}",
+        actor=actor,
+        now=now,
+        recipe_id=recipe.id,
+    )
+    return True
+
+
+def replica_host_ports(spec: DeploymentSpec) -> dict[int, int]:
+    """Container port -> the host port a new replica serves it on: a free one, told
+    to it in $PORT, unless the command names the container port itself."""
+    literal = spec.literal_container_ports()
+    return {
+        route.container_port: route.container_port
+        if route.container_port in literal
+        else free_port()
+        for route in spec.routes
+    }
+
+
 def start_replica(
     session: AsyncSession, recipe: RecipeModel, spec: DeploymentSpec, now: datetime
 ) -> RunModel:
-    ports = {route.container_port: free_port() for route in spec.routes}
-    run = create_run(
-        session,
-        recipe,
-        trigger=DEPLOYMENT,
-        actor=ACTOR,
-        now=now,
-        spec=spec.replica_job(ports),
-    )
+    ports = replica_host_ports(spec)
+    job = spec.replica_job(ports)
+    if spec.extra_packages:
+        job["start_script"] = with_packages(spec.start_script, spec.extra_packages)
+    run = create_run(session, recipe, trigger=DEPLOYMENT, actor=ACTOR, now=now, spec=job)
     run.recipe_version = recipe.version
     run.replica_ports = {str(k): v for k, v in ports.items()}
+    if literal := sorted(spec.literal_container_ports()):
+        record_event(
+            session,
+            kind="deployment",
+            message=f"the command names container port(s) {', '.join(map(str, literal))} "
+            "and no $PORT: the replica is reached there, so only one fits on a machine",
+            actor=ACTOR,
+            now=now,
+            recipe_id=recipe.id,
+            run_id=run.id,
+        )
     return run
+
+
+def not_ready_reason(replica: Replica, ready: set[str]) -> str | None:
+    """Why a replica takes no traffic, in one line; None when it does."""
+    if replica.run.id in ready:
+        return None
+    if replica.stopping:
+        return "stopping"
+    if not replica.running:
+        return f"not running yet ({replica.run.status})"
+    ports = replica.run.replica_ports or {}
+    if not ports:
+        return "it has no port to serve on"
+    container, host = next(iter(ports.items()))
+    where = f"{backend_address(replica.address or '')}:{host}"
+    if int(host) == int(container):
+        return f"nothing answers on {where} (the container port its command names)"
+    return (
+        f"nothing answers on {where}: the command must listen on $PORT (={host}) for "
+        f"route container_port {container}, or name {container} in its command line"
+    )
 
 
 def balancer_config(
@@ -193,9 +278,18 @@ def deployment_view_state(
     replicas: Sequence[Replica],
     ready: set[str],
     lb: dict[str, Any],
+    stopped: bool = False,
 ) -> dict[str, Any]:
+    if stopped:
+        status = "stopping" if replicas else "stopped"
+    elif any(r.run.id in ready for r in replicas):
+        status = "running"
+    else:
+        status = "pending"
     return {
-        "desired_replicas": state.desired_replicas if state else None,
+        "status": status,
+        "stopped": stopped,
+        "desired_replicas": 0 if stopped else state.desired_replicas if state else None,
         "restarts": state.restarts if state else 0,
         "replicas": [
             {
@@ -206,6 +300,7 @@ def deployment_view_state(
                 "address": r.address,
                 "ports": r.run.replica_ports,
                 "ready": r.run.id in ready,
+                "not_ready_reason": not_ready_reason(r, ready),
                 "stopping": r.stopping,
             }
             for r in replicas

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.cron import validate_schedule
 from flotilla.errors import ClientError
+from flotilla.recipes.commands import with_packages
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel
 from flotilla.server.identity import Identity
@@ -37,7 +38,9 @@ async def trigger_run(
     here: budgets that apply refuse it (403 budget_exceeded) or warn on it, and the
     warnings are kept as events on the run. `user` is whose budget applies."""
     warnings = await check_new_run(session, job, user, now)
-    run = create_run(session, job, trigger=trigger, actor=actor or user, now=now)
+    run = create_run(
+        session, job, trigger=trigger, actor=actor or user, now=now, spec=run_spec(job)
+    )
     for warning in warnings:
         record_event(
             session,
@@ -49,6 +52,15 @@ async def trigger_run(
             run_id=run.id,
         )
     return run, warnings
+
+
+def run_spec(job: RecipeModel) -> dict[str, Any]:
+    """The spec a new run gets: the recipe's, with Saturn's `extra_packages`
+    installed by its start script (the recipe itself keeps them as written)."""
+    spec = dict(job.spec)
+    if spec.get("extra_packages"):
+        spec["start_script"] = with_packages(spec.get("start_script"), spec["extra_packages"])
+    return spec
 
 
 async def stop_job(
