@@ -5,10 +5,11 @@ changes or deletes an entry."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Query
 
+from flotilla.api.audit import AuditPage
+from flotilla.api.base import errors
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.audit import AuditQuery, audit_view, query_audit
 
@@ -25,7 +26,7 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-@router.get("")
+@router.get("", responses=errors(403, 422))
 async def list_audit(
     ctx: Ctx,
     caller: Caller,
@@ -38,13 +39,13 @@ async def list_audit(
         None, ge=1, le=MAX_ENTRY_ID, description="page backwards from this entry id"
     ),
     limit: int = Query(100, ge=1, le=1000),
-) -> dict[str, Any]:
+) -> AuditPage:
+    """Newest first; the next page is `before_id=next_before_id`."""
     caller.require_admin()
     query = AuditQuery(actor, action, outcome, as_utc(since), as_utc(until), before_id, limit)
     async with ctx.sessions() as session:
         rows = await query_audit(session, query)
     entries = [audit_view(r) for r in rows]
-    return {
-        "entries": entries,
-        "next_before_id": entries[-1]["id"] if len(entries) == limit else None,
-    }
+    return AuditPage.model_validate(
+        {"entries": entries, "next_before_id": entries[-1]["id"] if len(entries) == limit else None}
+    )

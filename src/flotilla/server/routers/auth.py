@@ -12,8 +12,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.api.auth import (
+    Jwks,
+    KeyRotation,
+    LoginRequest,
+    LogoutRequest,
+    LogoutResponse,
+    RefreshRequest,
+    SessionList,
+    TokenResponse,
+    public_errors,
+)
+from flotilla.api.base import errors
 from flotilla.errors import ClientError
 from flotilla.server.auth import sessions as session_service
 from flotilla.server.auth import sso
@@ -23,35 +34,13 @@ from flotilla.server.auth.sessions import IssuedTokens, LoginRefused
 from flotilla.server.auth.throttle import TooManyAttempts
 from flotilla.server.auth.tokens import TokenPolicy, unverified_session_id
 from flotilla.server.context import ServerContext
+from flotilla.server.db.models import SessionModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.security import looks_like_jwt, parse_authorization
 from flotilla.server.services.views import iso
 
 router = APIRouter()
 api = APIRouter(prefix="/api/auth", tags=["auth"])
-
-
-class LoginRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024, repr=False)
-
-
-class RefreshRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    refresh_token: str = Field(min_length=1, max_length=1024, repr=False)
-
-
-class LogoutRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    session_id: str | None = Field(None, description="default: the calling session")
-
-
-class TokenResponse(BaseModel):
-    access_token: str
-    token_type: str = "Bearer"  # noqa: S105 - the scheme's name, not a secret
-    expires_in: int = Field(description="seconds until the access token expires")
-    refresh_token: str
 
 
 def _source_ip(request: Request) -> str:
@@ -61,10 +50,10 @@ def _source_ip(request: Request) -> str:
 def _tokens(request: Request, tokens: IssuedTokens, detail: str) -> TokenResponse:
     request.state.audit_actor = tokens.username
     request.state.audit_detail = detail
-    return TokenResponse(**tokens.as_dict())
+    return TokenResponse.model_validate(tokens.as_dict())
 
 
-@api.post("/login")
+@api.post("/login", responses=public_errors(401, 422, 429))
 async def login(request: Request, ctx: Ctx, body: LoginRequest) -> TokenResponse:
     """Log in with a user name and password; returns an access and a refresh token."""
     request.state.audit_actor = body.username
@@ -83,7 +72,7 @@ async def login(request: Request, ctx: Ctx, body: LoginRequest) -> TokenResponse
     return _tokens(request, tokens, "password login")
 
 
-@api.post("/refresh")
+@api.post("/refresh", responses=public_errors(401, 422))
 async def refresh(request: Request, ctx: Ctx, body: RefreshRequest) -> TokenResponse:
     """New tokens for a refresh token, which is used up; replaying a used-up one
     revokes its session."""
@@ -91,10 +80,10 @@ async def refresh(request: Request, ctx: Ctx, body: RefreshRequest) -> TokenResp
     return _tokens(request, tokens, "session refreshed")
 
 
-@api.post("/logout")
+@api.post("/logout", responses=errors(400, 403, 404, 422))
 async def logout(
     request: Request, ctx: Ctx, caller: Caller, body: LogoutRequest | None = None
-) -> dict[str, Any]:
+) -> LogoutResponse:
     """End the calling session (or the one named): its tokens stop working."""
     session_id = body.session_id if body and body.session_id else _calling_session(request)
     if session_id is None:
@@ -105,7 +94,7 @@ async def logout(
         )
     async with ctx.transaction() as session:
         await session_service.revoke_session(session, caller, session_id, ctx.clock.now())
-    return {"revoked": session_id}
+    return LogoutResponse(revoked=session_id)
 
 
 def _calling_session(request: Request) -> str | None:
@@ -113,30 +102,29 @@ def _calling_session(request: Request) -> str | None:
     return unverified_session_id(token) if looks_like_jwt(token) else None
 
 
-@api.get("/sessions")
-async def list_sessions(request: Request, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@api.get("/sessions", responses=errors())
+async def list_sessions(request: Request, ctx: Ctx, caller: Caller) -> SessionList:
     """The caller's live sessions (never their tokens)."""
     current = _calling_session(request)
     async with ctx.transaction() as session:
         rows = await session_service.list_sessions(session, caller.user_id, ctx.clock.now())
+    return SessionList.model_validate({"sessions": [_session_view(row, current) for row in rows]})
+
+
+def _session_view(row: SessionModel, current: str | None) -> dict[str, Any]:
     return {
-        "sessions": [
-            {
-                "id": row.id,
-                "method": row.method,
-                "source_ip": row.source_ip,
-                "created_at": iso(row.created_at),
-                "refreshed_at": iso(row.refreshed_at),
-                "expires_at": iso(row.expires_at),
-                "current": row.id == current,
-            }
-            for row in rows
-        ]
+        "id": row.id,
+        "method": row.method,
+        "source_ip": row.source_ip,
+        "created_at": iso(row.created_at),
+        "refreshed_at": iso(row.refreshed_at),
+        "expires_at": iso(row.expires_at),
+        "current": row.id == current,
     }
 
 
-@api.post("/keys/rotate")
-async def rotate_keys(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@api.post("/keys/rotate", responses=errors(403))
+async def rotate_keys(ctx: Ctx, caller: Caller) -> KeyRotation:
     """Sign with a new key from now on (platform admins). Tokens signed by the old
     key keep working until they expire."""
     caller.require_admin()
@@ -145,22 +133,25 @@ async def rotate_keys(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     async with ctx.transaction() as session:
         key = await rotate_signing_key(session, ctx.secret_box, now, policy.access_ttl)
         jwks = await public_jwks(session, now, policy.access_ttl)
-    return {"kid": key.kid, "keys": [k["kid"] for k in jwks["keys"]]}
+    return KeyRotation(kid=key.kid, keys=[k["kid"] for k in jwks["keys"]])
 
 
 async def _jwks(ctx: ServerContext) -> JSONResponse:
+    """The document as stored, checked against the contract (a `JSONResponse`, not
+    the model, for its Cache-Control header)."""
     async with ctx.transaction() as session:
         body = await public_jwks(session, ctx.clock.now(), TokenPolicy.of(ctx.settings).access_ttl)
+    Jwks.model_validate(body)
     return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
 
 
-@api.get("/jwks")
+@api.get("/jwks", response_model=Jwks, responses=public_errors())
 async def jwks(ctx: Ctx) -> JSONResponse:
     """The public keys that verify this server's session tokens."""
     return await _jwks(ctx)
 
 
-@router.get("/.well-known/jwks.json", tags=["auth"])
+@router.get("/.well-known/jwks.json", tags=["auth"], response_model=Jwks, responses=public_errors())
 async def well_known_jwks(ctx: Ctx) -> JSONResponse:
     """The public keys that verify this server's session tokens."""
     return await _jwks(ctx)
@@ -183,14 +174,25 @@ def _oidc(request: Request, ctx: ServerContext) -> OidcClient:
     return client
 
 
-@api.get("/oidc/login", response_class=RedirectResponse, status_code=302)
+@api.get(
+    "/oidc/login",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {
+            "description": "to the identity provider's login page",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        **public_errors(404, 502),
+    },
+)
 async def oidc_login(request: Request, ctx: Ctx) -> RedirectResponse:
     """Start single sign-on: redirects to the identity provider."""
     url = await sso.begin_login(ctx, _oidc(request, ctx))
     return RedirectResponse(url, status_code=302)
 
 
-@api.get("/oidc/callback")
+@api.get("/oidc/callback", responses=public_errors(400, 401, 404, 409, 502))
 async def oidc_callback(
     request: Request,
     ctx: Ctx,

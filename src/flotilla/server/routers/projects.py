@@ -4,14 +4,18 @@ member sees the project and who is in it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.projects import (
+    CreateProjectRequest,
+    MemberRequest,
+    Project,
+    ProjectList,
+    UpdateProjectRequest,
+)
 from flotilla.errors import NotFound
-from flotilla.recipes.identity import ProjectMemberSpec
 from flotilla.server.db.models import ProjectModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import projects as project_service
@@ -19,27 +23,8 @@ from flotilla.server.services import projects as project_service
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
 
-class CreateProjectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    description: str = Field("", max_length=4096)
-    members: list[ProjectMemberSpec] = Field(
-        default_factory=list, description="[{user: NAME, role}, {group: NAME, role}]"
-    )
-
-
-class UpdateProjectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    description: str | None = Field(None, max_length=4096)
-
-
-class MemberRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: str = "member"
-
-
-@router.post("", status_code=201)
-async def create_project(ctx: Ctx, caller: Caller, body: CreateProjectRequest) -> dict[str, Any]:
+@router.post("", status_code=201, responses=errors(403, 409, 422))
+async def create_project(ctx: Ctx, caller: Caller, body: CreateProjectRequest) -> Project:
     caller.require_admin()
     async with ctx.transaction() as session:
         project = await project_service.create_project(
@@ -53,28 +38,31 @@ async def create_project(ctx: Ctx, caller: Caller, body: CreateProjectRequest) -
         return await _view(session, project)
 
 
-async def _view(session: AsyncSession, project: ProjectModel) -> dict[str, Any]:
-    return project_service.project_view(project, await project_service.members(session, project))
+async def _view(session: AsyncSession, project: ProjectModel) -> Project:
+    return Project.model_validate(
+        project_service.project_view(project, await project_service.members(session, project))
+    )
 
 
-@router.get("")
-async def list_projects(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_projects(ctx: Ctx, caller: Caller) -> ProjectList:
     async with ctx.sessions() as session:
         projects = await project_service.list_projects(session, caller)
-        return {"projects": [await _view(session, p) for p in projects], "next_key": None}
+        views = [await _view(session, p) for p in projects]
+    return ProjectList(projects=views, next_key=None)
 
 
-@router.get("/{project}")
-async def get_project(ctx: Ctx, caller: Caller, project: str) -> dict[str, Any]:
+@router.get("/{project}", responses=errors(404))
+async def get_project(ctx: Ctx, caller: Caller, project: str) -> Project:
     async with ctx.sessions() as session:
         found = await project_service.readable_project(session, caller, project)
         return await _view(session, found)
 
 
-@router.patch("/{project}")
+@router.patch("/{project}", responses=errors(403, 404, 422))
 async def update_project(
     ctx: Ctx, caller: Caller, project: str, body: UpdateProjectRequest
-) -> dict[str, Any]:
+) -> Project:
     caller.require_admin()
     async with ctx.transaction() as session:
         found = await project_service.get_project(session, project)
@@ -83,7 +71,7 @@ async def update_project(
         return await _view(session, found)
 
 
-@router.delete("/{project}", status_code=204)
+@router.delete("/{project}", status_code=204, responses=errors(403, 404, 409))
 async def delete_project(ctx: Ctx, caller: Caller, project: str) -> Response:
     caller.require_admin()
     async with ctx.transaction() as session:
@@ -92,10 +80,10 @@ async def delete_project(ctx: Ctx, caller: Caller, project: str) -> Response:
     return Response(status_code=204)
 
 
-@router.put("/{project}/members/{kind}/{name}")
+@router.put("/{project}/members/{kind}/{name}", responses=errors(403, 404, 422))
 async def set_member(
     ctx: Ctx, caller: Caller, project: str, kind: str, name: str, body: MemberRequest
-) -> dict[str, Any]:
+) -> Project:
     """Give a user or a group (`kind`) a role in the project; idempotent."""
     role = project_service.parse_role(body.role)
     async with ctx.transaction() as session:
@@ -110,7 +98,7 @@ async def set_member(
         return await _view(session, found)
 
 
-@router.delete("/{project}/members/{kind}/{name}", status_code=204)
+@router.delete("/{project}/members/{kind}/{name}", status_code=204, responses=errors(403, 404, 422))
 async def remove_member(ctx: Ctx, caller: Caller, project: str, kind: str, name: str) -> Response:
     async with ctx.transaction() as session:
         found = await project_service.readable_project(session, caller, project)

@@ -4,29 +4,20 @@ accepted once and never returned. A secret belongs to a user, a group or a proje
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.api.base import errors
+from flotilla.api.secrets import OwnerKindName, PutSecretRequest, Secret, SecretList
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import secrets as secret_service
-from flotilla.server.services.secrets import OwnerKind
 
 router = APIRouter(prefix="/api/secrets", tags=["secrets"])
 
 
-class PutSecretRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=128)
-    value: str = Field(repr=False)
-    owner: str | None = Field(None, description="user, group or project; default: the caller")
-    owner_kind: OwnerKind | None = Field(None, description="default: inferred from `owner`")
-    description: str = ""
-
-
-@router.post("", status_code=201)
-async def put_secret(ctx: Ctx, caller: Caller, body: PutSecretRequest) -> dict[str, Any]:
+@router.post("", status_code=201, responses=errors(403, 422))
+async def put_secret(ctx: Ctx, caller: Caller, body: PutSecretRequest) -> Secret:
+    """Create the secret, or replace the value and description of the one of that
+    owner and name."""
     async with ctx.transaction() as session:
         kind, owner = await secret_service.resolve_owner(
             session, caller, body.owner, body.owner_kind
@@ -42,23 +33,24 @@ async def put_secret(ctx: Ctx, caller: Caller, body: PutSecretRequest) -> dict[s
             description=body.description,
             now=ctx.clock.now(),
         )
-        return secret_service.secret_view(secret)
+        return Secret.model_validate(secret_service.secret_view(secret))
 
 
-@router.get("")
-async def list_secrets(ctx: Ctx, caller: Caller, owner: str | None = None) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_secrets(ctx: Ctx, caller: Caller, owner: str | None = None) -> SecretList:
+    """The secrets the caller may use (of one `owner`, if given)."""
     async with ctx.sessions() as session:
         secrets = await secret_service.list_secrets(session, caller, owner)
-    return {"secrets": [secret_service.secret_view(s) for s in secrets]}
+    return SecretList.model_validate({"secrets": [secret_service.secret_view(s) for s in secrets]})
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(403, 404, 422))
 async def delete_secret(
     ctx: Ctx,
     caller: Caller,
     name: str,
     owner: str | None = None,
-    owner_kind: OwnerKind | None = None,
+    owner_kind: OwnerKindName | None = None,
 ) -> Response:
     async with ctx.transaction() as session:
         kind, resolved = await secret_service.resolve_owner(session, caller, owner, owner_kind)

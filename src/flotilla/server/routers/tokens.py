@@ -4,12 +4,10 @@ A new token's plaintext is in the creation response and nowhere else, ever."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
 
+from flotilla.api.base import errors
+from flotilla.api.tokens import CreatedToken, CreateTokenRequest, TokenList
 from flotilla.errors import NotFound
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
@@ -19,14 +17,6 @@ from flotilla.server.services.users import readable_user, require_self_or_admin
 router = APIRouter(prefix="/api", tags=["tokens"])
 
 
-class CreateTokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=128)
-    scopes: list[str] = Field(default_factory=lambda: ["read", "write"])
-    expires_in_days: int | None = None
-    expires_at: datetime | None = None
-
-
 async def _create(
     ctx: Ctx,
     caller: Identity,
@@ -34,7 +24,7 @@ async def _create(
     body: CreateTokenRequest,
     *,
     service_account: bool = False,
-) -> dict[str, Any]:
+) -> CreatedToken:
     """A token for the user `ref` (id or name): the caller, or anyone for an admin."""
     now = ctx.clock.now()
     async with ctx.transaction() as session:
@@ -51,47 +41,54 @@ async def _create(
             expires_at=token_service.expiry(now, body.expires_in_days, body.expires_at),
             now=now,
         )
-        return {**token_service.token_view(token, user.name), "token": plaintext}
+        view = token_service.token_view(token, user.name)
+        return CreatedToken.model_validate({**view, "token": plaintext})
 
 
-@router.post("/tokens", status_code=201)
-async def create_token(ctx: Ctx, caller: Caller, body: CreateTokenRequest) -> dict[str, Any]:
+@router.post("/tokens", status_code=201, responses=errors(403, 422))
+async def create_token(ctx: Ctx, caller: Caller, body: CreateTokenRequest) -> CreatedToken:
     """A token for the caller. The response's `token` is shown this once."""
     return await _create(ctx, caller, caller.user_id, body)
 
 
-@router.get("/tokens")
-async def list_tokens(ctx: Ctx, caller: Caller, user: str | None = None) -> dict[str, Any]:
+@router.get("/tokens", responses=errors(403, 404))
+async def list_tokens(ctx: Ctx, caller: Caller, user: str | None = None) -> TokenList:
     """The caller's tokens (a platform admin may ask for another `user`'s)."""
     async with ctx.sessions() as session:
         target = await readable_user(session, caller, user or caller.user_id)
         require_self_or_admin(caller, target, "list their tokens")
         tokens = await token_service.list_tokens(session, target)
-    return {"tokens": [token_service.token_view(t, target.name) for t in tokens]}
+    return TokenList.model_validate(
+        {"tokens": [token_service.token_view(t, target.name) for t in tokens]}
+    )
 
 
-@router.delete("/tokens/{token_id}", status_code=204)
+@router.delete("/tokens/{token_id}", status_code=204, responses=errors(403, 404))
 async def revoke_token(ctx: Ctx, caller: Caller, token_id: str) -> Response:
     async with ctx.transaction() as session:
         await token_service.revoke_token(session, caller, token_id, ctx.clock.now())
     return Response(status_code=204)
 
 
-@router.post("/users/{user_id}/tokens", status_code=201)
+@router.post("/users/{user_id}/tokens", status_code=201, responses=errors(403, 404, 409, 422))
 async def create_user_token(
     ctx: Ctx, caller: Caller, user_id: str, body: CreateTokenRequest
-) -> dict[str, Any]:
+) -> CreatedToken:
     return await _create(ctx, caller, user_id, body)
 
 
-@router.get("/users/{user_id}/tokens")
-async def list_user_tokens(ctx: Ctx, caller: Caller, user_id: str) -> dict[str, Any]:
+@router.get("/users/{user_id}/tokens", responses=errors(403, 404))
+async def list_user_tokens(ctx: Ctx, caller: Caller, user_id: str) -> TokenList:
     return await list_tokens(ctx, caller, user_id)
 
 
-@router.post("/service_accounts/{account_id}/tokens", status_code=201)
+@router.post(
+    "/service_accounts/{account_id}/tokens",
+    status_code=201,
+    responses=errors(403, 404, 409, 422),
+)
 async def create_service_account_token(
     ctx: Ctx, caller: Caller, account_id: str, body: CreateTokenRequest
-) -> dict[str, Any]:
+) -> CreatedToken:
     caller.require_admin()
     return await _create(ctx, caller, account_id, body, service_account=True)

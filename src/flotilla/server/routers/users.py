@@ -11,10 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.users import (
+    AddKeyRequest,
+    CreateServiceAccountRequest,
+    CreateUserRequest,
+    OwnerList,
+    ServiceAccountCreated,
+    ServiceAccountList,
+    SshKey,
+    UpdateUserRequest,
+    User,
+    UserBrief,
+    UserList,
+)
 from flotilla.errors import NotFound
 from flotilla.server.db.models import GroupModel, UserModel
 from flotilla.server.identity import Identity
@@ -29,54 +42,15 @@ router = APIRouter(prefix="/api", tags=["users"])
 DEFAULT_ORG = "default"
 
 
-class CreateUserRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str = Field(validation_alias=AliasChoices("username", "name"))
-    email: str | None = None
-    full_name: str = Field("", max_length=256)
-    ssh_public_keys: list[str] = Field(default_factory=list)
-    admin: bool = False
-    password: str | None = None
-    # Sent by saturn-client; Flotilla sends no mail.
-    send_reset_email: bool = False
-
-
-class UpdateUserRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    username: str | None = None
-    email: str | None = None
-    full_name: str | None = Field(None, max_length=256)
-    ssh_public_keys: list[str] | None = None
-    admin: bool | None = None
-    locked: bool | None = None
-    password: str | None = None
-
-
-class CreateServiceAccountRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    full_name: str = Field("", max_length=256)
-    admin: bool = False
-    # Saturn's fields for cloud IAM roles: accepted so saturn-client works; Flotilla
-    # has no cloud roles to attach.
-    cloud_role: str | None = None
-    auto_associate: bool = False
-
-
-class AddKeyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(validation_alias=AliasChoices("key", "public_key"))
-
-
-async def _view(session: AsyncSession, caller: Identity, user: UserModel) -> dict[str, Any]:
+async def _view(session: AsyncSession, caller: Identity, user: UserModel) -> User | UserBrief:
     """In full for admins and the user themselves; others see names."""
     if caller.is_admin or user.id == caller.user_id:
-        return await user_service.user_view(session, user)
-    return user_service.brief_view(user)
+        return User.model_validate(await user_service.user_view(session, user))
+    return UserBrief.model_validate(user_service.brief_view(user))
 
 
-@router.post("/users", status_code=201)
-async def create_user(ctx: Ctx, caller: Caller, body: CreateUserRequest) -> dict[str, Any]:
+@router.post("/users", status_code=201, responses=errors(403, 409, 422))
+async def create_user(ctx: Ctx, caller: Caller, body: CreateUserRequest) -> User:
     caller.require_admin()
     async with ctx.transaction() as session:
         user = await user_service.create_user(
@@ -90,37 +64,36 @@ async def create_user(ctx: Ctx, caller: Caller, body: CreateUserRequest) -> dict
             admin=body.admin,
             password=body.password,
         )
-        return await user_service.user_view(session, user)
+        return User.model_validate(await user_service.user_view(session, user))
 
 
-@router.get("/users")
-async def list_users(
-    ctx: Ctx, caller: Caller, service_accounts: bool | None = None
-) -> dict[str, Any]:
+@router.get("/users", responses=errors(422))
+async def list_users(ctx: Ctx, caller: Caller, service_accounts: bool | None = None) -> UserList:
+    """The users the caller may see: in full for admins and themselves, others by name."""
     async with ctx.sessions() as session:
         users = await user_service.list_users(session, caller, service_accounts)
-        return {"users": [await _view(session, caller, u) for u in users], "next_key": None}
+        views = [await _view(session, caller, u) for u in users]
+    return UserList(users=views, next_key=None)
 
 
-@router.get("/users/{user_id}")
-async def get_user(ctx: Ctx, caller: Caller, user_id: str) -> dict[str, Any]:
+@router.get("/users/{user_id}", responses=errors(404))
+async def get_user(ctx: Ctx, caller: Caller, user_id: str) -> User | UserBrief:
+    """By id or name; in full for admins and the user themselves."""
     async with ctx.sessions() as session:
         user = await user_service.readable_user(session, caller, user_id)
         return await _view(session, caller, user)
 
 
-@router.patch("/users/{user_id}")
-async def update_user(
-    ctx: Ctx, caller: Caller, user_id: str, body: UpdateUserRequest
-) -> dict[str, Any]:
+@router.patch("/users/{user_id}", responses=errors(403, 404, 409, 422))
+async def update_user(ctx: Ctx, caller: Caller, user_id: str, body: UpdateUserRequest) -> User:
     changes = user_service.UserChanges(**body.model_dump())
     async with ctx.transaction() as session:
         user = await user_service.readable_user(session, caller, user_id)
         await user_service.update_user(session, caller, user, changes, ctx.clock.now())
-        return await user_service.user_view(session, user)
+        return User.model_validate(await user_service.user_view(session, user))
 
 
-@router.delete("/users/{user_id}", status_code=204)
+@router.delete("/users/{user_id}", status_code=204, responses=errors(403, 404, 409))
 async def delete_user(ctx: Ctx, caller: Caller, user_id: str) -> Response:
     caller.require_admin()
     async with ctx.transaction() as session:
@@ -129,17 +102,17 @@ async def delete_user(ctx: Ctx, caller: Caller, user_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/users/{user_id}/ssh_keys", status_code=201)
-async def add_ssh_key(
-    ctx: Ctx, caller: Caller, user_id: str, body: AddKeyRequest
-) -> dict[str, Any]:
+@router.post("/users/{user_id}/ssh_keys", status_code=201, responses=errors(403, 404, 409, 422))
+async def add_ssh_key(ctx: Ctx, caller: Caller, user_id: str, body: AddKeyRequest) -> SshKey:
     async with ctx.transaction() as session:
         user = await user_service.readable_user(session, caller, user_id)
         user_service.require_self_or_admin(caller, user, "add SSH keys")
-        return await ssh_keys.add_ssh_key(session, user, body.key)
+        return SshKey.model_validate(await ssh_keys.add_ssh_key(session, user, body.key))
 
 
-@router.delete("/users/{user_id}/ssh_keys/{fingerprint:path}", status_code=204)
+@router.delete(
+    "/users/{user_id}/ssh_keys/{fingerprint:path}", status_code=204, responses=errors(403, 404)
+)
 async def remove_ssh_key(ctx: Ctx, caller: Caller, user_id: str, fingerprint: str) -> Response:
     """`fingerprint` as `ssh-keygen -l` prints it (`SHA256:…`, the prefix optional)."""
     async with ctx.transaction() as session:
@@ -149,10 +122,10 @@ async def remove_ssh_key(ctx: Ctx, caller: Caller, user_id: str, fingerprint: st
     return Response(status_code=204)
 
 
-@router.post("/service_accounts", status_code=201)
+@router.post("/service_accounts", status_code=201, responses=errors(403, 409, 422))
 async def create_service_account(
     ctx: Ctx, caller: Caller, body: CreateServiceAccountRequest
-) -> dict[str, Any]:
+) -> ServiceAccountCreated:
     """Saturn's shape: `{"service_account": {...}}`. Tokens for it come from
     `POST /api/service_accounts/{id}/tokens`."""
     caller.require_admin()
@@ -167,18 +140,20 @@ async def create_service_account(
             service_account=True,
             name_field="name",
         )
-        return {"service_account": await user_service.user_view(session, user)}
+        view = await user_service.user_view(session, user)
+        return ServiceAccountCreated.model_validate({"service_account": view})
 
 
-@router.get("/service_accounts")
-async def list_service_accounts(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/service_accounts", responses=errors())
+async def list_service_accounts(ctx: Ctx, caller: Caller) -> ServiceAccountList:
     async with ctx.sessions() as session:
         users = await user_service.list_users(session, caller, service_accounts=True)
         views = [await _view(session, caller, u) for u in users]
-    return {"service_accounts": views, "next_key": None}
+    return ServiceAccountList(service_accounts=views, next_key=None)
 
 
-@router.get("/orgs/{org_id}/owners")
+# Unset, not None: `description` is absent, as it always was, without `details`.
+@router.get("/orgs/{org_id}/owners", responses=errors(404, 422), response_model_exclude_unset=True)
 async def owners(
     ctx: Ctx,
     caller: Caller,
@@ -187,7 +162,7 @@ async def owners(
     all_groups: bool = False,
     identity_type: str | None = None,
     details: bool = False,
-) -> dict[str, Any]:
+) -> OwnerList:
     """Who a recipe may be owned by: the caller and their groups; for platform
     admins asking `all_users` / `all_groups`, every user / group."""
     if org_id != DEFAULT_ORG:
@@ -210,7 +185,7 @@ async def owners(
         out += [_owner(u.id, u.name, "user", u.full_name, details) for u in users]
     if identity_type in (None, "group"):
         out += [_owner(g.id, g.name, "group", g.description, details) for g in groups]
-    return {"owners": out, "next_key": None}
+    return OwnerList.model_validate({"owners": out, "next_key": None})
 
 
 def _owner(id_: str, name: str, kind: str, about: str, details: bool) -> dict[str, Any]:
