@@ -339,6 +339,7 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, database_url: str | None = None, **env: str) -> None:
         self.data_dir = data_dir
+        self._clients: list[httpx.Client] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -359,7 +360,9 @@ class ServerProcess:
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(["flo", "server"], env=self.env, stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + 30
+        # Generous: a CI machine running three workers on two cores can take half a
+        # minute just to import the server; a server that exits fails at once anyway.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(
@@ -380,6 +383,8 @@ class ServerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
+        for client in self._clients:  # what a test did not close itself
+            client.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -389,7 +394,10 @@ class ServerProcess:
                 self.proc.wait()
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=AUTH, timeout=30)
+        """An admin client; closed by `stop` if the test does not close it."""
+        client = httpx.Client(base_url=self.url, headers=AUTH, timeout=30)
+        self._clients.append(client)
+        return client
 
 
 def wait_sync(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

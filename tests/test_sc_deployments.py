@@ -4,7 +4,6 @@ running `sc split`'s generated recipe against a real Flotilla server."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,10 @@ from tests.factories import ADMIN_TOKEN, ServerProcess, free_port, wait_sync
 from tests.test_sc_cli import sc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-# A busy machine can take longer than ServerProcess's 30 s to import and migrate.
-STARTUP = 150.0
 
 
 def _started(data_dir: Path, **env: str) -> ServerProcess:
-    process = ServerProcess(data_dir, **env)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "server.log", "ab") as log:
-        process.proc = subprocess.Popen(["flo", "server"], env=process.env, stdout=log, stderr=log)
-
-    def up() -> bool:
-        assert process.proc is not None and process.proc.poll() is None, "server exited"
-        try:
-            return httpx.get(process.url + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_sync(up, timeout=STARTUP, what="the server to come up")
-    return process
+    return ServerProcess(data_dir, **env).start()
 
 
 @pytest.fixture

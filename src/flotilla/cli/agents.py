@@ -19,7 +19,16 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
-from flotilla.cli.output import connected, err_console, fail, fail_api, print_json, table, when
+from flotilla.cli.output import (
+    JsonOpt,
+    connected,
+    err_console,
+    fail,
+    fail_api,
+    print_json,
+    table,
+    when,
+)
 from flotilla.client.api import ApiError, FlotillaClient
 from flotilla.client.connection import Connection
 from flotilla.config import default_data_dir
@@ -46,7 +55,6 @@ agent_app = typer.Typer(help="Join hosts as node agents and serve them.", no_arg
 token_app = typer.Typer(help="One-time join tokens (platform admins).", no_args_is_help=True)
 agent_app.add_typer(token_app, name="token")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 TlsDirOpt = Annotated[
     Path | None,
     typer.Option("--tls-dir", help="where the node's key and certificates live [DATA_DIR/agent]"),

@@ -10,11 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flotilla.cli.output import connected, console, print_json, table, when
+from flotilla.cli.output import JsonOpt, WideOpt, connected, console, print_json, table, when
 
 fleet_app = typer.Typer(help="Describe or delete one fleet.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 NameArg = Annotated[str, typer.Argument(help="fleet name (see `flo fleets`)")]
 
 
@@ -61,28 +60,26 @@ def offer_command(
         print("* simulated price, not a published one")
 
 
-def fleets_command(json: JsonOpt = False) -> None:
+def fleets_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
     """List fleets: size, desired size, status and why a fleet waits, $/h."""
     with connected() as api:
         items = api.list_fleets()
     if json:
         return print_json(items)
-    # Narrow enough for 80 columns; regions and nodes are in `flo fleet describe`,
-    # and why a fleet waits follows the table in full rather than wrapped in a cell.
-    t = Table(header_style="bold")
-    for column in ("name", "instance type", "nodes", "ready", "status"):
-        t.add_column(column, no_wrap=True)
-    t.add_column("$/h", justify="right", no_wrap=True)
-    for f in items:
-        t.add_row(
+    # Regions and nodes are in `flo fleet describe`, and why a fleet waits follows
+    # the table in full rather than wrapped in a cell.
+    rows = [
+        (
             f["name"],
             f["instance_type"],
-            str(f["nodes"]),
+            f["nodes"],
             f"{_up(f)}/{f['desired']}",  # ready of desired
             f["status"],
             price(f["price_per_hour"]),
         )
-    console.print(t)
+        for f in items
+    ]
+    table(None, ["name", "instance type", "nodes", "ready", "status", "$/h"], rows, wide)
     for f in items:
         if f["reason"]:
             print(f"{f['name']}: {f['reason']}")

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from flotilla.cli.output import connected, print_json, print_yaml, table
+from flotilla.cli.output import JsonOpt, connected, print_json, print_yaml, table
 
 group_app = typer.Typer(help="Manage groups of users.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 GroupArg = Annotated[str, typer.Argument(help="group name or id")]
 UserArg = Annotated[str, typer.Argument(help="user name or id")]
 

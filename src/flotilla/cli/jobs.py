@@ -1,31 +1,47 @@
 """`flo apply|list|get|export` (recipes) and the job commands `flo start|stop|restart|
 delete|runs|logs|describe|schedule NAME` (runs and their logs). Registered on the main
-app by `register(app)` from `cli/main.py`."""
+app by `register(app)` from `cli/main.py`. A deployment's name given to a job command
+is answered with the `flo deployment` command to use instead."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 import yaml
 
 from flotilla.cli.output import (
+    JsonOpt,
+    WatchOpt,
+    WideOpt,
+    ago,
     api_errors,
     client,
+    duration,
+    err_console,
     fail,
     fail_problems,
     print_json,
     print_yaml,
+    short_id,
     table,
 )
-from flotilla.client import FlotillaClient
+from flotilla.cli.progress import phase, wait_until_running, watch
+from flotilla.client import ApiError, FlotillaClient
 from flotilla.errors import InvalidRecipe
-from flotilla.recipes import parse_recipe
+from flotilla.recipes import parse_recipe, recipe_types
 from flotilla.recipes.envelope import load_documents
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+LIST_ALL = (None, "all", "resources")
+DEPLOYMENT_COMMANDS = ("logs", "stop", "start", "scale", "restart", "describe", "delete")
+DetachOpt = Annotated[
+    bool, typer.Option("--detach", "-d", help="return once queued; don't wait for it to run")
+]
 TypeOpt = Annotated[str, typer.Option("--type", "-t", help="recipe type")]
 
 
@@ -44,6 +60,28 @@ def register(app: typer.Typer) -> None:
     app.command("schedule")(schedule)
 
 
+@contextmanager
+def job_client(name: str, command: str) -> Iterator[FlotillaClient]:
+    """A client for `flo COMMAND NAME`: a job's "not found" for a name that is a
+    deployment's says which `flo deployment` command to use instead."""
+    with client() as api:
+        try:
+            yield api
+        except ApiError as e:
+            if e.code != "not_found" or not _is_deployment(api, name):
+                raise
+            instead = command if command in DEPLOYMENT_COMMANDS else "describe"
+            fail(f"{name} is a deployment: use `flo deployment {instead} {name}`")
+
+
+def _is_deployment(api: FlotillaClient, name: str) -> bool:
+    try:
+        api.get_deployment(name)
+    except ApiError:
+        return False
+    return True
+
+
 @api_errors
 def apply(
     file: Annotated[Path | None, typer.Argument(help="YAML or JSON recipe ('-' for stdin)")] = None,
@@ -51,6 +89,7 @@ def apply(
         Path | None, typer.Option("--file", "-f", help="the same, kubectl-style")
     ] = None,
     start: Annotated[bool, typer.Option("--start", help="start a run after applying")] = False,
+    detach: DetachOpt = False,
 ) -> None:
     """Create or update resources from a recipe file (several YAML documents allowed)."""
     file = file or file_option
@@ -70,9 +109,33 @@ def apply(
             result = api.apply(document)
             kind, name = result["type"], result["spec"]["name"]
             print(f"applied {kind} {name} (version {result['state']['version']})")
-            if start:
-                run = api.start(name)["run"]
-                print(f"started {kind} {name} run {run['number']} ({run['id']})")
+            if start and kind == "job":  # deployments and fleets act on apply
+                _started(api, kind, name, api.start(name)["run"], detach)
+
+
+def _started(
+    api: FlotillaClient, kind: str, name: str, run: dict[str, Any], detach: bool
+) -> dict[str, Any]:
+    """Say a run was started. On a terminal (unless --detach), first wait with one
+    live status line until it runs or ends, so a run that cannot be placed is not
+    called started; scripts (no terminal) get the answer at once, as before."""
+    if detach or not err_console.is_terminal:
+        print(f"started {kind} {name} run {run['number']} ({run['id']})")
+        return run
+    try:
+        run = wait_until_running(api, run["id"])
+    except KeyboardInterrupt:
+        print(f"queued {kind} {name} run {run['number']} ({run['id']}); see `flo queue`")
+        raise typer.Exit(130) from None
+    if run["status"] != "running":  # it ended before we saw it run
+        print(f"{kind} {name} run {run['number']} ({run['id']}) {phase(run)}: {run['reason']}")
+        return run
+    where = ", ".join(sorted({t["node"] for t in run["tasks"] if t.get("node")}))
+    print(
+        f"started {kind} {name} run {run['number']} ({run['id']})"
+        + (f" on {where}" if where else "")
+    )
+    return run
 
 
 def _read(path: Path) -> str:
@@ -84,14 +147,30 @@ def _read(path: Path) -> str:
 
 @api_errors
 def list_(
-    recipe_type: Annotated[str | None, typer.Argument(help="job, ...")] = None,
+    what: Annotated[
+        str | None, typer.Argument(help="a recipe type (job, deployment, fleet, ...) or a name")
+    ] = None,
     json: JsonOpt = False,
+    wide: WideOpt = False,
+    watching: WatchOpt = False,
 ) -> None:
-    """List resources and their status."""
+    """List resources and their status (of one type, or those with one name)."""
+    watch(lambda: _list(what, json, wide), watching)
+
+
+def _list(what: str | None, json: bool, wide: bool) -> None:
+    if what and what.endswith("s") and what[:-1] in recipe_types():
+        what = what[:-1]  # `flo list jobs` as `flo list job`
+    by_type = what in LIST_ALL or what in recipe_types()
     with client() as api:
-        recipes = api.list_recipes(
-            recipe_type if recipe_type not in (None, "all", "resources") else None
-        )
+        recipes = api.list_recipes(None if what in LIST_ALL or not by_type else what)
+    if not by_type:
+        recipes = [r for r in recipes if r["spec"]["name"] == what]
+        if not recipes:
+            fail(
+                f"nothing is named {what!r}",
+                f"give a name from `flo list` or a type: {', '.join(recipe_types())}",
+            )
     if json:
         return print_json(recipes)
     rows = [
@@ -102,11 +181,11 @@ def list_(
             r["state"]["status"],
             (r["state"].get("last_run") or {}).get("status", ""),
             r["spec"].get("schedule") or "",
-            r["state"]["id"],
+            short_id(r["state"]["id"], wide),
         )
         for r in recipes
     ]
-    table(None, ["type", "name", "owner", "status", "last run", "schedule", "id"], rows)
+    table(None, ["type", "name", "owner", "status", "last run", "schedule", "id"], rows, wide)
 
 
 @api_errors
@@ -121,11 +200,11 @@ def get(name: str, recipe_type: TypeOpt = "job", json: JsonOpt = False) -> None:
 def start(
     name: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream the run's logs")] = False,
+    detach: DetachOpt = False,
 ) -> None:
-    """Start a run of a job; returns once it is queued."""
-    with client() as api:
-        run = api.start(name)["run"]
-        print(f"started job {name} run {run['number']} ({run['id']})")
+    """Start a run of a job; on a terminal, waits with a status line until it runs."""
+    with job_client(name, "start") as api:
+        run = _started(api, "job", name, api.start(name)["run"], detach or follow)
         if follow:
             _follow(api, run["id"], 0)
 
@@ -133,7 +212,7 @@ def start(
 @api_errors
 def stop(name: str) -> None:
     """Stop every active run of a job (SIGTERM, then SIGKILL after the grace period)."""
-    with client() as api:
+    with job_client(name, "stop") as api:
         result = api.stop(name)
     print(f"stopping {result.get('stopped_runs', 0)} run(s) of job {name}")
 
@@ -141,7 +220,7 @@ def stop(name: str) -> None:
 @api_errors
 def restart(name: str) -> None:
     """Stop the job's active runs and start a new one."""
-    with client() as api:
+    with job_client(name, "restart") as api:
         run = api.restart(name)["run"]
     print(f"restarted job {name}: run {run['number']} ({run['id']})")
 
@@ -159,9 +238,19 @@ def delete(
 
 
 @api_errors
-def runs(name: str, json: JsonOpt = False, limit: int = 20) -> None:
+def runs(
+    name: str,
+    json: JsonOpt = False,
+    limit: int = 20,
+    wide: WideOpt = False,
+    watching: WatchOpt = False,
+) -> None:
     """A job's runs, newest first."""
-    with client() as api:
+    watch(lambda: _runs(name, json, limit, wide), watching)
+
+
+def _runs(name: str, json: bool, limit: int, wide: bool) -> None:
+    with job_client(name, "runs") as api:
         items = api.runs(name, limit)
     if json:
         return print_json(items)
@@ -172,18 +261,14 @@ def runs(name: str, json: JsonOpt = False, limit: int = 20) -> None:
             r["reason"],
             r["exit_code"],
             r["trigger"],
-            r["queued_at"],
-            r["started_at"],
-            r["finished_at"],
-            r["id"],
+            ago(r["started_at"] or r["queued_at"], wide),
+            duration(r["started_at"], r["finished_at"]),
+            short_id(r["id"], wide),
         )
         for r in items
     ]
-    table(
-        f"runs of {name}",
-        ["#", "status", "reason", "exit", "trigger", "queued", "started", "finished", "id"],
-        rows,
-    )
+    columns = ["#", "status", "reason", "exit", "trigger", "started", "took", "id"]
+    table(f"runs of {name}", columns, rows, wide)
 
 
 @api_errors
@@ -199,32 +284,64 @@ def logs(
     ] = False,
 ) -> None:
     """Print a run's logs (the latest run unless a number is given)."""
-    with client() as api:
+    with job_client(name, "logs") as api:
         items = api.runs(name, 1000)
         chosen = [r for r in items if run is None or r["number"] == run]
         if not chosen:
             fail(f"job {name} has no run {run}" if run else f"job {name} has no runs yet")
         run_id = chosen[0]["id"]
-        if follow:
+        if follow and not setup:
             _follow(api, run_id, rank)
-        else:
-            sys.stdout.write(api.logs(run_id, rank, "setup" if setup else "main"))
+            return
+        text = api.logs(run_id, rank, "setup" if setup else "main")
+        sys.stdout.write(text)
+        if not setup and not text:
+            _point_at_setup(api, name, run_id, rank)
+
+
+def _point_at_setup(api: FlotillaClient, name: str, run_id: str, rank: int) -> None:
+    """A run whose setup (the clone, the start script) failed has no main log: say
+    where the cause is rather than print nothing."""
+    detail = api.run(run_id)
+    if detail["status"] in ("failed", "error") and api.logs(run_id, rank, "setup"):
+        err_console.print(
+            f"run {detail['number']} {detail['status']} ({detail['reason']}) and printed"
+            f" nothing: the setup output (clone, start script) is in"
+            f" `flo logs {name} {detail['number']} --setup`",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _follow(api: FlotillaClient, run_id: str, rank: int) -> None:
-    for chunk in api.follow_logs(run_id, rank):
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    final = api.run(run_id)
+    """Wait (one status line) until the run runs, stream its log until it ends,
+    then say how it ended; exit 1 unless it succeeded. Ctrl-C ends it quietly (the
+    run goes on), and so does a server that goes away: in one line."""
+    try:
+        wait_until_running(api, run_id)
+        wrote = False
+        for chunk in api.follow_logs(run_id, rank):
+            wrote = wrote or bool(chunk)
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        final = api.run(run_id)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (ApiError, httpx.HTTPError) as e:
+        if isinstance(e, ApiError) and e.code != "unreachable":
+            raise
+        fail("lost the server while following the log", "the run goes on; `flo logs -f` again")
     print(f"--- run {final['number']} {final['status']}: {final['reason']}", file=sys.stderr)
     if final["status"] != "succeeded":
+        if not wrote:
+            _point_at_setup(api, final["job"], run_id, rank)
         raise typer.Exit(1)
 
 
 @api_errors
 def describe(name: str, run: Annotated[int | None, typer.Argument()] = None) -> None:
     """A run's tasks and events (why is it pending? where did it run?)."""
-    with client() as api:
+    with job_client(name, "describe") as api:
         items = api.runs(name, 1000)
         chosen = [r for r in items if run is None or r["number"] == run]
         if not chosen:
@@ -251,7 +368,7 @@ def describe(name: str, run: Annotated[int | None, typer.Argument()] = None) -> 
     table(
         "events",
         ["time", "kind", "message", "by"],
-        [(e["time"], e["kind"], e["message"], e["actor"]) for e in events],
+        [(ago(e["time"]), e["kind"], e["message"], e["actor"]) for e in events],
     )
 
 

@@ -13,12 +13,11 @@ from typing import Annotated
 
 import typer
 
-from flotilla.cli.output import connected, fail, fail_api, print_json, table, when
+from flotilla.cli.output import JsonOpt, connected, fail, fail_api, print_json, table, when
 from flotilla.client import ApiError, Connection, FlotillaClient, resolve_connection
 from flotilla.client.connection import load_profile, profile_path, save_profile
 
 auth_app = typer.Typer(help="Sessions and the keys that sign them.", no_args_is_help=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def register(app: typer.Typer) -> None:

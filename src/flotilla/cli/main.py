@@ -5,6 +5,7 @@ below (recipes and jobs in `cli/jobs.py`)."""
 from __future__ import annotations
 
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from flotilla.cli.groups import register as register_groups
 from flotilla.cli.jobs import register as register_jobs
 from flotilla.cli.login import register as register_login
 from flotilla.cli.nodes import register as register_nodes
-from flotilla.cli.output import api_errors, client, print_json, table
+from flotilla.cli.output import JsonOpt, api_errors, client, print_json, table
 from flotilla.cli.projects import register as register_projects
 from flotilla.cli.queue import register as register_queue
 from flotilla.cli.serving import register as register_serving
@@ -34,8 +35,6 @@ app = typer.Typer(
 )
 secret_app = typer.Typer(help="Manage secrets attached to recipes.", no_args_is_help=True)
 app.add_typer(secret_app, name="secret")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 @app.command()
@@ -122,6 +121,68 @@ register_tokens(app)  # flo token create|list|revoke
 register_serving(app)  # flo lb list|describe|delete|serve, flo deployments, flo deployment ...
 register_ssh(app)  # flo ssh TARGET
 register_agents(app)  # flo agent token create|join|serve|list
+
+
+# `flo --help` lists its commands under these headings, in this order.
+PANELS = {
+    "Jobs and runs": (
+        "apply list get start stop restart delete runs logs describe export schedule ssh"
+    ),
+    "Serving": "deployments deployment lb",
+    "Capacity": "offer fleets fleet nodes node queue policy agent",
+    "People and access": (
+        "login logout auth user service-account group project token secret audit"
+    ),
+    "Costs": "usage budget",
+    "Server and tools": "server simulate trace",
+}
+
+
+def _group_commands(typer_app: typer.Typer) -> None:
+    panel_of = {name: panel for panel, names in PANELS.items() for name in names.split()}
+    order = list(PANELS)
+    for command in typer_app.registered_commands:
+        name = str(command.name or getattr(command.callback, "__name__", ""))
+        command.rich_help_panel = panel_of.get(name, "Other")
+    for group in typer_app.registered_groups:
+        group.rich_help_panel = panel_of.get(group.name or "", "Other")
+    # Help shows the panels in the order they first appear: PANELS' order.
+    typer_app.registered_commands.sort(key=lambda c: _rank(order, c.rich_help_panel))
+    typer_app.registered_groups.sort(key=lambda g: _rank(order, g.rich_help_panel))
+
+
+def _rank(order: list[str], panel: object) -> int:
+    return order.index(str(panel)) if panel in order else len(order)
+
+
+def _version(show: bool) -> None:
+    if show:
+        try:
+            number = version("flotilla")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown"
+        print(f"flo (Flotilla) {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            metavar="",
+            callback=_version,
+            is_eager=True,
+            help="print the version",
+        ),
+    ] = False,
+) -> None:
+    """Flotilla: a control plane for GPU compute."""
+
+
+_group_commands(app)
 
 
 def main() -> None:

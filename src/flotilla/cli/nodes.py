@@ -9,14 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from flotilla.cli.output import connected, print_json, table, when
+from flotilla.cli.output import JsonOpt, WatchOpt, WideOpt, connected, print_json, table, when
+from flotilla.cli.progress import watch
 from flotilla.core.status import NodeState
 
 node_app = typer.Typer(
     help="Inspect one node, or cordon, uncordon, drain or terminate it.", no_args_is_help=True
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 NameArg = Annotated[str, typer.Argument(help="node name (see `flo nodes`)")]
 ReasonOpt = Annotated[
     str | None, typer.Option("--reason", "-r", help="why; recorded in the node's events")
@@ -33,8 +33,16 @@ def nodes_command(
     fleet: Annotated[str | None, typer.Option(help="only nodes of this fleet")] = None,
     gpu: Annotated[str | None, typer.Option("--gpu", help="only this GPU type, e.g. H100")] = None,
     json: JsonOpt = False,
+    wide: WideOpt = False,
+    watching: WatchOpt = False,
 ) -> None:
     """List nodes: GPUs free, state, price and age (terminated ones with --state)."""
+    watch(lambda: _nodes(state, fleet, gpu, json, wide), watching)
+
+
+def _nodes(
+    state: NodeState | None, fleet: str | None, gpu: str | None, json: bool, wide: bool
+) -> None:
     with connected() as api:
         items = api.list_nodes(state.value if state else None, fleet, gpu)
     if json:
@@ -52,9 +60,8 @@ def nodes_command(
         )
         for n in items
     ]
-    table(
-        None, ["name", "provider", "instance type", "GPUs", "state", "reason", "$/h", "age"], rows
-    )
+    columns = ["name", "provider", "instance type", "GPUs", "state", "reason", "$/h", "age"]
+    table(None, columns, rows, wide)
 
 
 @node_app.command("describe")

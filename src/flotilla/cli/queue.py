@@ -9,9 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from flotilla.cli.output import connected, fail, print_json, print_yaml, table
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+from flotilla.cli.output import JsonOpt, WideOpt, connected, fail, print_json, print_yaml, table
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command("policy")(policy_command)
 
 
-def queue_command(json: JsonOpt = False) -> None:
+def queue_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Pending runs, oldest first, with the reason each one is waiting."""
     with connected() as api:
         runs = api.queue()
@@ -37,7 +35,7 @@ def queue_command(json: JsonOpt = False) -> None:
         )
         for r in runs
     ]
-    table(None, ["#", "run", "owner", "prio", "needs", "waiting", "reason"], rows)
+    table(None, ["#", "run", "owner", "prio", "needs", "waiting", "reason"], rows, wide)
 
 
 def policy_command(

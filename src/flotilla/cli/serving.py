@@ -1,8 +1,9 @@
 """`flo lb list|describe|delete|serve|policy` and `flo deployments`, `flo deployment
-describe|delete NAME`: the serving side of Flotilla. Both kinds are created and
-changed with `flo apply` like any recipe; `flo lb serve` runs one load balancer as
-its own process, without a server. Registered on the main app by `register(app)`
-from `cli/main.py`."""
+describe|delete|logs|scale|stop|start|restart NAME`: the serving side of Flotilla.
+Both kinds are created and changed with `flo apply` like any recipe (scale, stop and
+start re-apply the deployment with another replica count: there is no other route);
+`flo lb serve` runs one load balancer as its own process, without a server.
+Registered on the main app by `register(app)` from `cli/main.py`."""
 
 from __future__ import annotations
 
@@ -15,15 +16,28 @@ from typing import Annotated, Any
 
 import typer
 
-from flotilla.cli.output import connected, fail, fail_problems, print_json, table, when
+from flotilla.cli.output import (
+    JsonOpt,
+    WideOpt,
+    connected,
+    fail,
+    fail_problems,
+    print_json,
+    table,
+    when,
+)
+from flotilla.client import FlotillaClient
 
 lb_app = typer.Typer(
     help="Load balancers: list, describe or delete them, or serve one standalone.",
     no_args_is_help=True,
 )
-deployment_app = typer.Typer(help="Describe or delete one deployment.", no_args_is_help=True)
+deployment_app = typer.Typer(
+    help="One deployment: describe, logs, scale, stop, start, restart or delete it.",
+    no_args_is_help=True,
+)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+NameArg = Annotated[str, typer.Argument(help="deployment name (see `flo deployments`)")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="don't ask")]
 OwnerOpt = Annotated[
     str | None, typer.Option("--owner", help="the owner, when several share the name")
@@ -198,7 +212,7 @@ def lb_serve(
 # deployments
 
 
-def deployments_command(json: JsonOpt = False) -> None:
+def deployments_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
     """List deployments: replicas ready of desired, version and HTTP endpoint."""
     with connected() as api:
         items = api.list_deployments()
@@ -214,7 +228,7 @@ def deployments_command(json: JsonOpt = False) -> None:
         )
         for d in items
     ]
-    table(None, ["name", "owner", "ready", "version", "endpoint"], rows)
+    table(None, ["name", "owner", "ready", "version", "endpoint"], rows, wide)
 
 
 @deployment_app.command("describe")
@@ -268,6 +282,79 @@ def deployment_delete(
     with connected() as api:
         api.delete_deployment(name, owner)
     print(f"deleted deployment {name}; its replicas are stopping")
+
+
+@deployment_app.command("logs")
+def deployment_logs(
+    name: NameArg,
+    replica: Annotated[
+        int | None, typer.Option("--replica", "-r", help="replica run number (default: oldest)")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until it ends")] = False,
+    setup: Annotated[bool, typer.Option("--setup", help="the start-script output instead")] = False,
+    owner: OwnerOpt = None,
+) -> None:
+    """Print one replica's logs (the oldest active one unless --replica is given)."""
+    with connected() as api:
+        replicas = sorted(api.get_deployment(name, owner)["replicas"], key=lambda r: r["number"])
+        chosen = [r for r in replicas if replica is None or r["number"] == replica]
+        if not chosen:
+            numbers = ", ".join(str(r["number"]) for r in replicas) or "none"
+            fail(
+                f"deployment {name} has no replica {replica or ''}".strip(), f"replicas: {numbers}"
+            )
+        run_id = chosen[0]["run_id"]
+        if follow and not setup:
+            for chunk in api.follow_logs(run_id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(api.logs(run_id, 0, "setup" if setup else "main"))
+
+
+@deployment_app.command("scale")
+def deployment_scale(
+    name: NameArg,
+    replicas: Annotated[int, typer.Argument(min=0, help="how many replicas to run")],
+    owner: OwnerOpt = None,
+) -> None:
+    """Run this many replicas (re-applies the deployment with `replicas: N`)."""
+    with connected() as api:
+        version = _rescale(api, name, owner, replicas)
+    print(f"scaled deployment {name} to {replicas} replica(s) (version {version})")
+
+
+@deployment_app.command("stop")
+def deployment_stop(name: NameArg, owner: OwnerOpt = None) -> None:
+    """Stop every replica; it runs none until `flo deployment start`."""
+    with connected() as api:
+        api.deployment_action(name, "stop", owner)
+    print(f"stopping deployment {name}: it runs no replica until started")
+
+
+@deployment_app.command("start")
+def deployment_start(name: NameArg, owner: OwnerOpt = None) -> None:
+    """Run a stopped deployment's replicas again (a running one is left as it is)."""
+    with connected() as api:
+        api.deployment_action(name, "start", owner)
+    print(f"started deployment {name}")
+
+
+@deployment_app.command("restart")
+def deployment_restart(name: NameArg, owner: OwnerOpt = None) -> None:
+    """Replace every replica with a new one (and start it if it was stopped)."""
+    with connected() as api:
+        api.deployment_action(name, "restart", owner)
+    print(f"restarting deployment {name}: each replica is replaced")
+
+
+def _rescale(api: FlotillaClient, name: str, owner: str | None, count: int) -> int:
+    """Re-apply the deployment with `count` replicas; the new version."""
+    recipe = api.get_recipe("deployment", name, owner)
+    spec = {**recipe["spec"]}
+    spec["replicas" if spec.get("replicas") is not None else "scale"] = count
+    document = {"schema_version": recipe["schema_version"], "type": "deployment", "spec": spec}
+    return int(api.apply(document)["state"]["version"])
 
 
 # shared pieces

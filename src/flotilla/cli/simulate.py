@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from flotilla.cli.output import fail, fail_problems, print_json, table
+from flotilla.cli.output import JsonOpt, fail, fail_problems, print_json, table
 from flotilla.compute.sim.whatif import generate_trace, read_trace, simulate
 from flotilla.errors import InvalidRecipe
 from flotilla.recipes.envelope import parse_typed
@@ -21,7 +21,7 @@ def simulate_command(
     trace: Annotated[
         Path, typer.Option(help="trace CSV: arrival,nodes,gpus,duration,user[,priority]")
     ],
-    json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Replay a job trace through the scheduler on a virtual fleet, in simulated time."""
     try:

@@ -9,12 +9,11 @@ from typing import Annotated
 
 import typer
 
-from flotilla.cli.output import connected, err_console, fail, print_json, table, when
+from flotilla.cli.output import JsonOpt, connected, err_console, fail, print_json, table, when
 from flotilla.core.units import parse_duration
 
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 DAY = 86400
 SHORT_ID = 8
 FULL_ID = 32

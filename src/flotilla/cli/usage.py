@@ -10,10 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flotilla.cli.output import connected, console, fail, print_json
+from flotilla.cli.output import JsonOpt, connected, console, fail, print_json
 from flotilla.client import ApiError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 budget_app = typer.Typer(help="Spending limits per project, user or group.", no_args_is_help=True)
 
 FIGURES = ("gpu_hours", "node_hours", "cost", "spot_cost", "runs")

@@ -10,14 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from flotilla.cli.output import connected, fail, print_json, print_yaml, table, when
+from flotilla.cli.output import JsonOpt, connected, fail, print_json, print_yaml, table, when
 
 user_app = typer.Typer(help="Manage users and their SSH keys.", no_args_is_help=True)
 service_account_app = typer.Typer(
     help="Manage service accounts: users with API tokens and no password.", no_args_is_help=True
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 UserArg = Annotated[str, typer.Argument(help="user name or id")]
 KeyFileOpt = Annotated[
     list[Path] | None,

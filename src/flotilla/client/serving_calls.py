@@ -36,6 +36,11 @@ class ServingCalls(_Calls):
         params = {"owner_name": owner} if owner else {}
         return dict(self._request("GET", f"/api/deployments/{name}", params=params))
 
+    def deployment_action(self, name: str, action: str, owner: str | None = None) -> dict[str, Any]:
+        """`start`, `stop` or `restart` the deployment; returns its view after."""
+        params = {"owner_name": owner} if owner else {}
+        return dict(self._request("POST", f"/api/deployments/{name}/{action}", params=params))
+
     def delete_deployment(self, name: str, owner: str | None = None) -> None:
         params = {"owner_name": owner} if owner else {}
         self._request("DELETE", f"/api/deployments/{name}", params=params)

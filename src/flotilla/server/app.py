@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from flotilla import __version__
 from flotilla.clock import Clock
@@ -21,7 +20,6 @@ from flotilla.compute.local.provider import LocalProvider
 from flotilla.compute.provider import Provider
 from flotilla.compute.sim.provider import SimConfig, SimProvider
 from flotilla.config import Settings
-from flotilla.recipes.envelope import recipe_schema_components
 from flotilla.server.audit import AuditMiddleware
 from flotilla.server.auth.keys import ensure_signing_key
 from flotilla.server.auth.tokens import TokenPolicy
@@ -31,6 +29,7 @@ from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
 from flotilla.server.errors import install_error_handlers, install_storage_error_handler
 from flotilla.server.frontdoor import router as frontdoor_router
+from flotilla.server.openapi import build_openapi
 from flotilla.server.reconcilers.agent_nodes import AgentNodes
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.deployments import Deployments
@@ -203,16 +202,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                recipe_schema_components()
-            )
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
