@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from flotilla.client.agent_calls import AgentCalls
-from flotilla.client.calls import ApiError, _decode
+from flotilla.client.calls import ApiError, Unreachable, _decode
 from flotilla.client.connection import (
     Connection,
     load_profile,
@@ -70,7 +70,7 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentC
             if response.status_code == 401 and self._refresh_session():
                 response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ApiError(
+            raise Unreachable(
                 0, "unreachable", f"cannot reach the Flotilla server at {self.connection.url}: {e}"
             ) from e
         return _decode(response)
