@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -154,3 +155,22 @@ spec:
     bad.write_text("type: group\nspec: {name: g, members: [nobody]}\n")
     result = flo(server, "apply", str(bad), ok=False)
     assert result.exit_code == 1 and "spec.members[0]: no user named 'nobody'" in result.stderr
+
+
+def test_an_admin_sets_a_password_and_the_user_logs_in(server: ServerProcess) -> None:
+    flo(server, "user", "create", "pat")
+    env = {"FLOTILLA_URL": server.url, "FLOTILLA_TOKEN": ADMIN_TOKEN}
+
+    def set_password(text: str) -> Result:
+        args = ["user", "set-password", "pat", "--password-stdin"]
+        return CliRunner().invoke(app, args, env=env, input=text)
+
+    failed(set_password("short\n"), "password", "at least")
+    failed(set_password("\n"), "no password on stdin")
+    done = set_password("a long enough passphrase\n")
+    assert done.exit_code == 0 and "password set for pat" in done.stdout, done.stderr
+    login = {"username": "pat", "password": "a long enough passphrase"}
+    answer = httpx.post(f"{server.url}/api/auth/login", json=login, timeout=30)
+    assert answer.status_code == 200 and answer.json()["access_token"], answer.text
+    assert "passphrase" not in done.stdout + done.stderr  # never echoed
+    flo(server, "user", "delete", "pat", "--yes")

@@ -129,6 +129,34 @@ def update(
     print(f"updated user {found['username']}")
 
 
+@user_app.command("set-password")
+def set_password(
+    user: UserArg,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+) -> None:
+    """Set a user's password (platform admins), so they can `flo login -u NAME`.
+    Asked twice on a terminal; never on the command line."""
+    with connected() as api:
+        api.update_user(user, {"password": new_password(password_stdin)})
+    print(f"password set for {user}: `flo login URL -u {user}`")
+
+
+def new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail(
+                "no password on stdin",
+                "pipe it in: `... | flo user set-password NAME --password-stdin`",
+            )
+        return password
+    if not sys.stdin.isatty():
+        fail("no terminal to ask for the password on", "use --password-stdin")
+    return str(typer.prompt("New password", hide_input=True, confirmation_prompt=True))
+
+
 @user_app.command("delete")
 def delete(
     user: UserArg, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
