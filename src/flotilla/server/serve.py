@@ -10,6 +10,8 @@ import uvicorn
 from flotilla.config import Settings
 from flotilla.server.app import create_app
 
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 
 def serve(
     host: str | None = None,
@@ -36,4 +38,7 @@ def serve(
         http="auto",  # httptools when installed
         log_level="warning",
         access_log=False,
+        # Ctrl-C with a `flo logs -f` open would otherwise wait for that run to end:
+        # open streams get this long, then they are closed (the client says so).
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
