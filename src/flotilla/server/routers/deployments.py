@@ -14,6 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.deployments import Deployment, DeploymentList
+from flotilla.api.pods import PodHistory, PodLogs
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
@@ -80,27 +83,29 @@ async def _find(
     )
 
 
-@router.get("")
-async def list_deployments(ctx: Ctx, caller: Caller, request: Request) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_deployments(ctx: Ctx, caller: Caller, request: Request) -> DeploymentList:
     base = str(request.base_url).rstrip("/")
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(session, caller, DEPLOYMENT)
-        return {"deployments": [await _view(ctx, session, r, base) for r in recipes]}
+        views = [await _view(ctx, session, r, base) for r in recipes]
+    return DeploymentList.model_validate({"deployments": views})
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=errors(404))
 async def get_deployment(
     ctx: Ctx, caller: Caller, request: Request, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     async with ctx.sessions() as session:
         recipe = await _find(session, caller, name, owner_name)
-        return await _view(ctx, session, recipe, str(request.base_url).rstrip("/"))
+        view = await _view(ctx, session, recipe, str(request.base_url).rstrip("/"))
+    return Deployment.model_validate(view)
 
 
-@router.post("/{name}/start")
+@router.post("/{name}/start", responses=errors(403, 404, 409))
 async def start_deployment(
     ctx: Ctx, caller: Caller, request: Request, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Run its replicas (until stopped). Starting a running deployment changes nothing."""
     async with ctx.transaction() as session:
         recipe = await _find(session, caller, name, owner_name, write=True)
@@ -109,10 +114,10 @@ async def start_deployment(
     return await _answer(ctx, request, recipe.id)
 
 
-@router.post("/{name}/stop")
+@router.post("/{name}/stop", responses=errors(403, 404, 409))
 async def stop_deployment(
     ctx: Ctx, caller: Caller, request: Request, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Stop its replicas; it keeps none until started again."""
     async with ctx.transaction() as session:
         recipe = await _find(session, caller, name, owner_name, write=True)
@@ -126,10 +131,10 @@ async def stop_deployment(
     return await _answer(ctx, request, recipe.id)
 
 
-@router.post("/{name}/restart")
+@router.post("/{name}/restart", responses=errors(403, 404, 409))
 async def restart_deployment(
     ctx: Ctx, caller: Caller, request: Request, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Replace every replica with a new one (and start it if it was stopped)."""
     async with ctx.transaction() as session:
         recipe = await _find(session, caller, name, owner_name, write=True)
@@ -149,29 +154,32 @@ async def restart_deployment(
     return await _answer(ctx, request, recipe.id)
 
 
-async def _answer(ctx: Ctx, request: Request, recipe_id: str) -> dict[str, Any]:
+async def _answer(ctx: Ctx, request: Request, recipe_id: str) -> Deployment:
     async with ctx.sessions() as session:
         recipe = await session.get(RecipeModel, recipe_id)
         assert recipe is not None  # found in the transaction just committed
-        return await _view(ctx, session, recipe, str(request.base_url).rstrip("/"))
+        view = await _view(ctx, session, recipe, str(request.base_url).rstrip("/"))
+    return Deployment.model_validate(view)
 
 
-@router.get("/{name}/history")
-async def history(ctx: Ctx, caller: Caller, name: str) -> dict[str, Any]:
+@router.get("/{name}/history", responses=errors(404))
+async def history(ctx: Ctx, caller: Caller, name: str) -> PodHistory:
     """Every pod (replica task) of every replica run, newest first."""
     async with ctx.sessions() as session:
         recipe = await _find(session, caller, name)
-        return {"pods": await pod_history(session, recipe, ctx.clock.now())}
+        return PodHistory.model_validate(
+            {"pods": await pod_history(session, recipe, ctx.clock.now())}
+        )
 
 
-@router.get("/{name}/logs")
-async def logs(ctx: Ctx, caller: Caller, name: str, pod_name: str | None = None) -> dict[str, Any]:
+@router.get("/{name}/logs", responses=errors(404))
+async def logs(ctx: Ctx, caller: Caller, name: str, pod_name: str | None = None) -> PodLogs:
     async with ctx.sessions() as session:
         recipe = await _find(session, caller, name)
-        return {"logs": await pod_logs(ctx, session, recipe, pod_name)}
+        return PodLogs.model_validate({"logs": await pod_logs(ctx, session, recipe, pod_name)})
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=errors(403, 404, 409))
 async def delete_deployment(
     ctx: Ctx, caller: Caller, name: str, owner_name: str | None = None
 ) -> Response:

@@ -8,6 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.jobs import Job, JobList, JobRestarted, JobRunList, JobStarted, JobStopped
+from flotilla.api.pods import PodHistory, PodLogs
 from flotilla.errors import ClientError, NotFound
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import idempotency
@@ -37,28 +40,29 @@ async def _view(
     return {**recipe_view(job, states[job.id]), **(extra or {})}
 
 
-@router.get("")
-async def list_jobs(ctx: Ctx, caller: Caller, owner_name: str | None = None) -> dict[str, Any]:
+@router.get("", responses=errors())
+async def list_jobs(ctx: Ctx, caller: Caller, owner_name: str | None = None) -> JobList:
     async with ctx.sessions() as session:
         jobs = await recipe_service.list_recipes(session, caller, JOB, owner_name)
         states = await recipe_states(session, jobs)
-    return {"jobs": [recipe_view(j, states[j.id]) for j in jobs], "next_key": None}
+    views = [recipe_view(j, states[j.id]) for j in jobs]
+    return JobList.model_validate({"jobs": views, "next_key": None})
 
 
-@router.get("/{job_id}")
-async def get_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    return await _view(ctx, caller, job_id)
+@router.get("/{job_id}", responses=errors(404))
+async def get_job(ctx: Ctx, caller: Caller, job_id: str) -> Job:
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.get("/{job_id}/recipe")
-async def get_job_recipe(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
-    return await _view(ctx, caller, job_id)
+@router.get("/{job_id}/recipe", responses=errors(404))
+async def get_job_recipe(ctx: Ctx, caller: Caller, job_id: str) -> Job:
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.patch("/{job_id}")
+@router.patch("/{job_id}", responses=errors(403, 404, 409, 422))
 async def update_job(
     ctx: Ctx, caller: Caller, job_id: str, payload: Annotated[dict[str, Any], Body()]
-) -> dict[str, Any]:
+) -> Job:
     """Saturn's PATCH: `cron_schedule_options` {schedule, concurrency_policy,
     backoff_limit} map to the recipe's schedule, concurrency_policy and retries."""
     changes: dict[str, Any] = {}
@@ -80,10 +84,10 @@ async def update_job(
         schedule = recipe_service.enabled_schedule(job)
         recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
     ctx.wakers.cron.set()
-    return await _view(ctx, caller, job_id)
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
 async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> Response:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
@@ -105,10 +109,10 @@ async def _keyed(
     )
 
 
-@router.post("/{job_id}/start")
+@router.post("/{job_id}/start", responses=errors(403, 404, 409, 422))
 async def start_job(
     ctx: Ctx, caller: Caller, job_id: str, request: Request, idempotency_key: IdempotencyKey = None
-) -> dict[str, Any]:
+) -> JobStarted:
     """Trigger a run. Returns once the run is queued; never waits for it to finish.
     With an `Idempotency-Key` header, a repeat answers as the first did (the same
     run) and starts nothing (`services/idempotency.py`)."""
@@ -124,20 +128,20 @@ async def start_job(
 
     answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
     ctx.wakers.scheduler.set()
-    return answer
+    return JobStarted.model_validate(answer)
 
 
-@router.post("/{job_id}/stop")
-async def stop_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+@router.post("/{job_id}/stop", responses=errors(403, 404, 409))
+async def stop_job(ctx: Ctx, caller: Caller, job_id: str) -> JobStopped:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         stopped = await job_service.stop_job(ctx, session, job, caller)
     ctx.wakers.supervision.set()
-    return await _view(ctx, caller, job_id, {"stopped_runs": stopped})
+    return JobStopped.model_validate(await _view(ctx, caller, job_id, {"stopped_runs": stopped}))
 
 
-@router.post("/{job_id}/stop/{run_name}")
-async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict[str, Any]:
+@router.post("/{job_id}/stop/{run_name}", responses=errors(403, 404, 409))
+async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> Job:
     """Stop one run, named by its id, its number or one of its pods."""
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
@@ -158,13 +162,13 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> dict
             now=ctx.clock.now(),
         )
     ctx.wakers.supervision.set()
-    return await _view(ctx, caller, job_id)
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.post("/{job_id}/restart")
+@router.post("/{job_id}/restart", responses=errors(403, 404, 409, 422))
 async def restart_job(
     ctx: Ctx, caller: Caller, job_id: str, request: Request, idempotency_key: IdempotencyKey = None
-) -> dict[str, Any]:
+) -> JobRestarted:
     """Stop the active runs and start a new one; idempotent with a key, as start."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
@@ -177,16 +181,16 @@ async def restart_job(
     answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
     ctx.wakers.supervision.set()
     ctx.wakers.scheduler.set()
-    return answer
+    return JobRestarted.model_validate(answer)
 
 
-@router.post("/{job_id}/schedule")
+@router.post("/{job_id}/schedule", responses=errors(403, 404, 409, 422))
 async def schedule_job(
     ctx: Ctx,
     caller: Caller,
     job_id: str,
     payload: dict[str, Any] | None = Body(None),  # noqa: B008
-) -> dict[str, Any]:
+) -> Job:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         if payload:
@@ -203,38 +207,36 @@ async def schedule_job(
         )
         job_service.set_scheduled(ctx, session, job, True, caller)
     ctx.wakers.cron.set()
-    return await _view(ctx, caller, job_id)
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.post("/{job_id}/unschedule")
-async def unschedule_job(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+@router.post("/{job_id}/unschedule", responses=errors(403, 404, 409))
+async def unschedule_job(ctx: Ctx, caller: Caller, job_id: str) -> Job:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         job_service.set_scheduled(ctx, session, job, False, caller)
-    return await _view(ctx, caller, job_id)
+    return Job.model_validate(await _view(ctx, caller, job_id))
 
 
-@router.get("/{job_id}/runs")
-async def list_runs(ctx: Ctx, caller: Caller, job_id: str, limit: int = 100) -> dict[str, Any]:
+@router.get("/{job_id}/runs", responses=errors(404, 422))
+async def list_runs(ctx: Ctx, caller: Caller, job_id: str, limit: int = 100) -> JobRunList:
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
         runs = await recipe_runs(session, job.id, limit=min(max(limit, 1), 1000))
         tasks = await run_tasks(session, [r.id for r in runs])
-    return {"runs": [run_view(r, tasks[r.id], job.name) for r in runs]}
+    return JobRunList.model_validate({"runs": [run_view(r, tasks[r.id], job.name) for r in runs]})
 
 
-@router.get("/{job_id}/history")
-async def history(ctx: Ctx, caller: Caller, job_id: str) -> dict[str, Any]:
+@router.get("/{job_id}/history", responses=errors(404))
+async def history(ctx: Ctx, caller: Caller, job_id: str) -> PodHistory:
     """Every pod (task) of every run, newest first (Saturn's historical pods)."""
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
-        return {"pods": await pod_history(session, job, ctx.clock.now())}
+        return PodHistory.model_validate({"pods": await pod_history(session, job, ctx.clock.now())})
 
 
-@router.get("/{job_id}/logs")
-async def job_logs(
-    ctx: Ctx, caller: Caller, job_id: str, pod_name: str | None = None
-) -> dict[str, Any]:
+@router.get("/{job_id}/logs", responses=errors(404))
+async def job_logs(ctx: Ctx, caller: Caller, job_id: str, pod_name: str | None = None) -> PodLogs:
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller)
-        return {"logs": await pod_logs(ctx, session, job, pod_name)}
+        return PodLogs.model_validate({"logs": await pod_logs(ctx, session, job, pod_name)})

@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from flotilla.api.base import errors
+from flotilla.api.pods import PodLogs, PodSummary, PodSummaryList
 from flotilla.core.redact import Redactor
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel
@@ -21,10 +23,10 @@ from flotilla.server.services.views import pod_summary
 router = APIRouter(prefix="/api/active/pods", tags=["pods"])
 
 
-@router.get("")
+@router.get("", responses=errors(404, 422), response_model_exclude_unset=True)
 async def active_pods(
     ctx: Ctx, caller: Caller, workload_type: str = Query(...), workload_id: str = Query(...)
-) -> dict[str, Any]:
+) -> PodSummaryList:
     async with ctx.sessions() as session:
         job = await recipe_service.get_recipe_by_id(session, workload_type, workload_id, caller)
         runs = await active_runs(session, job.id)
@@ -32,7 +34,7 @@ async def active_pods(
     pods = [
         pod_summary(t, r, job.name) for r in runs for t in tasks[r.id] if t.attempt == r.attempt
     ]
-    return {"pod_summaries": pods, "next_key": None}
+    return PodSummaryList.model_validate({"pod_summaries": pods, "next_key": None})
 
 
 async def _find(ctx: Ctx, caller: Caller, name: str) -> tuple[Any, Any, str, Redactor]:
@@ -47,8 +49,8 @@ async def _find(ctx: Ctx, caller: Caller, name: str) -> tuple[Any, Any, str, Red
     return task, run, recipe.name, redactor
 
 
-@router.get("/{name}")
-async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> dict[str, Any]:
+@router.get("/{name}", responses=errors(404, 422))
+async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> PodSummary:
     task, run, job_name, redactor = await _find(ctx, caller, name)
     files = ctx.backend.log_files(task_ref(task))
     lines = min(max(page_size, 1), 5000)
@@ -56,10 +58,10 @@ async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> dic
         "setup": read_log(files.setup, redactor, lines),
         "main": read_log(files.main, redactor, lines),
     }
-    return pod_summary(task, run, job_name, logs)
+    return PodSummary.model_validate(pod_summary(task, run, job_name, logs))
 
 
-@router.get("/{name}/logs")
+@router.get("/{name}/logs", responses=errors(404, 422))
 async def pod_logs(
     ctx: Ctx,
     caller: Caller,
@@ -67,10 +69,10 @@ async def pod_logs(
     container_name: str = "main",
     page_size: int = 1000,
     previous: bool = False,
-) -> dict[str, Any]:
+) -> PodLogs:
     task, _, _, redactor = await _find(ctx, caller, name)
     files = ctx.backend.log_files(task_ref(task))
     if container_name not in ("main", "setup"):
         raise NotFound(f"container {container_name!r} (containers: setup, main)")
     path = files.main if container_name == "main" else files.setup
-    return {"logs": read_log(path, redactor, min(max(page_size, 1), 5000))}
+    return PodLogs.model_validate({"logs": read_log(path, redactor, min(max(page_size, 1), 5000))})

@@ -13,6 +13,8 @@ from fastapi import APIRouter, Body, Header, Response
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.base import errors
+from flotilla.api.recipes import Recipe, RecipeList, RecipeVersionList
 from flotilla.recipes import recipe_types
 from flotilla.recipes.envelope import recipe_json_schema
 from flotilla.recipes.fleet import SSH
@@ -126,7 +128,13 @@ def declared_ports(recipe: RecipeModel) -> list[int]:
     return []
 
 
-@router.put("", status_code=201, response_model=dict[str, Any], openapi_extra=_RECIPE_BODY)
+@router.put(
+    "",
+    status_code=201,
+    response_model=Recipe,
+    responses=errors(403, 404, 409, 422),
+    openapi_extra=_RECIPE_BODY,
+)
 async def apply_recipe(
     ctx: Ctx,
     caller: Caller,
@@ -138,7 +146,13 @@ async def apply_recipe(
     return await _apply(ctx, caller, payload, enforce_unknown, saturn_client)
 
 
-@router.post("", status_code=201, response_model=dict[str, Any], openapi_extra=_RECIPE_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=Recipe,
+    responses=errors(403, 404, 409, 422),
+    openapi_extra=_RECIPE_BODY,
+)
 async def create_recipe(
     ctx: Ctx,
     caller: Caller,
@@ -149,7 +163,7 @@ async def create_recipe(
     return await _apply(ctx, caller, payload, enforce_unknown, saturn_client)
 
 
-@router.get("")
+@router.get("", responses=errors(), response_model_exclude_unset=True)
 async def list_recipes(
     ctx: Ctx,
     caller: Caller,
@@ -157,17 +171,17 @@ async def list_recipes(
     owner_name: str | None = None,
     name: str | None = None,
     as_template: bool = False,
-) -> dict[str, Any]:
+) -> RecipeList:
     async with ctx.sessions() as session:
         recipes = await recipe_service.list_recipes(
             session, caller, singular(type) if type else None, owner_name, name
         )
         states = await _states(ctx, session, recipes)
     items = [recipe_view(r, None if as_template else states[r.id]) for r in recipes]
-    return {"recipes": items, "next_key": None}
+    return RecipeList.model_validate({"recipes": items, "next_key": None})
 
 
-@router.get("/{recipe_type}/{name}")
+@router.get("/{recipe_type}/{name}", responses=errors(403, 404), response_model_exclude_unset=True)
 async def get_recipe(
     ctx: Ctx,
     caller: Caller,
@@ -175,37 +189,40 @@ async def get_recipe(
     name: str,
     owner_name: str | None = None,
     as_template: bool = False,
-) -> dict[str, Any]:
+) -> Recipe:
     if singular(recipe_type) in recipe_service.IDENTITY_RECIPE_TYPES:
         async with ctx.sessions() as session:
-            return await recipe_service.identity_recipe(
+            view = await recipe_service.identity_recipe(
                 session, caller, singular(recipe_type), name
             )
+        return Recipe.model_validate(view)
     async with ctx.sessions() as session:
         recipe = await recipe_service.get_recipe(
             session, singular(recipe_type), name, owner_name, caller
         )
         states = await _states(ctx, session, [recipe])
-    return recipe_view(recipe, None if as_template else states[recipe.id])
+    return Recipe.model_validate(recipe_view(recipe, None if as_template else states[recipe.id]))
 
 
-@router.get("/{recipe_type}/{name}/versions")
+@router.get("/{recipe_type}/{name}/versions", responses=errors(404))
 async def recipe_versions(
     ctx: Ctx, caller: Caller, recipe_type: str, name: str, owner_name: str | None = None
-) -> dict[str, Any]:
+) -> RecipeVersionList:
     async with ctx.sessions() as session:
         recipe = await recipe_service.get_recipe(
             session, singular(recipe_type), name, owner_name, caller
         )
         versions = await recipe_service.recipe_versions(session, recipe.id)
-    return {
-        "versions": [
-            {
-                "version": v.version,
-                "created_at": iso(v.created_at),
-                "created_by": v.created_by,
-                "spec": v.spec,
-            }
-            for v in versions
-        ]
-    }
+    return RecipeVersionList.model_validate(
+        {
+            "versions": [
+                {
+                    "version": v.version,
+                    "created_at": iso(v.created_at),
+                    "created_by": v.created_by,
+                    "spec": v.spec,
+                }
+                for v in versions
+            ]
+        }
+    )

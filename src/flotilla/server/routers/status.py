@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from flotilla import __version__
+from flotilla.api.base import errors
+from flotilla.api.status import Me, OrgList, ServerSizes, ServerStatus, SshGateway
 from flotilla.core.catalog import instance_type
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.routers.usage import ORG
@@ -21,28 +23,30 @@ from flotilla.server.ssh.gateway import gateway_info
 router = APIRouter(prefix="/api", tags=["status"])
 
 
-@router.get("/status")
-async def status(ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return {
-        "status": "ok",
-        "version": API_VERSION,
-        "flotilla_version": __version__,
-        "backend": ctx.backend.name,
-    }
+@router.get("/status", responses=errors())
+async def status(ctx: Ctx, caller: Caller) -> ServerStatus:
+    return ServerStatus.model_validate(
+        {
+            "status": "ok",
+            "version": API_VERSION,
+            "flotilla_version": __version__,
+            "backend": ctx.backend.name,
+        }
+    )
 
 
-@router.get("/user")
-async def user(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/user", responses=errors())
+async def user(ctx: Ctx, caller: Caller) -> Me:
     """The caller (Saturn's shape), with their groups, project roles and what this
     credential may do (`scopes`; `admin` is true only with the admin scope)."""
     async with ctx.sessions() as session:
         view = await user_view(session, await get_user(session, caller.user_id))
     view.update(admin=caller.is_admin, scopes=sorted(caller.scopes), auth_method=caller.auth_method)
-    return view
+    return Me.model_validate(view)
 
 
-@router.get("/info/servers")
-async def servers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/info/servers", responses=errors())
+async def servers(ctx: Ctx, caller: Caller) -> ServerSizes:
     """Saturn's sizes: this server's own machines (`local`) and every instance type
     a configured provider offers (what `instance_type` may name)."""
     sizes: dict[str, dict[str, Any]] = {}
@@ -72,7 +76,7 @@ async def servers(ctx: Ctx, caller: Caller) -> dict[str, Any]:
             offer["on_demand_per_hour"],
             f"from provider {offer['provider']} ({offer['region']})",
         )
-    return {"sizes": sizes, "auto_shutoff": ["Never"], "disk_space": []}
+    return ServerSizes.model_validate({"sizes": sizes, "auto_shutoff": ["Never"], "disk_space": []})
 
 
 def _shape(instance_type_name: str) -> tuple[int, str | None]:
@@ -110,15 +114,15 @@ def _size(
     }
 
 
-@router.get("/orgs")
-async def orgs(ctx: Ctx, caller: Caller, all_orgs: bool = False) -> dict[str, Any]:
+@router.get("/orgs", responses=errors(422))
+async def orgs(ctx: Ctx, caller: Caller, all_orgs: bool = False) -> OrgList:
     """Saturn's organizations: a Flotilla server is one, the primary one."""
     org = {"id": ORG, "name": ORG, "is_primary": True, "description": "this Flotilla server"}
-    return {"orgs": [org], "next_key": None}
+    return OrgList.model_validate({"orgs": [org], "next_key": None})
 
 
-@router.get("/ssh")
-async def ssh(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+@router.get("/ssh", responses=errors(), response_model_exclude_unset=True)
+async def ssh(ctx: Ctx, caller: Caller) -> SshGateway:
     """The SSH gateway: its port and host key, so `flo ssh` can connect and check
     the host without trusting it on first use."""
-    return gateway_info(ctx.ssh_gateway)
+    return SshGateway.model_validate(gateway_info(ctx.ssh_gateway))
