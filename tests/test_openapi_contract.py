@@ -11,6 +11,7 @@ from typing import Any
 
 from flotilla.config import Settings
 from flotilla.server.app import create_app
+from tests.conftest import make_settings, open_api
 
 COVERAGE = 0.95
 
@@ -58,3 +59,18 @@ def test_documented_errors_use_the_error_body(tmp_path: Path) -> None:
                 if schema != {"$ref": "#/components/schemas/ErrorBody"}:
                     wrong.append(f"{method.upper()} {path} {code}: {schema}")
     assert wrong == []
+
+
+async def test_a_body_that_is_not_text_is_a_documented_400(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    async for api in open_api(settings):
+        answer = await api.client.post(
+            "/api/secrets", content=b"\xff\xfe{", headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {
+            "error_code": "invalid_json",
+            "message": "the request body is not valid JSON",
+        }
+        documented = (await api.client.get("/openapi.json")).json()
+        assert "400" in documented["paths"]["/api/secrets"]["post"]["responses"]

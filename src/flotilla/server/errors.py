@@ -16,6 +16,8 @@ from flotilla.errors import ClientError, FieldProblem, TemporaryError
 from flotilla.server.bodytext import RefuseUnstorableText
 
 log = logging.getLogger("flotilla.api")
+# What FastAPI raises (an HTTPException) for a JSON body it cannot parse.
+FASTAPI_UNPARSEABLE_BODY = "There was an error parsing the body"
 
 
 def _format_loc(loc: tuple[object, ...]) -> str:
@@ -47,6 +49,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSEABLE_BODY:
+            body = {"error_code": "invalid_json", "message": "the request body is not valid JSON"}
+            return JSONResponse(body, status_code=400)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             {"error_code": code, "message": str(exc.detail)}, status_code=exc.status_code

@@ -2,7 +2,9 @@
 says what the server really sends. The recipe schema's nested models are added
 (the recipe routes refer to them), and the 422 FastAPI documents by itself — its
 `HTTPValidationError` shape — is the one error body every error has
-(`api/base.ErrorBody`, rendered by `server/errors.py`). Called by `server/app.py`."""
+(`api/base.ErrorBody`, rendered by `server/errors.py`); and every route that takes
+a body says it answers 400 `invalid_json` when the body is not JSON. Called by
+`server/app.py`."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             if body.get("schema", {}).get("$ref") == _FASTAPI_422:
                 body["schema"] = {"$ref": _ERROR}
                 invalid["description"] = "invalid input: `errors` names the fields"
+            if "requestBody" in operation:
+                operation["responses"].setdefault("400", _UNPARSEABLE)
     for fastapi_only in ("HTTPValidationError", "ValidationError"):
         components.pop(fastapi_only, None)
     components.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template=_REF))
@@ -38,3 +42,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
 
 
 _REF = "#/components/schemas/{model}"
+_UNPARSEABLE = {
+    "description": "the body is not valid JSON (`invalid_json`), or cannot succeed as made",
+    "content": {"application/json": {"schema": {"$ref": _ERROR}}},
+}
