@@ -310,13 +310,15 @@ class Agent:
                 writer.write(data)
 
     def _reap(self) -> None:
-        while True:
+        # Only the supervisors: waitpid(-1) would also take the exit status of the
+        # session relay's processes, which asyncio waits for (`sessions/shell.py`).
+        for pid in list(self.children):
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
+                done = pid  # reaped already: gone all the same
+            if done == 0:
+                continue
             task_id = self.children.pop(pid, None)
             if task_id is not None:
                 self.task_dirs.pop(task_id, None)
