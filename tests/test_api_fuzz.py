@@ -35,11 +35,15 @@ def server(data_dir: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is not installed (dev extras)")
-def test_generated_requests_get_only_documented_answers(server: ServerProcess) -> None:
+def test_generated_requests_get_only_documented_answers(
+    server: ServerProcess, tmp_path: Path
+) -> None:
     assert SCHEMATHESIS is not None
     argv = [SCHEMATHESIS, "run", f"{server.url}/openapi.json"]
     argv += ["-H", f"Authorization: token {ADMIN_TOKEN}", "--checks", CHECKS]
     argv += ["--max-examples", "3", "--phases", "examples,coverage,fuzzing", "--workers", "2"]
     argv += ["--seed", "13", "--request-timeout", "30", "--no-color"]
-    ran = subprocess.run(argv, capture_output=True, text=True, timeout=540, check=False)
+    ran = subprocess.run(  # in tmp_path: it keeps a .schemathesis cache where it runs
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=540, check=False
+    )
     assert ran.returncode == 0, ran.stdout[-8000:] + ran.stderr[-2000:]  # non-zero: a failure
