@@ -85,6 +85,20 @@ async def apply_and_start(client: httpx.AsyncClient, recipe: dict[str, Any]) -> 
     return job_id, started.json()["run"]["id"]
 
 
+def apply_sync(api: httpx.Client, kind: str, spec: dict[str, Any]) -> None:
+    """Apply a recipe of `kind` through a real server's API (`ServerProcess.client`)."""
+    answer = api.put("/api/recipes", json={"type": kind, "spec": spec})
+    assert answer.status_code in (200, 201), answer.text
+
+
+def start_sync(api: httpx.Client, job: str) -> str:
+    """Start a run of `job`; its id."""
+    job_id = api.get(f"/api/recipes/job/{job}").json()["state"]["id"]
+    answer = api.post(f"/api/jobs/{job_id}/start")
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["run"]["id"])
+
+
 async def get_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/runs/{run_id}")
     assert response.status_code == 200, response.text

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import httpx
 import pytest
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 
 from flotilla.api.deployments import Deployment, DeploymentList
 from flotilla.api.jobs import Job, JobList, JobRestarted, JobRunList, JobStarted, JobStopped
@@ -23,12 +20,12 @@ from flotilla.api.pods import PodHistory, PodLogs, PodSummary, PodSummaryList
 from flotilla.api.recipes import Recipe, RecipeList, RecipeVersionList
 from flotilla.api.status import Me, OrgList, ServerSizes, ServerStatus, SshGateway
 from flotilla.server.routers import deployments, jobs, offers, pods, recipes, status
+from tests.api_checks import check, documented, openapi, refused
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import TASK_PYTHON, job, wait_for, wait_run
 
 pytestmark = pytest.mark.timeout(90)
 
-M = TypeVar("M", bound=BaseModel)
 ROUTERS: tuple[APIRouter, ...] = (
     jobs.router,
     recipes.router,
@@ -50,40 +47,6 @@ def operations() -> set[tuple[str, str]]:
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     }
-
-
-async def openapi(api: Api) -> dict[str, Any]:
-    response = await api.client.get("/openapi.json")
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def documented(spec: dict[str, Any], method: str, path: str, status: int) -> bool:
-    """Whether the route documents `status` with the shared error body."""
-    answer = spec["paths"][path][method]["responses"].get(str(status), {})
-    schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-    return bool(schema.get("$ref", "").endswith("/ErrorBody"))
-
-
-async def check(
-    api: Api, model: type[M], method: str, url: str, status: int = 200, **kwargs: Any
-) -> M:
-    """The answer, read by `model`; it must give back exactly the JSON it read."""
-    response = await api.client.request(method, url, **kwargs)
-    assert response.status_code == status, response.text
-    parsed = model.model_validate_json(response.content)
-    assert parsed.model_dump(mode="json", exclude_unset=True) == response.json()
-    return parsed
-
-
-async def refused(
-    api: Api, spec: dict[str, Any], method: str, url: str, path: str, status: int, **kwargs: Any
-) -> httpx.Response:
-    """An error the route answers, which its OpenAPI entry must name."""
-    response = await api.client.request(method, url, **kwargs)
-    assert response.status_code == status, response.text
-    assert documented(spec, method.lower(), path, status), (method, path, status)
-    return response
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import pytest
-from pydantic import BaseModel
 
 from flotilla.api.agents import AgentList, Joined, JoinToken
 from flotilla.api.budgets import Budget, BudgetList, BudgetStatus, BudgetStatusList
@@ -25,12 +23,12 @@ from flotilla.api.usage import RunCost, SaturnDailyUsageList, UsageReport
 from flotilla.lb.testing import TagBackend, free_port
 from flotilla.runtime.tls import DEFAULT_AGENT_PORT, make_csr, new_key
 from flotilla.server.services.lb_policy import LoadBalancerPolicy
+from tests.api_checks import check, documented, openapi, refused
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_usage, apply_and_start, job, wait_for, wait_run
 
 pytestmark = pytest.mark.timeout(60)
 
-M = TypeVar("M", bound=BaseModel)
 H100 = "h100-80gb-sxm-ib.8x"
 PREFIXES = (
     "/api/fleets",
@@ -48,12 +46,6 @@ PREFIXES = (
 TEXT = {("get", "/api/usage"): "text/csv", ("get", "/api/runs/{run_id}/logs"): "text/plain"}
 
 
-async def openapi(api: Api) -> dict[str, Any]:
-    response = await api.client.get("/openapi.json")
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 def operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         (method, path): op
@@ -61,34 +53,6 @@ def operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         if path.startswith(PREFIXES)
         for method, op in ops.items()
     }
-
-
-def documented(spec: dict[str, Any], method: str, path: str, status: int) -> bool:
-    """Whether the route documents `status` with the shared error body."""
-    answer = spec["paths"][path][method]["responses"].get(str(status), {})
-    schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-    return bool(schema.get("$ref", "").endswith("/ErrorBody"))
-
-
-async def check(
-    api: Api, model: type[M], method: str, url: str, status: int = 200, **kwargs: Any
-) -> M:
-    """The answer, read by `model`; it must give back exactly the JSON it read."""
-    response = await api.client.request(method, url, **kwargs)
-    assert response.status_code == status, response.text
-    parsed = model.model_validate_json(response.content)
-    assert parsed.model_dump(mode="json", exclude_unset=True) == response.json()
-    return parsed
-
-
-async def refused(
-    api: Api, spec: dict[str, Any], method: str, url: str, path: str, status: int, **kwargs: Any
-) -> httpx.Response:
-    """An error the route answers, which its OpenAPI entry must name."""
-    response = await api.client.request(method, url, **kwargs)
-    assert response.status_code == status, response.text
-    assert documented(spec, method.lower(), path, status), (method, path, status)
-    return response
 
 
 def test_the_join_requests_documented_default_port_is_the_agents() -> None:

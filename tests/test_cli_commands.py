@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import ADMIN_TOKEN, ServerProcess, wait_sync
+from tests.factories import ADMIN_TOKEN, ServerProcess, apply_sync, start_sync, wait_sync
 
 OFFLINE_URL = "http://127.0.0.1:9"  # nothing listens: the offline checks never connect
 
@@ -71,18 +71,6 @@ def server(data_dir: Path) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def apply(api: httpx.Client, kind: str, spec: dict[str, Any]) -> None:
-    answer = api.put("/api/recipes", json={"type": kind, "spec": spec})
-    assert answer.status_code in (200, 201), answer.text
-
-
-def start(api: httpx.Client, job: str) -> str:
-    job_id = api.get(f"/api/recipes/job/{job}").json()["state"]["id"]
-    answer = api.post(f"/api/jobs/{job_id}/start")
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["run"]["id"])
-
-
 def replicas(api: httpx.Client, name: str) -> list[dict[str, Any]]:
     return list(api.get(f"/api/deployments/{name}").json()["replicas"])
 
@@ -95,7 +83,7 @@ def spec(api: httpx.Client, name: str) -> dict[str, Any]:
 @pytest.mark.timeout(300)
 def test_names_types_and_deployments(server: ServerProcess, tmp_path: Path) -> None:
     api, url = server.client(), server.url
-    apply(api, "job", {"name": "hello", "command": "echo hi"})
+    apply_sync(api, "job", {"name": "hello", "command": "echo hi"})
     for args in (["list", "--json", "true"], ["list", "nope"]):
         refused = flo(url, *args)
         assert refused.returncode == 1, refused
@@ -105,7 +93,7 @@ def test_names_types_and_deployments(server: ServerProcess, tmp_path: Path) -> N
     assert by_name.returncode == 0 and '"name": "hello"' in by_name.stdout
 
     command = "echo replica-says-hello; sleep 600"
-    apply(api, "deployment", {"name": "hello-api", "command": command, "scale": 1})
+    apply_sync(api, "deployment", {"name": "hello-api", "command": command, "scale": 1})
     for verb, instead in (("logs", "logs"), ("stop", "stop"), ("runs", "describe")):
         refused = flo(url, verb, "hello-api")
         assert refused.returncode == 1
@@ -142,8 +130,8 @@ def test_names_types_and_deployments(server: ServerProcess, tmp_path: Path) -> N
 def test_setup_pointer_interrupt_and_lost_server(server: ServerProcess, tmp_path: Path) -> None:
     api, url = server.client(), server.url
     repos = [{"url": str(tmp_path / "no-such-repo")}]
-    apply(api, "job", {"name": "badclone", "command": "true", "git_repositories": repos})
-    run_id = start(api, "badclone")
+    apply_sync(api, "job", {"name": "badclone", "command": "true", "git_repositories": repos})
+    run_id = start_sync(api, "badclone")
     wait_sync(
         lambda: api.get(f"/api/runs/{run_id}").json()["status"] == "failed", what="the clone fail"
     )
@@ -152,8 +140,8 @@ def test_setup_pointer_interrupt_and_lost_server(server: ServerProcess, tmp_path
     assert "`flo logs badclone 1 --setup`" in shown.stderr, shown.stderr
     assert "git" in flo(url, "logs", "badclone", "--setup").stdout
 
-    apply(api, "job", {"name": "sleeper", "command": "echo started; sleep 120"})
-    start(api, "sleeper")
+    apply_sync(api, "job", {"name": "sleeper", "command": "echo started; sleep 120"})
+    start_sync(api, "sleeper")
     for ending in ("interrupt", "server gone"):
         follower = subprocess.Popen(
             ["flo", "logs", "sleeper", "-f"],

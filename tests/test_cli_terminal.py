@@ -19,12 +19,10 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.factories import ADMIN_TOKEN, ServerProcess, wait_sync
+from tests.factories import ADMIN_TOKEN, ServerProcess, apply_sync, start_sync, wait_sync
 
 # Every `flo` is a fresh Python process: on a loaded machine a handful take a while.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -108,29 +106,17 @@ def assert_whole(lines: list[str], *words: str) -> None:
     assert not any("…" in line for line in lines), "\n".join(lines)
 
 
-def apply(api: httpx.Client, kind: str, spec: dict[str, Any]) -> None:
-    answer = api.put("/api/recipes", json={"type": kind, "spec": spec})
-    assert answer.status_code in (200, 201), answer.text
-
-
-def start(api: httpx.Client, job: str) -> str:
-    job_id = api.get(f"/api/recipes/job/{job}").json()["state"]["id"]
-    answer = api.post(f"/api/jobs/{job_id}/start")
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["run"]["id"])
-
-
 def test_tables_keep_names_and_statuses_whole_at_80_columns(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     api = server.client()
-    apply(api, "job", {"name": JOB, "command": "true"})
-    apply(api, "job", {"name": WAITING_JOB, "command": "true", "resources": {"gpu": "A100:8"}})
+    apply_sync(api, "job", {"name": JOB, "command": "true"})
+    apply_sync(api, "job", {"name": WAITING_JOB, "command": "true", "resources": {"gpu": "A100:8"}})
     fleet = {"provider": "sim", "instance_type": "h100-80gb-sxm-ib.8x", "region": "us-east1"}
-    apply(api, "fleet", {"name": FLEET, **fleet, "nodes": 1})
-    apply(api, "deployment", {"name": DEPLOYMENT, "command": "sleep 600"})
-    run_id = start(api, JOB)
-    start(api, WAITING_JOB)
+    apply_sync(api, "fleet", {"name": FLEET, **fleet, "nodes": 1})
+    apply_sync(api, "deployment", {"name": DEPLOYMENT, "command": "sleep 600"})
+    run_id = start_sync(api, JOB)
+    start_sync(api, WAITING_JOB)
     run = wait_sync(
         lambda: (r := api.get(f"/api/runs/{run_id}").json())["status"] == "succeeded" and r,
         what="the job's run to succeed",
@@ -187,7 +173,7 @@ def test_start_shows_why_a_run_waits_and_watch_redraws(
     assert "started" not in text
 
     api = server.client()
-    apply(api, "job", {"name": JOB, "command": "echo from-the-run"})
+    apply_sync(api, "job", {"name": JOB, "command": "echo from-the-run"})
     rc, shown = in_terminal(server, "apply", str(recipe), "--start", "--detach")
     assert rc == 0 and f"started job {WAITING_JOB} run 2" in ANSI.sub("", shown), shown
 
