@@ -52,6 +52,10 @@ from tests.factories import (
     wait_run,
 )
 
+# One worker for all of them: each checks at teardown that podman left no cgroup
+# directory behind, which a container of a test in another worker would be.
+pytestmark = pytest.mark.xdist_group("podman")
+
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 APPLETS = ("sh", "id", "cat", "ls", "sleep", "echo", "dd", "tr", "pwd", "true", "touch", "env")
 # Made by podman on first use; removed afterwards if this test run made them. Every
