@@ -44,7 +44,7 @@ from bench.slurm_peer import (
 from bench.trigger import percentiles, stamp_command
 from flotilla.core.status import RunStatus
 from flotilla.runtime.hosts import Host, HostNetwork
-from flotilla.server.services.nodes import LOCAL_NODE
+from flotilla.server.services.fleets.nodes import LOCAL_NODE
 
 FLO = str(Path(sys.executable).parent / "flo")
 AGENT_PORT = 7477

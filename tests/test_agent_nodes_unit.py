@@ -100,7 +100,7 @@ def test_read_log_does_not_follow_a_symlink_named_main_log(tmp_path: Path) -> No
 
 def test_a_joining_agent_cannot_register_an_address_that_is_not_a_host() -> None:
     """routers/agents.py:101: only '/@ ?#' are refused; a newline, quotes or `$(`
-    become the node's address (services/agent_nodes.py:31-34), which is written
+    become the node's address (services/fleets/agent_nodes.py:31-34), which is written
     into HAProxy's configuration line by line (lb/haproxy.py:84-85) and handed to
     other ranks as their peer's address."""
     for bad in ("gpu-1\n    server x 10.0.0.9:1:7477", 'a"b:7477', "$(id):7477", "a,b:7477"):

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from flotilla.api.agents import Joined
 from flotilla.cli.agents import join_host
 from flotilla.client.connection import Connection
 from flotilla.clock import FakeClock
@@ -64,7 +65,7 @@ from flotilla.server.pki import (
     needs_renewal,
 )
 from flotilla.server.routers.agents import agent_endpoint
-from flotilla.server.services.agents import control_plane_tls
+from flotilla.server.services.fleets.agents import control_plane_tls
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import AUTH, add_user, free_port
 from tests.hosts_fixture import host_network_fixture  # noqa: F401
@@ -417,17 +418,16 @@ class FakeServer:
     connection: Connection = field(default_factory=lambda: Connection("http://cp", None, "test"))
     sent: list[str] = field(default_factory=list)
 
-    def join_agent(
-        self, token: str, node: str, csr: str, listen: str | None = None
-    ) -> dict[str, Any]:
+    def join_agent(self, token: str, node: str, csr: str, listen: str | None = None) -> Joined:
         self.sent += [token, node, csr, str(listen)]
         cert = issue_node_cert(self.ca, csr, node, NOW)
-        return {
-            "certificate": cert_pem(cert).decode(),
-            "ca_certificate": cert_pem(self.ca.cert).decode(),
-            "serial": f"{cert.serial_number:x}",
-            "expires_at": cert.not_valid_after_utc.isoformat(),
-        }
+        return Joined(
+            node=node,
+            certificate=cert_pem(cert).decode(),
+            ca_certificate=cert_pem(self.ca.cert).decode(),
+            serial=f"{cert.serial_number:x}",
+            expires_at=cert.not_valid_after_utc.isoformat(),
+        )
 
 
 def test_join_keeps_the_key_on_the_host_0600_and_pins_the_ca(tmp_path: Path) -> None:

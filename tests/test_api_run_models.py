@@ -22,7 +22,7 @@ from flotilla.api.runs import Run, RunEvents
 from flotilla.api.usage import RunCost, SaturnDailyUsageList, UsageReport
 from flotilla.lb.testing import TagBackend, free_port
 from flotilla.runtime.tls import DEFAULT_AGENT_PORT, make_csr, new_key
-from flotilla.server.services.lb_policy import LoadBalancerPolicy
+from flotilla.server.services.serving.lb_policy import LoadBalancerPolicy
 from tests.api_checks import check, documented, openapi, refused
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_usage, apply_and_start, job, wait_for, wait_run

@@ -40,7 +40,7 @@ from flotilla.runtime.agent_client import AgentClient
 from flotilla.runtime.containers import find_runc, unavailable_reason, write_conf
 from flotilla.runtime.isolation.cgroups import agent_key, cgroup_mounts, discover
 from flotilla.runtime.taskspec import TaskState
-from flotilla.server.services.launch import workload_of
+from flotilla.server.services.runs.launch import workload_of
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import (
     add_user,

@@ -17,6 +17,7 @@ from flotilla.clock import FakeClock
 from flotilla.compute.provider import EventKind
 from flotilla.compute.sim.provider import IbNetwork, SimConfig, SimProvider
 from flotilla.core import autoscale
+from flotilla.server.changes import Change
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import apply_and_start, job, wait_for, wait_run
 
@@ -189,7 +190,7 @@ async def test_stockout_makes_the_fleet_wait_then_it_provisions(data_dir: Path) 
 
         cloud.config.stockouts.clear()
         clock.advance(301)  # the provider's retry_after
-        api.ctx.wakers.fleets.set()
+        api.ctx.changes.announce(Change.FLEETS)
         await wait_fleet(api, lambda f: f["size"] == 1, what="a node after the stock-out")
         clock.advance(1)  # the provisioning delay, on the fake clock
         ready = await wait_fleet(api, lambda f: states(f) == ["ready"], what="ready")
@@ -208,10 +209,10 @@ async def test_nodes_that_fail_before_ready_are_replaced_with_back_off(data_dir:
 
         await boot_failure(api, cloud, clock, 1, "10s")
         clock.advance(11)
-        api.ctx.wakers.fleets.set()
+        api.ctx.changes.announce(Change.FLEETS)
         await boot_failure(api, cloud, clock, 2, "20s")
         clock.advance(21)
-        api.ctx.wakers.fleets.set()
+        api.ctx.changes.announce(Change.FLEETS)
         await wait_fleet(api, lambda f: f["size"] == 1, what="a third node")
         clock.advance(6)  # it boots this time
         await wait_fleet(api, lambda f: states(f) == ["ready"], what="the third node ready")
@@ -224,6 +225,24 @@ async def test_nodes_that_fail_before_ready_are_replaced_with_back_off(data_dir:
             what="an immediate replacement",
         )
         await boot_failure(api, cloud, clock, 1, "10s")
+
+
+async def test_boot_failures_in_a_row_are_counted_across_a_restart(data_dir: Path) -> None:
+    """The count and the wait are rows: a restarted server neither forgets the
+    failures in a row (the second wait is 20 s, not 10 s again) nor replaces the
+    node before the wait is over."""
+    clock = FakeClock()
+    cloud = small_cloud(provisioning_delay=5)
+    settings = make_settings(data_dir, local_node=False)
+    async for api in open_api(settings, clock=clock, providers={"sim": cloud}):
+        await api.client.put("/api/recipes", json=fleet(nodes=1))
+        await boot_failure(api, cloud, clock, 1, "10s")
+    async for api in open_api(settings, clock=clock, providers={"sim": cloud}):
+        await _quiet(api, 1.0)
+        assert (await get_fleet(api))["members"] == []  # still waiting out the 10 s
+        clock.advance(11)
+        api.ctx.changes.announce(Change.FLEETS)
+        await boot_failure(api, cloud, clock, 2, "20s")
 
 
 async def boot_failure(
@@ -254,7 +273,7 @@ async def test_a_run_held_back_by_a_quota_grows_no_fleet(api: Api, cloud: SimPro
         return str(run["reason"]).startswith("project quota: vision holds 0 GPUs")
 
     await wait_for(held, what="the quota's reason")
-    api.ctx.wakers.fleets.set()
+    api.ctx.changes.announce(Change.FLEETS)
     await _quiet(api, 1.0)
     view = await get_fleet(api)
     assert (view["desired"], view["members"]) == (0, [])

@@ -11,7 +11,7 @@ from typing import Any
 
 from flotilla.runtime.gpuhealth import GpuHealth, GpuReading
 from flotilla.server.db.models import NodeModel
-from flotilla.server.services.agent_nodes import apply_inventory
+from flotilla.server.services.fleets.agent_nodes import apply_inventory
 
 
 class NvmlError(Exception):

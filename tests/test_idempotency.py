@@ -172,9 +172,9 @@ def test_the_client_retries_a_lost_start_with_its_key(data_dir: Path) -> None:
         connection = Connection(server.url, ADMIN_TOKEN, "test")
         with FlotillaClient(connection, transport=transport) as api:
             api.apply(job("flaky-net", "sleep 30"))
-            run = api.start("flaky-net")["run"]
+            run = api.start("flaky-net").run
             assert len(transport.starts) == 2 and transport.starts[0] == transport.starts[1]
-            assert [r["id"] for r in api.runs("flaky-net")] == [run["id"]]
+            assert [r.id for r in api.runs("flaky-net")] == [run.id]
             api.stop("flaky-net")
     finally:
         server.stop()

@@ -82,6 +82,12 @@ def test_the_layer_contracts_hold() -> None:
             "flotilla.recipes.fleet -> flotilla.compute.sim",
         ),
         (
+            "server/services/runs/jobs.py",
+            "import flotilla.server.kinds",
+            "server layers: app > routers > kinds > services",
+            "flotilla.server.services.runs.jobs -> flotilla.server.kinds",
+        ),
+        (
             "client/calls.py",
             "import flotilla.server",
             "the SDK and the API models import nothing of the server side",

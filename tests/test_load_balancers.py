@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flotilla.lb.testing import TagBackend, free_port, greet
-from flotilla.server.services.load_balancers import ports_in_use
+from flotilla.server.services.serving.load_balancers import ports_in_use
 from tests.conftest import Api
 from tests.factories import add_user, wait_for
 

@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from flotilla.core.metering import cents
 from flotilla.server.db.models import NodeModel, RecipeModel, UsageModel
 from flotilla.server.reconcilers.metering import Metering
-from flotilla.server.services.usage_rows import meter_idle_nodes
+from flotilla.server.services.metering.usage_rows import meter_idle_nodes
 from tests.conftest import Api
 from tests.factories import add_usage, add_user, apply_and_start, job, wait_for, wait_run
 

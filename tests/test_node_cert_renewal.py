@@ -1,5 +1,5 @@
 """Node certificates renewed over the agent's link (`runtime/renewal.py`,
-`server/services/node_certs.py`): an agent whose certificate has a third of its
+`server/services/fleets/node_certs.py`): an agent whose certificate has a third of its
 life left gets a new one — a new key made on the node, signed by the control
 plane's CA for the node's name — without a new join, keeps answering, and the node
 says until when. The agent refuses a certificate that is not for the key it made,
@@ -33,8 +33,8 @@ from flotilla.runtime.tls import (
     write_public,
 )
 from flotilla.server.pki import CertificateAuthority, create_ca, issue_node_cert
-from flotilla.server.services.agent_nodes import register_agent_node
-from flotilla.server.services.agents import control_plane_tls, load_ca
+from flotilla.server.services.fleets.agent_nodes import register_agent_node
+from flotilla.server.services.fleets.agents import control_plane_tls, load_ca
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import free_port, wait_for
 

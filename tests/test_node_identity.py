@@ -18,7 +18,7 @@ from flotilla.runtime.taskspec import TaskState
 from flotilla.runtime.tls import load_cert
 from flotilla.server.db.models import NodeModel
 from flotilla.server.reconcilers.agent_nodes import AgentNodes
-from flotilla.server.services.agent_nodes import agent_nodes, register_agent_node
+from flotilla.server.services.fleets.agent_nodes import agent_nodes, register_agent_node
 from tests.conftest import Api
 from tests.factories import add_user
 from tests.test_agent_tls import csr_for
@@ -47,7 +47,7 @@ async def _ssh_node(api: Api, name: str, endpoint: str) -> None:
 
 
 async def test_a_join_cannot_take_over_an_ssh_fleet_node(sqlite_api: Api) -> None:
-    """services/agents.py:190-213 (at HEAD) guards a name only by its `agent_node:` record,
+    """services/fleets/agents.py:190-213 (at HEAD) guards a name only by its `agent_node:` record,
     which SSH enrollment never writes; register_agent_node (services/
     agent_nodes.py:55-60) then repoints any `agent` or `ssh` row. So the holder
     of any name-less join token (one made for "a new host") gets a CA-signed
@@ -66,7 +66,7 @@ async def test_a_join_cannot_take_over_an_ssh_fleet_node(sqlite_api: Api) -> Non
 async def test_an_ssh_fleet_host_cannot_take_over_a_joined_node(sqlite_api: Api) -> None:
     """ssh_fleets.py:71-77 enrolls any listed name not among the live *ssh*
     nodes; a joined node (provider `agent`) of that name is then repointed by
-    register_agent_node (services/agent_nodes.py:55-60) to the fleet's host. Any
+    register_agent_node (services/fleets/agent_nodes.py:55-60) to the fleet's host. Any
     member with write access can apply an SSH fleet (`name: gpu-1`, their own
     host), and the control plane hands that host a certificate for gpu-1 and
     gpu-1's work."""
@@ -90,7 +90,7 @@ async def test_a_member_cannot_add_a_host_of_their_own_to_everyones_pool(
 ) -> None:
     """recipes.py (apply) lets any writer apply `type: fleet`; for provider: ssh
     the nodes are hosts the applier controls (they hold root there: the key is
-    theirs), and placement (services/placement.py) puts anyone's runs on any
+    theirs), and placement (services/runs/placement.py) puts anyone's runs on any
     ready node. The member reads every secret (env and files) and output of other
     users' tasks placed there; a host claiming `isolation: full` changes nothing,
     it is the member's machine. Either only admins add SSH hosts, or such nodes run

@@ -16,7 +16,7 @@ from flotilla.compute.provider import InstanceState
 from flotilla.compute.sim.provider import SimProvider
 from flotilla.core.status import NodeState
 from flotilla.server.db.models import RecipeModel
-from flotilla.server.services.nodes import node_from_instance, switch_node_state
+from flotilla.server.services.fleets.nodes import node_from_instance, switch_node_state
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, apply_and_start, get_run, job, wait_for, wait_run
 

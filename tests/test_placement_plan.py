@@ -9,8 +9,8 @@ from typing import Any
 from flotilla.core.queue import Policy
 from flotilla.recipes.job import JobSpec
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
-from flotilla.server.services.placement import plan
-from flotilla.server.services.scheduling import Placed, Snapshot, Waiting
+from flotilla.server.services.runs.placement import plan
+from flotilla.server.services.runs.scheduling import Placed, Snapshot, Waiting
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

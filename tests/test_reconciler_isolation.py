@@ -22,6 +22,7 @@ from flotilla.clock import FakeClock
 from flotilla.config import Settings
 from flotilla.lb.testing import TagBackend, free_port, greet
 from flotilla.recipes import parse_recipe
+from flotilla.server.changes import Change
 from flotilla.server.db.models import (
     DeploymentStateModel,
     EventModel,
@@ -30,9 +31,9 @@ from flotilla.server.db.models import (
 )
 from flotilla.server.reconcilers.cron import Cron
 from flotilla.server.reconcilers.isolation import Quarantine
-from flotilla.server.services.deployments import balancer_config, spec_of
-from flotilla.server.services.load_balancers import config_of
-from flotilla.server.services.runs import create_run
+from flotilla.server.services.runs.runs import create_run
+from flotilla.server.services.serving.deployments import balancer_config, spec_of
+from flotilla.server.services.serving.load_balancers import config_of
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import TASK_PYTHON, apply_and_start, job, wait_for, wait_run
 
@@ -174,7 +175,7 @@ async def test_a_queued_run_with_a_corrupt_spec_fails_alone(sqlite_api: Api) -> 
         bad = create_run(
             session, recipe, trigger="manual", actor="test", now=api.ctx.clock.now(), spec=spec
         )
-    api.ctx.wakers.scheduler.set()
+    api.ctx.changes.announce(Change.RUNS_QUEUED)
     _, run_id = await apply_and_start(api.client, job("good", "true"))
     await wait_run(api.client, run_id, "succeeded")
     failed = await wait_run(api.client, bad.id, "error")

@@ -19,13 +19,13 @@ import pytest
 from flotilla.config import Settings
 from flotilla.runtime.taskspec import RunAs
 from flotilla.server.db.models import NodeModel, RunModel, TaskModel
-from flotilla.server.services.agent_nodes import apply_inventory
-from flotilla.server.services.launch import launch_requests
-from flotilla.server.services.node_isolation import (
+from flotilla.server.services.fleets.agent_nodes import apply_inventory
+from flotilla.server.services.fleets.node_isolation import (
     effective_isolation,
     node_probe,
     runs_as_user,
 )
+from flotilla.server.services.runs.launch import launch_requests
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, cleanup_data_dir, job, wait_run
 from tests.test_tenant_isolation import accounts_group, isolated, open_data_dir, uid_range

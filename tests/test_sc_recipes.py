@@ -15,8 +15,12 @@ from flotilla.recipes import JobSpec, parse_recipe
 from flotilla.recipes.commands import install_script, sequence_script
 from flotilla.recipes.deployment import DeploymentSpec
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
-from flotilla.server.services.deployments import Replica, not_ready_reason, replica_host_ports
-from flotilla.server.services.jobs import run_spec
+from flotilla.server.services.runs.jobs import run_spec
+from flotilla.server.services.serving.deployments import (
+    Replica,
+    not_ready_reason,
+    replica_host_ports,
+)
 from tests.conftest import Api
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ from sqlalchemy import update
 from flotilla.core.redact import MASK
 from flotilla.server.db.models import RunModel
 from flotilla.server.secretbox import SecretBox
-from flotilla.server.services.secrets import given_values, remember_given
+from flotilla.server.services.identity.secrets import given_values, remember_given
 from tests.conftest import Api
 from tests.factories import add_user, job, wait_run
 

@@ -144,6 +144,6 @@ async def test_the_api_says_when_the_gateway_is_off(api: Api) -> None:
 
 
 def test_ssh_options_quote_paths_with_spaces(tmp_path: Path) -> None:
-    options = ssh_options({"port": 2222}, tmp_path / "my hosts", Path("/keys/my key"))
+    options = ssh_options(2222, tmp_path / "my hosts", Path("/keys/my key"))
     assert options["UserKnownHostsFile"] == f'"{tmp_path}/my hosts"'
     assert options["IdentityFile"] == '"/keys/my key"'

@@ -27,7 +27,7 @@ from flotilla.compute.local.backend import LocalBackend
 from flotilla.runtime.isolation import FULL, probe
 from flotilla.runtime.isolation.cgroups import agent_key, discover
 from flotilla.runtime.taskspec import Limits, TaskSpec
-from flotilla.server.services.launch import PIDS_PER_PROCESS
+from flotilla.server.services.runs.launch import PIDS_PER_PROCESS
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import (
     ADMIN_TOKEN,

@@ -87,7 +87,7 @@ class Settings:
     # True (1): on for every node, each applying what it can; False (0): off, an
     # admin's choice of one trust domain (every node says so). Otherwise a node that
     # does not isolate runs only the work of admins and of the users and groups an
-    # admin trusts there (`services/node_trust.py`).
+    # admin trusts there (`services/fleets/node_trust.py`).
     run_as_user: bool | None = None
     # What this machine's isolation probe says, instead of probing it
     # (FLOTILLA_LOCAL_ISOLATION): "none (why)" or "partial (why)", never "full". Only

@@ -40,7 +40,7 @@ class Checkout:
 @dataclass(frozen=True)
 class Workload:
     """What a task runs, in the backend's terms: the neutral launch description
-    every backend receives (built from the user's recipe by `services/launch.py`;
+    every backend receives (built from the user's recipe by `services/runs/launch.py`;
     backends never see the recipe)."""
 
     argv: list[str] | None  # a list command, run as is
@@ -67,11 +67,11 @@ class LaunchRequest:
     # The run's checkpoint directory (FLOTILLA_CHECKPOINT_DIR): the same for every
     # attempt, so a requeued run resumes from what it saved.
     checkpoint_dir: str | None = None
-    # The Unix account the task runs as (`services/launch.py:run_as`); None: no
+    # The Unix account the task runs as (`services/runs/launch.py:run_as`); None: no
     # Flotilla user to run it as.
     run_as: RunAs | None = None
     # With run_as, its cgroup limits and the control plane's paths it must not see
-    # (data dir, checkpoint root, database: `services/launch.py: task_limits,
+    # (data dir, checkpoint root, database: `services/runs/launch.py: task_limits,
     # protected_paths`). The node keeps the task's own directory and checkpoint_dir.
     limits: Limits | None = None
     hide: list[str] = field(default_factory=list)

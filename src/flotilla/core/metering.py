@@ -2,9 +2,10 @@
 interval to a report window and across UTC days, summing it up by key, and
 rendering the result as JSON-ready dicts or CSV. Pure: no server, database or I/O.
 
-Called by `server/services/usage.py` (reports, per-run cost), `services/budgets.py`
-(this month's use against a limit), `routers/metrics.py` (Prometheus totals) and
-`reconcilers/metering.py` (a task's share of its node).
+Called by `server/services/metering/usage.py` (reports, per-run cost),
+`services/metering/budgets.py` (this month's use against a limit),
+`routers/metrics.py` (Prometheus totals) and `reconcilers/metering.py` (a task's
+share of its node).
 
 Billing rule
 ------------

@@ -2,7 +2,7 @@
 once and never again, and the account names they have on nodes. Pure: the store
 keeps the high-water mark and calls `next_unix_ids` in the transaction that
 inserts the user or group (`server/db/unix_ids.py`); the launch path maps names
-with `unix_name` (`server/services/launch.py`).
+with `unix_name` (`server/services/runs/launch.py`).
 
 One number space for users and groups. A user's primary group is their private
 group (Debian's user private groups): its GID is the user's UID, so one allocation

@@ -1,7 +1,7 @@
 """Saturn's list commands and `extra_packages`, turned into shell text. Pure: no I/O.
 
 Called by `recipes/job.py` (`JobSpec.argv_or_shell`, for the task's command) and by
-the services that create runs (`services/jobs.py`, `services/deployments.py`), which
+the services that create runs (`services/runs/jobs.py`, `services/serving/deployments.py`), which
 put `install_script` in front of the run's start script.
 
 A list `command` means two things. Flotilla's own API and `flo` send a JSON list and

@@ -26,6 +26,7 @@ from flotilla.recipes.fleet import FleetSpec
 from flotilla.recipes.identity import IDENTITY_SPECS
 from flotilla.recipes.job import JobSpec
 from flotilla.recipes.load_balancer import LoadBalancerSpec
+from flotilla.recipes.types import DEPLOYMENT, FLEET, JOB, LOAD_BALANCER
 
 SCHEMA_VERSION = "2025.10.01"
 MAX_SCHEMA_VERSION_LENGTH = 32  # the column that stores it
@@ -33,10 +34,10 @@ _ENVELOPE_KEYS = ("schema_version", "type", "spec", "state")
 # One spec model per recipe type. user, group and project recipes are applied to
 # the identity tables (see recipes/identity.py), the others stored as recipes.
 _SPEC_MODELS: dict[str, type[BaseModel]] = {
-    "deployment": DeploymentSpec,
-    "fleet": FleetSpec,
-    "job": JobSpec,
-    "load_balancer": LoadBalancerSpec,
+    DEPLOYMENT: DeploymentSpec,
+    FLEET: FleetSpec,
+    JOB: JobSpec,
+    LOAD_BALANCER: LoadBalancerSpec,
     **IDENTITY_SPECS,
 }
 

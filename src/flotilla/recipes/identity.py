@@ -22,6 +22,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from flotilla.errors import ClientError, FieldProblem
 from flotilla.recipes.job import Strict
+from flotilla.recipes.types import GROUP, PROJECT, USER
 
 # Lowercase, 1-64 characters (the columns' width), starting and ending with a letter
 # or digit: safe in URLs, file paths and Unix user names.
@@ -220,7 +221,7 @@ def check_email(value: str | None) -> str | None:
 
 
 IDENTITY_SPECS: dict[str, type[Strict]] = {
-    "user": UserSpec,
-    "group": GroupSpec,
-    "project": ProjectSpec,
+    USER: UserSpec,
+    GROUP: GroupSpec,
+    PROJECT: ProjectSpec,
 }

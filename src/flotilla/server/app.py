@@ -67,8 +67,8 @@ from flotilla.server.routers import (
 )
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.security import bootstrap_admin
-from flotilla.server.services.node_isolation import log_isolation
-from flotilla.server.services.nodes import ensure_local_node
+from flotilla.server.services.fleets.node_isolation import log_isolation
+from flotilla.server.services.fleets.nodes import ensure_local_node
 from flotilla.server.ssh.gateway import SshGateway
 
 log = logging.getLogger("flotilla.server")

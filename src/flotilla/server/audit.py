@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flotilla.server.services.audit import AuditEntry, record_audit
+from flotilla.server.services.identity.audit import AuditEntry, record_audit
 
 log = logging.getLogger("flotilla.audit")
 READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})

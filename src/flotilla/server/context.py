@@ -6,7 +6,6 @@ Holding it in one object keeps start-up and tests explicit (no module globals).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,26 +20,13 @@ from flotilla.compute.provider import Provider
 from flotilla.config import Settings
 from flotilla.runtime.isolation import probe
 from flotilla.server.auth.throttle import LoginThrottle
+from flotilla.server.changes import Changes
 from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.traffic import RequestMeter
 
 if TYPE_CHECKING:
     from flotilla.server.ssh.gateway import SshGateway
-
-
-@dataclass
-class Wakers:
-    """One event per reconciler: setting it makes the loop run now rather than at
-    its next periodic resync."""
-
-    scheduler: asyncio.Event = field(default_factory=asyncio.Event)
-    supervision: asyncio.Event = field(default_factory=asyncio.Event)
-    cron: asyncio.Event = field(default_factory=asyncio.Event)
-    fleets: asyncio.Event = field(default_factory=asyncio.Event)
-    metering: asyncio.Event = field(default_factory=asyncio.Event)
-    load_balancers: asyncio.Event = field(default_factory=asyncio.Event)
-    deployments: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -53,7 +39,8 @@ class ServerContext:
     # Where fleet nodes come from, by name ("local", "sim", a cloud).
     providers: dict[str, Provider] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
-    wakers: Wakers = field(default_factory=Wakers)
+    # Who watches what changes (`changes.py`): routers announce, loops subscribe.
+    changes: Changes = field(default_factory=Changes)
     # Extra Prometheus collectors served by `GET /metrics` next to the usage ones
     # (`routers/metrics.py`): a component registers its own here (the load balancer).
     metrics_collectors: list[Collector] = field(default_factory=list)

@@ -39,12 +39,14 @@ from sqlalchemy import select
 from flotilla.errors import ClientError, Conflict, Forbidden, NotFound, Unauthorized
 from flotilla.lb.choice import Selector, make_selector
 from flotilla.recipes.deployment import DeploymentSpec, Route, Visibility
+from flotilla.recipes.types import DEPLOYMENT
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.identity import Identity, Scope
 from flotilla.server.security import authenticate
-from flotilla.server.services.deployments import DEPLOYMENT, front_door_path, spec_of
-from flotilla.server.services.load_balancers import plane_key
+from flotilla.server.services.serving.deployments import front_door_path, spec_of
+from flotilla.server.services.serving.load_balancers import plane_key
 
 router = APIRouter(include_in_schema=False)
 
@@ -214,7 +216,7 @@ async def _wait_for_replica(
                 state = await session.get(DeploymentStateModel, recipe.id)
                 if state is not None:
                     state.demand_at = ctx.clock.now()
-            ctx.wakers.deployments.set()
+            ctx.changes.announce(Change.DEPLOYMENTS)
             asked = True
         if time.monotonic() > deadline:
             raise ClientError(

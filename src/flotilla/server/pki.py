@@ -1,13 +1,13 @@
 """The control plane's certificate authority for node agents: pure functions.
 
-One CA per control plane (EC P-256, ten years), kept by `services/agents.py` in the
+One CA per control plane (EC P-256, ten years), kept by `services/fleets/agents.py` in the
 settings table with its key sealed by the secret box, like the session signing keys
 (`auth/keys.py`): every server on one database has the same CA, and a copy of the
 database alone issues nothing. With it:
 
 - `issue_node_cert` turns a node's CSR into its certificate (CN and DNS SAN = the node
   name the control plane decided, never what the CSR asks for; serverAuth only; 30
-  days, renewed over the agent's link: `services/node_certs.py`);
+  days, renewed over the agent's link: `services/fleets/node_certs.py`);
 - `issue_control_plane_cert` makes the control plane's client certificate (CN
   `CONTROL_PLANE_NAME`, clientAuth only), the one credential agents accept.
 

@@ -410,6 +410,8 @@ class NodeModel(Base):
     idle_since: Mapped[datetime | None]
     interruption_deadline: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]
+    # When it last became `failed` (a fleet counts nodes that fail before ready).
+    failed_at: Mapped[datetime | None]
 
 
 class SettingModel(Base):
@@ -433,6 +435,8 @@ class BackoffModel(Base):
     not_before: Mapped[datetime]
     # What the wait is for (a recipe version): a change ends it. None: any.
     version: Mapped[int | None]
+    # When the last failure in a row was recorded.
+    last_failure_at: Mapped[datetime | None]
 
 
 class DeploymentStateModel(Base):

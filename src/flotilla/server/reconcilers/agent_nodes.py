@@ -16,7 +16,7 @@ Every `node_heartbeat_seconds`:
   that the control plane does not expect there (a failed node's, whose runs were
   requeued elsewhere) is stopped. Nothing runs twice once a node answers again;
 - a node whose certificate has a third of its life left gets a new one over the
-  link (`services/node_certs.py`), an event saying until when.
+  link (`services/fleets/node_certs.py`), an event saying until when.
 
 Provider calls and agent calls happen outside any transaction.
 """
@@ -36,11 +36,13 @@ from flotilla.compute.agents.router import NodeRouter
 from flotilla.core.status import NodeState
 from flotilla.errors import TemporaryError
 from flotilla.runtime.tls import TlsFiles, fingerprint, load_cert
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.reconcilers.recovery import evict
-from flotilla.server.services.agent_nodes import (
+from flotilla.server.services.events import record_event
+from flotilla.server.services.fleets.agent_nodes import (
     AGENT_LABEL,
     AGENT_PROVIDERS,
     active_tasks_on,
@@ -49,11 +51,10 @@ from flotilla.server.services.agent_nodes import (
     runs_on,
     runs_on_gpu,
 )
-from flotilla.server.services.agents import control_plane_tls
-from flotilla.server.services.events import record_event
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.node_certs import NodeCertificates
-from flotilla.server.services.nodes import switch_node_state
+from flotilla.server.services.fleets.agents import control_plane_tls
+from flotilla.server.services.fleets.node_certs import NodeCertificates
+from flotilla.server.services.fleets.nodes import switch_node_state
+from flotilla.server.services.runs.launch import task_ref
 
 log = logging.getLogger("flotilla.nodes")
 ACTOR = "nodes"
@@ -65,7 +66,7 @@ class AgentNodes(ReconcileLoop):
     name = "agent-nodes"
 
     def __init__(self, ctx: ServerContext, router: NodeRouter) -> None:
-        super().__init__(asyncio.Event(), ctx.settings.node_heartbeat_seconds)
+        super().__init__(ctx.changes, ctx.settings.node_heartbeat_seconds)
         self.ctx = ctx
         self.router = router
         self._tls: TlsFiles | None = None
@@ -118,8 +119,7 @@ class AgentNodes(ReconcileLoop):
                 else:
                     changed |= await self._silent(session, node)
         if changed:
-            self.ctx.wakers.scheduler.set()
-            self.ctx.wakers.supervision.set()
+            self.ctx.changes.announce(Change.NODES_CHANGED)
 
     async def _sync(self, session: AsyncSession, rows: Any) -> None:
         live = set()

@@ -21,13 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.core.cron import decide_tick
 from flotilla.errors import ClientError
 from flotilla.recipes.job import ConcurrencyPolicy
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
-from flotilla.server.services.jobs import trigger_run
-from flotilla.server.services.runs import active_runs, request_stop
+from flotilla.server.services.runs.jobs import trigger_run
+from flotilla.server.services.runs.runs import active_runs, request_stop
 
 log = logging.getLogger("flotilla.cron")
 ACTOR = "cron"
@@ -35,9 +36,10 @@ ACTOR = "cron"
 
 class Cron(ReconcileLoop):
     name = "cron"
+    watches = (Change.SCHEDULES,)
 
     def __init__(self, ctx: ServerContext, interval: float = 1.0) -> None:
-        super().__init__(ctx.wakers.cron, interval)
+        super().__init__(ctx.changes, interval)
         self.ctx = ctx
         self.quarantine = Quarantine(self.name)
 
@@ -46,8 +48,7 @@ class Cron(ReconcileLoop):
         started, failures = await self.quarantine.rerun(lambda: self._ticks(now))
         await report_failures(self.ctx, failures, ACTOR)
         if started:
-            self.ctx.wakers.scheduler.set()
-            self.ctx.wakers.supervision.set()
+            self.ctx.changes.announce(Change.RUNS_QUEUED, Change.STOPS_REQUESTED)
 
     async def _ticks(self, now: datetime) -> bool:
         """Fire every due tick, in one transaction; True if a run started."""

@@ -34,14 +34,17 @@ from flotilla.core.replicas import ScalePolicy, ScaleState, decide_scale, restar
 from flotilla.errors import ClientError
 from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.deployment import DeploymentSpec
+from flotilla.recipes.types import DEPLOYMENT
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
-from flotilla.server.services.budgets import check_new_run
-from flotilla.server.services.deployments import (
+from flotilla.server.services.events import record_event
+from flotilla.server.services.metering.budgets import check_new_run
+from flotilla.server.services.runs.runs import request_stop
+from flotilla.server.services.serving.deployments import (
     ACTOR,
-    DEPLOYMENT,
     Replica,
     active_replicas,
     backend_address,
@@ -54,9 +57,7 @@ from flotilla.server.services.deployments import (
     spec_of,
     start_replica,
 )
-from flotilla.server.services.events import record_event
-from flotilla.server.services.load_balancers import plane_key
-from flotilla.server.services.runs import request_stop
+from flotilla.server.services.serving.load_balancers import plane_key
 
 PROBE_TIMEOUT = 1.0
 # A client waiting on a scaled-to-zero deployment keeps it wanted this long.
@@ -71,9 +72,10 @@ NOT_READY_AFTER = timedelta(seconds=10)
 
 class Deployments(ReconcileLoop):
     name = "deployments"
+    watches = (Change.DEPLOYMENTS,)
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(ctx.wakers.deployments, min(1.0, ctx.settings.resync_seconds))
+        super().__init__(ctx.changes, min(1.0, ctx.settings.resync_seconds))
         self.ctx = ctx
         self.ready = ctx.ready_replicas  # replica runs whose port has answered
         # Replicas taken out of the load balancer, and when (monotonic seconds).
@@ -131,8 +133,7 @@ class Deployments(ReconcileLoop):
             if key.startswith(f"{DEPLOYMENT}:") and key not in configs and key not in held:
                 await plane.remove(key)
         if self.changed:  # replicas to place or to stop
-            self.ctx.wakers.scheduler.set()
-            self.ctx.wakers.supervision.set()
+            self.ctx.changes.announce(Change.RUNS_QUEUED, Change.STOPS_REQUESTED)
 
     def _memory(self) -> _Memory:
         return (

@@ -12,8 +12,8 @@ and all, with an error event (once per message); one whose
 provider call fails unexpectedly backs off like a refused request. Every other
 fleet goes on.
 
-Woken through `ctx.wakers.fleets` (the scheduler sets it when runs wait for
-capacity; fleet applies and deletes set it) and every `resync_seconds` otherwise.
+Woken when fleet recipes or nodes change, or when the scheduler announces runs
+that wait for capacity (`watches`), and every `resync_seconds` otherwise.
 """
 
 from __future__ import annotations
@@ -29,21 +29,22 @@ from flotilla.core.autoscale import format_seconds
 from flotilla.core.backoff import doubling
 from flotilla.core.status import NodeState
 from flotilla.errors import TemporaryError
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.reconcilers.isolation import describe
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services import backoffs
 from flotilla.server.services.events import record_event
-from flotilla.server.services.fleet_nodes import (
+from flotilla.server.services.fleets.fleet_nodes import (
     ACTOR,
     apply_provider_events,
     record_instances,
     release_node,
     update_idle,
 )
-from flotilla.server.services.fleet_plan import Plan, Provision, Release, decide
-from flotilla.server.services.fleets import (
+from flotilla.server.services.fleets.fleet_plan import Plan, Provision, Release, decide
+from flotilla.server.services.fleets.fleets import (
     FLEET_ERROR,
     FLEET_OK,
     FLEET_WAITING,
@@ -53,7 +54,7 @@ from flotilla.server.services.fleets import (
     fleet_reasons,
     load_fleets,
 )
-from flotilla.server.services.nodes import switch_node_state
+from flotilla.server.services.fleets.nodes import switch_node_state
 
 log = logging.getLogger("flotilla.fleets")
 # A request the provider refused as made is tried again after this long, or at
@@ -68,16 +69,14 @@ MAX_BOOT_FAILURE_BACKOFF = 600.0
 
 class Fleets(ReconcileLoop):
     name = "fleets"
+    watches = (Change.FLEETS, Change.CAPACITY_WANTED, Change.NODES_CHANGED)
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(ctx.wakers.fleets, ctx.settings.resync_seconds, min_gap=0.05)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds, min_gap=0.05)
         self.ctx = ctx
         # Polled events not yet recorded: polling consumes them, so they are kept
         # until the transaction that applies them commits.
         self._events: list[tuple[str, ProviderEvent]] = []
-        # fleet id -> (nodes in a row that failed before becoming ready, when the last did)
-        self._boot_failures: dict[str, tuple[int, datetime]] = {}
-        self._counted_failures: set[str] = set()  # node ids
         self._broken: dict[str, str] = {}  # fleet id -> why its stored spec is invalid
 
     async def step(self) -> None:
@@ -90,7 +89,7 @@ class Fleets(ReconcileLoop):
             holding = await _backing_off(session, snapshot, now)
         changed |= await self._apply(decide(snapshot, now, holding), now)
         if changed:
-            self.ctx.wakers.scheduler.set()
+            self.ctx.changes.announce(Change.NODES_CHANGED)
 
     def _report_broken(self, session: AsyncSession, snapshot: FleetSnapshot, now: datetime) -> None:
         """An error event for each fleet left out of the plan, once per message."""
@@ -105,36 +104,42 @@ class Fleets(ReconcileLoop):
         self, session: AsyncSession, snapshot: FleetSnapshot, now: datetime
     ) -> None:
         """Back off replacing nodes that fail before they are ever ready; a node that
-        becomes ready after the last such failure ends the back-off."""
+        becomes ready after the last such failure ends the back-off. The count and
+        when the last failure was counted are a `backoffs` row and each node's
+        `failed_at`, so a restarted server neither forgets nor counts a node twice."""
         for fleet in snapshot.fleets:
-            fleet_id = fleet.recipe.id
-            count, last = self._boot_failures.get(fleet_id, (0, now))
-            for node in fleet.members:
-                if node.ready_at is not None and node.ready_at >= last:
-                    count = 0
-                elif node.state == NodeState.FAILED and node.ready_at is None:
-                    if node.id in self._counted_failures:
-                        continue
-                    self._counted_failures.add(node.id)
-                    count, last = count + 1, now
-                    delay = doubling(BOOT_FAILURE_BACKOFF, count, MAX_BOOT_FAILURE_BACKOFF)
-                    await backoffs.failed(
-                        session,
-                        _key(fleet_id),
-                        now,
-                        _fixed(delay),
-                        fleet.recipe.version,
-                    )
-                    message = (
-                        f"{count} node(s) in a row failed before becoming ready "
-                        f"({node.reason}); next replacement in {format_seconds(delay)}"
-                    )
-                    _fleet_event(session, fleet_id, FLEET_WAITING, message, now)
-            if count:
-                self._boot_failures[fleet_id] = (count, last)
-            else:
-                self._boot_failures.pop(fleet_id, None)
-        self._counted_failures &= {n.id for f in snapshot.fleets for n in f.members}
+            key = _boot_key(fleet.recipe.id)
+            row = await backoffs.current(session, key)
+            last = row.last_failure_at if row is not None else None
+            if last is not None and any(
+                n.ready_at is not None and n.ready_at >= last for n in fleet.members
+            ):
+                await backoffs.succeeded(session, key)
+                row, last = None, None
+            new = [
+                n
+                for n in fleet.members
+                if n.state == NodeState.FAILED
+                and n.ready_at is None
+                and n.failed_at is not None
+                and (last is None or n.failed_at > last)
+            ]
+            for node in new:
+                await self._boot_failed(session, fleet.recipe, node, now)
+
+    async def _boot_failed(
+        self, session: AsyncSession, fleet: RecipeModel, node: NodeModel, now: datetime
+    ) -> None:
+        row = await backoffs.current(session, _boot_key(fleet.id))
+        count = (row.failures if row is not None else 0) + 1
+        delay = doubling(BOOT_FAILURE_BACKOFF, count, MAX_BOOT_FAILURE_BACKOFF)
+        await backoffs.failed(session, _boot_key(fleet.id), now, _fixed(delay))
+        await backoffs.failed(session, _key(fleet.id), now, _fixed(delay), fleet.version)
+        message = (
+            f"{count} node(s) in a row failed before becoming ready "
+            f"({node.reason}); next replacement in {format_seconds(delay)}"
+        )
+        _fleet_event(session, fleet.id, FLEET_WAITING, message, now)
 
     async def _provider_events(self) -> bool:
         now = self.ctx.clock.now()
@@ -268,6 +273,11 @@ def _fleet_event(
 
 def _key(fleet_id: str) -> str:
     return f"fleet-request:{fleet_id}"
+
+
+def _boot_key(fleet_id: str) -> str:
+    """The fleet's nodes that failed before they were ever ready, in a row."""
+    return f"fleet-boot:{fleet_id}"
 
 
 async def _backing_off(session: AsyncSession, snapshot: FleetSnapshot, now: datetime) -> set[str]:

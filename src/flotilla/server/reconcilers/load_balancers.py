@@ -6,7 +6,7 @@ retried.
 Each load balancer on its own: one whose stored spec cannot become a config (an
 older row the recipe no longer accepts) gets an error event and backs off
 (`isolation.py`), keeping whatever it was serving; all the others, deletions
-included, go on. The network policy (`services/lb_policy.py`) is checked again
+included, go on. The network policy (`services/serving/lb_policy.py`) is checked again
 here: a listener that a tightened policy (or a changed set of the server's own
 ports) now refuses is stopped, with an event naming why; it starts again once the
 policy allows it.
@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from flotilla.lb import LoadBalancerConfig
+from flotilla.recipes.types import LOAD_BALANCER
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.reconcilers.isolation import Failure, Quarantine, record_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
-from flotilla.server.services import lb_policy
 from flotilla.server.services.events import record_event
-from flotilla.server.services.load_balancers import (
-    LOAD_BALANCER,
+from flotilla.server.services.serving import lb_policy
+from flotilla.server.services.serving.load_balancers import (
     config_of,
     live_load_balancers,
     plane_key,
@@ -36,9 +37,10 @@ ACTOR = "load_balancers"
 
 class LoadBalancers(ReconcileLoop):
     name = "load_balancers"
+    watches = (Change.LOAD_BALANCERS,)
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(ctx.wakers.load_balancers, ctx.settings.resync_seconds * 5)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds * 5)
         self.ctx = ctx
         self.quarantine = Quarantine(self.name)
         # recipe id -> the policy refusal last recorded for it (said once, not every step)

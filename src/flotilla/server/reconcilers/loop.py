@@ -1,5 +1,6 @@
-"""The shared shape of every reconciler loop: run `step()` when woken or every
-`interval` seconds, log and back off on errors, stop cleanly."""
+"""The shared shape of every reconciler loop: run `step()` when one of the changes
+it watches is announced (`server/changes.py`) or every `interval` seconds, log and
+back off on errors, stop cleanly."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import asyncio
 import contextlib
 import logging
 import random
+from typing import ClassVar
+
+from flotilla.server.changes import Change, Changes
 
 log = logging.getLogger("flotilla.reconcilers")
 
 
 class ReconcileLoop:
     name = "loop"
+    # The changes that make this loop look now rather than at its next resync.
+    watches: ClassVar[tuple[Change, ...]] = ()
 
-    def __init__(self, wake: asyncio.Event, interval: float, min_gap: float = 0.0) -> None:
-        self.wake = wake
+    def __init__(self, changes: Changes, interval: float, min_gap: float = 0.0) -> None:
+        self.wake = asyncio.Event()
+        changes.subscribe(self.wake, self.watches)
         self.interval = interval
         # Under a burst of wake-ups, steps are at least `min_gap` apart so that one
         # step handles many changes at once; an idle loop still reacts at once.

@@ -15,7 +15,7 @@ Several servers may meter at once: opening inserts with ON CONFLICT DO NOTHING o
 the task id, and closing writes the same end whoever does it.
 
 Fleet nodes that no task holds are metered too, as idle time billed to their fleet
-(`services/usage_rows.py`). Share and billing rules: `core.metering`.
+(`services/metering/usage_rows.py`). Share and billing rules: `core.metering`.
 
 One task whose row cannot be computed (a stored run spec with a value the code did
 not expect) fails only itself: it gets an error event on its run and backs off
@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.metering import node_share
 from flotilla.core.status import RunStatus, TaskStatus
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import (
     GroupModel,
@@ -46,7 +47,11 @@ from flotilla.server.db.models import (
 from flotilla.server.reconcilers.isolation import Quarantine
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
-from flotilla.server.services.usage_rows import insert_usage_rows, is_task_row, meter_idle_nodes
+from flotilla.server.services.metering.usage_rows import (
+    insert_usage_rows,
+    is_task_row,
+    meter_idle_nodes,
+)
 
 log = logging.getLogger("flotilla.metering")
 FULL_EVERY = 60.0
@@ -60,9 +65,10 @@ WATCHED = [
 
 class Metering(ReconcileLoop):
     name = "metering"
+    watches = (Change.TASKS_CHANGED,)
 
     def __init__(self, ctx: ServerContext, full_every: float = FULL_EVERY) -> None:
-        super().__init__(ctx.wakers.metering, ctx.settings.resync_seconds, min_gap=0.05)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds, min_gap=0.05)
         self.ctx = ctx
         self.full_every = full_every
         self._last_full = -1e9

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import NodeState
 from flotilla.server.db.models import RunModel
-from flotilla.server.services.nodes import switch_node_state
-from flotilla.server.services.runs import request_stop
-from flotilla.server.services.scheduling import Snapshot
+from flotilla.server.services.fleets.nodes import switch_node_state
+from flotilla.server.services.runs.runs import request_stop
+from flotilla.server.services.runs.scheduling import Snapshot
 
 ACTOR = "scheduler"
 

@@ -26,13 +26,16 @@ from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.errors import ClientError, FlotillaError
 from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import RunAs
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers import recovery
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
-from flotilla.server.services.launch import (
+from flotilla.server.services.fleets.node_isolation import confined_nodes
+from flotilla.server.services.fleets.node_trust import bar_untrusted
+from flotilla.server.services.runs.launch import (
     free_port,
     launch_requests,
     protected_paths,
@@ -40,11 +43,9 @@ from flotilla.server.services.launch import (
     resolve_secrets,
     workload_of,
 )
-from flotilla.server.services.node_isolation import confined_nodes
-from flotilla.server.services.node_trust import bar_untrusted
-from flotilla.server.services.placement import Plan, TaskPlacement, plan
-from flotilla.server.services.runs import current_tasks, run_tasks, switch_run_status
-from flotilla.server.services.scheduling import (
+from flotilla.server.services.runs.placement import Plan, TaskPlacement, plan
+from flotilla.server.services.runs.runs import current_tasks, run_tasks, switch_run_status
+from flotilla.server.services.runs.scheduling import (
     Snapshot,
     Waiting,
     load_policy,
@@ -62,9 +63,10 @@ USAGE_TTL = 15.0  # seconds a fair-share usage figure is reused
 
 class Scheduler(ReconcileLoop):
     name = "scheduler"
+    watches = (Change.RUNS_QUEUED, Change.CAPACITY_FREED, Change.NODES_CHANGED, Change.QUEUE_POLICY)
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(ctx.wakers.scheduler, ctx.settings.resync_seconds, min_gap=0.01)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds, min_gap=0.01)
         self.ctx = ctx
         # What the last decision saw. While nodes, holders and the queue are the
         # same, deciding again would give the same answer: skip it.
@@ -120,7 +122,7 @@ class Scheduler(ReconcileLoop):
             w for w in snapshot.pending if not self.quarantine.holds(w.run.id, w.run.attempt)
         ]
         if recovery.evict_from_lost_nodes(session, snapshot, now):
-            self.ctx.wakers.supervision.set()
+            self.ctx.changes.announce(Change.STOPS_REQUESTED)
         recovery.finish_drains(session, snapshot, now)
         snapshot.barred = await bar_untrusted(
             session, snapshot, self.ctx.local_isolation, self.ctx.settings.run_as_user
@@ -133,9 +135,9 @@ class Scheduler(ReconcileLoop):
         decided = plan(snapshot, policy, await self._usage_now(session), QUEUE_DEPTH)
         if decided.preempt:
             recovery.preempt(session, snapshot, decided.preempt, now)
-            self.ctx.wakers.supervision.set()
+            self.ctx.changes.announce(Change.STOPS_REQUESTED)
         if decided.waiting_for_capacity:
-            self.ctx.wakers.fleets.set()  # an elastic fleet may grow for them
+            self.ctx.changes.announce(Change.CAPACITY_WANTED)  # an elastic fleet may grow for them
         for waiting in snapshot.pending:
             reason = decided.reasons.get(waiting.run.id)
             if reason and waiting.run.reason != reason:

@@ -31,9 +31,9 @@ from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel
 from flotilla.server.pki import issue_node_cert
 from flotilla.server.reconcilers.loop import ReconcileLoop
-from flotilla.server.services.agent_nodes import AGENT_LABEL
-from flotilla.server.services.agents import load_ca
 from flotilla.server.services.events import record_event
+from flotilla.server.services.fleets.agent_nodes import AGENT_LABEL
+from flotilla.server.services.fleets.agents import load_ca
 
 log = logging.getLogger("flotilla.sim_hosts")
 AGENT_PORT = 7477
@@ -44,7 +44,7 @@ class SimHosts(ReconcileLoop):
     name = "sim-hosts"
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(asyncio.Event(), ctx.settings.resync_seconds)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds)
         self.ctx = ctx
         self.network: HostNetwork | None = None
         self.hosts: dict[str, Host] = {}  # node name -> its host

@@ -27,18 +27,20 @@ from flotilla.core.backoff import doubling
 from flotilla.core.status import NodeState
 from flotilla.recipes.fleet import SSH, FleetSpec, SshHost
 from flotilla.recipes.job import SecretRef
+from flotilla.recipes.types import FLEET
 from flotilla.runtime.tls import cert_pem, key_pem, make_csr, new_key
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import NodeModel, RecipeModel
 from flotilla.server.pki import issue_node_cert
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services import backoffs
-from flotilla.server.services.agent_nodes import register_agent_node
-from flotilla.server.services.agents import load_ca
 from flotilla.server.services.events import record_event
-from flotilla.server.services.fleets import FLEET, FLEET_ERROR, FLEET_OK, busy_nodes
-from flotilla.server.services.nodes import switch_node_state
-from flotilla.server.services.secrets import attached_secret
+from flotilla.server.services.fleets.agent_nodes import register_agent_node
+from flotilla.server.services.fleets.agents import load_ca
+from flotilla.server.services.fleets.fleets import FLEET_ERROR, FLEET_OK, busy_nodes
+from flotilla.server.services.fleets.nodes import switch_node_state
+from flotilla.server.services.identity.secrets import attached_secret
 
 log = logging.getLogger("flotilla.ssh_fleets")
 ACTOR = "ssh-fleets"
@@ -54,9 +56,10 @@ class Listed:
 
 class SshFleets(ReconcileLoop):
     name = "ssh-fleets"
+    watches = (Change.FLEETS,)
 
     def __init__(self, ctx: ServerContext) -> None:
-        super().__init__(asyncio.Event(), ctx.settings.resync_seconds)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds)
         self.ctx = ctx
         self._enrolling: dict[str, asyncio.Task[None]] = {}
 

@@ -29,13 +29,14 @@ from flotilla.core.verdict import TaskView, judge_run
 from flotilla.errors import FlotillaError
 from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
+from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.reconcilers.scheduler import Scheduler
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.runs import (
+from flotilla.server.services.runs.launch import task_ref
+from flotilla.server.services.runs.runs import (
     current_tasks,
     new_tasks,
     request_stop,
@@ -50,9 +51,10 @@ PLACED = [RunStatus.PROVISIONING.value, RunStatus.STARTING.value, RunStatus.RUNN
 
 class Supervision(ReconcileLoop):
     name = "supervision"
+    watches = (Change.STOPS_REQUESTED, Change.NODES_CHANGED)
 
     def __init__(self, ctx: ServerContext, scheduler: Scheduler) -> None:
-        super().__init__(ctx.wakers.supervision, ctx.settings.resync_seconds, min_gap=0.01)
+        super().__init__(ctx.changes, ctx.settings.resync_seconds, min_gap=0.01)
         self.ctx = ctx
         self.scheduler = scheduler
         self.events: dict[str, TaskState] = {}
@@ -111,10 +113,12 @@ class Supervision(ReconcileLoop):
         if relaunch:
             log.warning("relaunching %d tasks the backend did not know", len(relaunch))
             await self.scheduler.launch(relaunch)
-        if requeued or finished:
-            self.ctx.wakers.scheduler.set()  # capacity was freed or work requeued
+        if requeued:
+            self.ctx.changes.announce(Change.RUNS_QUEUED)
+        if finished:
+            self.ctx.changes.announce(Change.CAPACITY_FREED)
         if events:
-            self.ctx.wakers.metering.set()  # tasks may have started or ended: meter them
+            self.ctx.changes.announce(Change.TASKS_CHANGED)
 
     async def _supervise(
         self,

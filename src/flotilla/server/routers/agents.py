@@ -2,7 +2,7 @@
 one-time join token; `POST /api/agents/join` spends one, with the node's CSR, for its
 certificate and the CA's (`flo agent join`). The join is authenticated by the token
 alone: the host has no account. `GET /api/agents` lists the joined nodes'
-certificates (admins). The logic is in `services/agents.py`."""
+certificates (admins). The logic is in `services/fleets/agents.py`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flotilla.api.base import errors
 from flotilla.errors import FieldProblem, InvalidRecipe
 from flotilla.runtime.tls import DEFAULT_AGENT_PORT
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import agents as agent_service
+from flotilla.server.services.fleets import agents as agent_service
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from flotilla.api.audit import AuditPage
 from flotilla.api.base import errors
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services.audit import AuditQuery, audit_view, query_audit
+from flotilla.server.services.identity.audit import AuditQuery, audit_view, query_audit
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 # Entry ids are a 32-bit INTEGER column: a larger `before_id` is no id, and

@@ -2,7 +2,7 @@
 `GET /api/budgets/status` (each with its use now and ok/warning/exceeded),
 `GET|PUT|DELETE /api/budgets/{scope_kind}/{scope_name}` (PUT and DELETE are for
 platform admins). Enforcement happens when runs are triggered
-(`services/budgets.py`)."""
+(`services/metering/budgets.py`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from flotilla.api.budgets import (
 )
 from flotilla.errors import NotFound
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import budgets as budget_service
+from flotilla.server.services.metering import budgets as budget_service
 
 router = APIRouter(prefix="/api/budgets", tags=["budgets"])
 

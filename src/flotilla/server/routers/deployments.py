@@ -17,21 +17,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.api.base import errors
 from flotilla.api.deployments import Deployment, DeploymentList
 from flotilla.api.pods import PodHistory, PodLogs
+from flotilla.recipes.types import DEPLOYMENT
+from flotilla.server.changes import Change
 from flotilla.server.db.models import DeploymentStateModel, RecipeModel
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.deployments import (
-    DEPLOYMENT,
+from flotilla.server.services.runs.recipe_pods import pod_history, pod_logs
+from flotilla.server.services.runs.runs import request_stop, stop_active_runs
+from flotilla.server.services.serving.deployments import (
     active_replicas,
     deployment_view_state,
     front_door_path,
     is_stopped,
     set_stopped,
 )
-from flotilla.server.services.load_balancers import load_balancer_state, plane_key
-from flotilla.server.services.recipe_pods import pod_history, pod_logs
-from flotilla.server.services.runs import request_stop, stop_active_runs
+from flotilla.server.services.serving.load_balancers import load_balancer_state, plane_key
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
 
@@ -110,7 +111,7 @@ async def start_deployment(
     async with ctx.transaction() as session:
         recipe = await _find(session, caller, name, owner_name, write=True)
         await set_stopped(session, recipe, False, caller.name, ctx.clock.now(), f"by {caller.name}")
-    ctx.wakers.deployments.set()
+    ctx.changes.announce(Change.DEPLOYMENTS)
     return await _answer(ctx, request, recipe.id)
 
 
@@ -126,8 +127,7 @@ async def stop_deployment(
         await stop_active_runs(
             session, recipe.id, reason=f"stopped by {caller.name}", actor=caller.name, now=now
         )
-    ctx.wakers.deployments.set()
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.DEPLOYMENTS, Change.STOPS_REQUESTED)
     return await _answer(ctx, request, recipe.id)
 
 
@@ -149,8 +149,7 @@ async def restart_deployment(
                     actor=caller.name,
                     now=now,
                 )
-    ctx.wakers.deployments.set()
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.DEPLOYMENTS, Change.STOPS_REQUESTED)
     return await _answer(ctx, request, recipe.id)
 
 
@@ -190,6 +189,5 @@ async def delete_deployment(
             session, recipe.id, reason=f"{recipe.name} deleted", actor=caller.name, now=now
         )
         recipe_service.mark_deleted(session, recipe, caller.name, now)
-    ctx.wakers.deployments.set()
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.DEPLOYMENTS, Change.STOPS_REQUESTED)
     return Response(status_code=204)

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Response
 
 from flotilla.api.base import errors
 from flotilla.api.fleets import Fleet, FleetList
+from flotilla.recipes.types import FLEET
+from flotilla.server.changes import Change
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.fleet_views import fleet_view_by_name, fleet_views
-from flotilla.server.services.fleets import FLEET, delete_fleet
+from flotilla.server.services.fleets.fleet_views import fleet_view_by_name, fleet_views
+from flotilla.server.services.fleets.fleets import delete_fleet
 
 router = APIRouter(prefix="/api/fleets", tags=["fleets"])
 
@@ -38,5 +40,5 @@ async def delete(ctx: Ctx, caller: Caller, name: str, owner_name: str | None = N
             session, FLEET, name, owner_name, caller, write=True
         )
         await delete_fleet(session, fleet, caller.name, ctx.clock.now())
-    ctx.wakers.fleets.set()
+    ctx.changes.announce(Change.FLEETS)
     return Response(status_code=204)

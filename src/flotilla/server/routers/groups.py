@@ -10,8 +10,8 @@ from flotilla.api.base import errors
 from flotilla.api.groups import CreateGroupRequest, Group, GroupList, UpdateGroupRequest
 from flotilla.server.db.models import GroupModel
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import groups as group_service
-from flotilla.server.services.users import get_user
+from flotilla.server.services.identity import groups as group_service
+from flotilla.server.services.identity.users import get_user
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 

@@ -12,12 +12,14 @@ from flotilla.api.base import errors
 from flotilla.api.jobs import Job, JobList, JobRestarted, JobRunList, JobStarted, JobStopped
 from flotilla.api.pods import PodHistory, PodLogs
 from flotilla.errors import ClientError, NotFound
+from flotilla.recipes.types import JOB
+from flotilla.server.changes import Change
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import idempotency
-from flotilla.server.services import jobs as job_service
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.recipe_pods import pod_history, pod_logs
-from flotilla.server.services.runs import recipe_runs, request_stop, run_tasks
+from flotilla.server.services.runs import jobs as job_service
+from flotilla.server.services.runs.recipe_pods import pod_history, pod_logs
+from flotilla.server.services.runs.runs import recipe_runs, request_stop, run_tasks
 from flotilla.server.services.views import (
     recipe_states,
     recipe_view,
@@ -26,7 +28,6 @@ from flotilla.server.services.views import (
 )
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
-JOB = "job"
 # A start's `Idempotency-Key` header (`services/idempotency.py`).
 IdempotencyKey = Annotated[str | None, Header(alias=idempotency.HEADER)]
 
@@ -83,7 +84,7 @@ async def update_job(
         await job_service.update_job_spec(ctx, session, job, changes, caller)
         schedule = recipe_service.enabled_schedule(job)
         recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
-    ctx.wakers.cron.set()
+    ctx.changes.announce(Change.SCHEDULES)
     return Job.model_validate(await _view(ctx, caller, job_id))
 
 
@@ -92,7 +93,7 @@ async def delete_job(ctx: Ctx, caller: Caller, job_id: str) -> Response:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.delete_job(ctx, session, job, caller)
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.STOPS_REQUESTED)
     return Response(status_code=204)
 
 
@@ -127,7 +128,7 @@ async def start_job(
         return {"id": job_id, "run": summary, "status": "pending", "warnings": warnings}
 
     answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
-    ctx.wakers.scheduler.set()
+    ctx.changes.announce(Change.RUNS_QUEUED)
     return JobStarted.model_validate(answer)
 
 
@@ -136,7 +137,7 @@ async def stop_job(ctx: Ctx, caller: Caller, job_id: str) -> JobStopped:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         stopped = await job_service.stop_job(ctx, session, job, caller)
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.STOPS_REQUESTED)
     return JobStopped.model_validate(await _view(ctx, caller, job_id, {"stopped_runs": stopped}))
 
 
@@ -161,7 +162,7 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> Job:
             actor=caller.name,
             now=ctx.clock.now(),
         )
-    ctx.wakers.supervision.set()
+    ctx.changes.announce(Change.STOPS_REQUESTED)
     return Job.model_validate(await _view(ctx, caller, job_id))
 
 
@@ -179,8 +180,7 @@ async def restart_job(
         return {**recipe_view(job, states[job.id]), "run": run_summary(run)}
 
     answer = await idempotency.once(ctx, await _keyed(request, caller, idempotency_key), work)
-    ctx.wakers.supervision.set()
-    ctx.wakers.scheduler.set()
+    ctx.changes.announce(Change.STOPS_REQUESTED, Change.RUNS_QUEUED)
     return JobRestarted.model_validate(answer)
 
 
@@ -206,7 +206,7 @@ async def schedule_job(
             str(schedule) if schedule else None, ctx.settings.min_schedule_interval
         )
         job_service.set_scheduled(ctx, session, job, True, caller)
-    ctx.wakers.cron.set()
+    ctx.changes.announce(Change.SCHEDULES)
     return Job.model_validate(await _view(ctx, caller, job_id))
 
 

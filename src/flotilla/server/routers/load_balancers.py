@@ -4,7 +4,7 @@ created and changed like any recipe, through `PUT /api/recipes`.
 
 `GET|PUT /api/load_balancers/policy` reads and replaces the network policy that
 limits the backends and listen addresses of non-admins' load balancers
-(`services/lb_policy.py`); anyone signed in may read it, platform admins replace it."""
+(`services/serving/lb_policy.py`); anyone signed in may read it, platform admins replace it."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from fastapi import APIRouter, Response
 
 from flotilla.api.base import errors
 from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList
+from flotilla.recipes.types import LOAD_BALANCER
+from flotilla.server.changes import Change
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import lb_policy
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.lb_policy import LoadBalancerPolicy
-from flotilla.server.services.load_balancers import LOAD_BALANCER, load_balancer_state, plane_key
+from flotilla.server.services.serving import lb_policy
+from flotilla.server.services.serving.lb_policy import LoadBalancerPolicy
+from flotilla.server.services.serving.load_balancers import (
+    load_balancer_state,
+    plane_key,
+)
 
 router = APIRouter(prefix="/api/load_balancers", tags=["load balancers"])
 
@@ -55,7 +60,7 @@ async def put_policy(ctx: Ctx, caller: Caller, body: LoadBalancerPolicy) -> Load
     caller.require_admin()
     async with ctx.transaction() as session:
         await lb_policy.save_policy(session, body, caller.name, ctx.clock.now())
-    ctx.wakers.load_balancers.set()  # a tightened policy stops listeners it now refuses
+    ctx.changes.announce(Change.LOAD_BALANCERS)  # a tightened policy stops listeners it now refuses
     return body
 
 
@@ -78,5 +83,5 @@ async def delete_load_balancer(
             session, LOAD_BALANCER, name, owner_name, caller, write=True
         )
         recipe_service.mark_deleted(session, recipe, caller.name, ctx.clock.now())
-    ctx.wakers.load_balancers.set()
+    ctx.changes.announce(Change.LOAD_BALANCERS)
     return Response(status_code=204)

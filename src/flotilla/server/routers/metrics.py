@@ -27,9 +27,9 @@ from flotilla.core.status import RunStatus
 from flotilla.server.db.models import BudgetModel, RecipeModel, RunModel, TaskModel, UsageModel
 from flotilla.server.routers.deps import Ctx
 from flotilla.server.security import current_identity
-from flotilla.server.services.budgets import budget_checks
-from flotilla.server.services.runs import current_tasks, run_tasks
-from flotilla.server.services.usage import record_of
+from flotilla.server.services.metering.budgets import budget_checks
+from flotilla.server.services.metering.usage import record_of
+from flotilla.server.services.runs.runs import current_tasks, run_tasks
 
 router = APIRouter(tags=["metrics"])
 USAGE_LABELS = ("user", "project", "owner", "instance_type", "spot")

@@ -9,11 +9,12 @@ from fastapi import APIRouter
 from flotilla.api.base import errors
 from flotilla.api.nodes import NodeActionRequest, NodeDetail, NodeList, TrustRequest
 from flotilla.core.status import NodeState
+from flotilla.server.changes import Change
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services.node_actions import NodeAction, act_on_node
-from flotilla.server.services.node_trust import set_trusted
-from flotilla.server.services.node_views import list_node_views, node_detail
+from flotilla.server.services.fleets.node_actions import NodeAction, act_on_node
+from flotilla.server.services.fleets.node_trust import set_trusted
+from flotilla.server.services.fleets.node_views import list_node_views, node_detail
 
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 
@@ -81,7 +82,7 @@ async def trust(ctx: Ctx, caller: Caller, name: str, body: TrustRequest) -> Node
     caller.require_admin()
     async with ctx.transaction() as session:
         await set_trusted(session, name, body.users, body.groups, caller.name, ctx.clock.now())
-    ctx.wakers.scheduler.set()  # runs that waited for this may start now
+    ctx.changes.announce(Change.NODES_CHANGED)  # runs that waited for this may start now
     async with ctx.sessions() as session:
         return NodeDetail.model_validate(await node_detail(session, caller, name, ctx.clock.now()))
 

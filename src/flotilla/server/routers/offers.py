@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from flotilla.api.base import errors
 from flotilla.api.offers import OfferList
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services.fleet_views import offer_views
+from flotilla.server.services.fleets.fleet_views import offer_views
 
 router = APIRouter(prefix="/api/offers", tags=["fleets"])
 

@@ -14,10 +14,10 @@ from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.logs import read_log
-from flotilla.server.services.runs import active_runs, find_task_by_name, get_run, run_tasks
-from flotilla.server.services.secrets import log_redactor
+from flotilla.server.services.identity.secrets import log_redactor
+from flotilla.server.services.runs.launch import task_ref
+from flotilla.server.services.runs.logs import read_log
+from flotilla.server.services.runs.runs import active_runs, find_task_by_name, get_run, run_tasks
 from flotilla.server.services.views import pod_summary
 
 router = APIRouter(prefix="/api/active/pods", tags=["pods"])

@@ -18,7 +18,7 @@ from flotilla.api.projects import (
 from flotilla.errors import NotFound
 from flotilla.server.db.models import ProjectModel
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import projects as project_service
+from flotilla.server.services.identity import projects as project_service
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter
 
 from flotilla.api.base import errors
 from flotilla.api.queue import Queue, SchedulerPolicy
+from flotilla.server.changes import Change
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import queue as queue_service
-from flotilla.server.services.scheduling import load_policy, save_policy
+from flotilla.server.services.runs import queue as queue_service
+from flotilla.server.services.runs.scheduling import load_policy, save_policy
 
 router = APIRouter(prefix="/api", tags=["scheduler"])
 
@@ -33,7 +34,7 @@ async def put_policy(ctx: Ctx, caller: Caller, body: SchedulerPolicy) -> Schedul
     async with ctx.transaction() as session:
         await save_policy(session, body.model_dump(), ctx.clock.now())
         await queue_service.record_policy_change(session, caller.name, ctx.clock.now())
-    ctx.wakers.scheduler.set()
+    ctx.changes.announce(Change.QUEUE_POLICY)
     return body
 
 

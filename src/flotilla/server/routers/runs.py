@@ -17,10 +17,10 @@ from flotilla.server.db.models import RecipeModel, RunModel
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.events import event_view, run_events
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.logs import follow_log, read_log
-from flotilla.server.services.runs import get_run, run_tasks
-from flotilla.server.services.secrets import log_redactor
+from flotilla.server.services.identity.secrets import log_redactor
+from flotilla.server.services.runs.launch import task_ref
+from flotilla.server.services.runs.logs import follow_log, read_log
+from flotilla.server.services.runs.runs import get_run, run_tasks
 from flotilla.server.services.views import run_view
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])

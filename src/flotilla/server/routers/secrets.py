@@ -1,6 +1,6 @@
 """The secret store's API: create or replace, list metadata, delete. The value is
 accepted once and never returned. A secret belongs to a user, a group or a project
-(`owner`, `owner_kind`); see `services/secrets.py` for who may use it."""
+(`owner`, `owner_kind`); see `services/identity/secrets.py` for who may use it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from flotilla.api.base import errors
 from flotilla.api.secrets import OwnerKindName, PutSecretRequest, Secret, SecretList
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import secrets as secret_service
+from flotilla.server.services.identity import secrets as secret_service
 
 router = APIRouter(prefix="/api/secrets", tags=["secrets"])
 

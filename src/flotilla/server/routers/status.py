@@ -15,8 +15,8 @@ from flotilla.api.status import Me, OrgList, ServerSizes, ServerStatus, SshGatew
 from flotilla.core.catalog import instance_type
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.routers.usage import ORG
-from flotilla.server.services.fleet_views import offer_views
-from flotilla.server.services.users import get_user, user_view
+from flotilla.server.services.fleets.fleet_views import offer_views
+from flotilla.server.services.identity.users import get_user, user_view
 from flotilla.server.services.views import API_VERSION
 from flotilla.server.ssh.gateway import gateway_info
 

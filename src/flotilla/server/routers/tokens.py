@@ -11,8 +11,8 @@ from flotilla.api.tokens import CreatedToken, CreateTokenRequest, TokenList
 from flotilla.errors import NotFound
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import tokens as token_service
-from flotilla.server.services.users import readable_user, require_self_or_admin
+from flotilla.server.services.identity import tokens as token_service
+from flotilla.server.services.identity.users import readable_user, require_self_or_admin
 
 router = APIRouter(prefix="/api", tags=["tokens"])
 

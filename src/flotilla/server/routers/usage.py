@@ -16,9 +16,9 @@ from flotilla.core.metering import csv_columns, render_csv
 from flotilla.errors import NotFound
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import usage as usage_service
-from flotilla.server.services.runs import get_run
-from flotilla.server.services.users import readable_user
+from flotilla.server.services.identity.users import readable_user
+from flotilla.server.services.metering import usage as usage_service
+from flotilla.server.services.runs.runs import get_run
 
 router = APIRouter(prefix="/api", tags=["usage"])
 # The one organisation a Flotilla server is, in Saturn's paths.

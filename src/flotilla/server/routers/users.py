@@ -32,9 +32,9 @@ from flotilla.errors import NotFound
 from flotilla.server.db.models import GroupModel, UserModel
 from flotilla.server.identity import Identity
 from flotilla.server.routers.deps import Caller, Ctx
-from flotilla.server.services import ssh_keys
-from flotilla.server.services import users as user_service
-from flotilla.server.services.groups import list_groups
+from flotilla.server.services.identity import ssh_keys
+from flotilla.server.services.identity import users as user_service
+from flotilla.server.services.identity.groups import list_groups
 
 router = APIRouter(prefix="/api", tags=["users"])
 

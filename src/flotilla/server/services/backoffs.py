@@ -41,9 +41,15 @@ async def failed(
         session.add(row)
     row.failures += 1
     row.version = version
+    row.last_failure_at = now
     seconds = wait(row.failures)
     row.not_before = now + timedelta(seconds=seconds)
     return seconds
+
+
+async def current(session: AsyncSession, key: str) -> BackoffModel | None:
+    """The failures in a row of `key`, whether or not its wait is over."""
+    return await session.get(BackoffModel, key)
 
 
 async def succeeded(session: AsyncSession, key: str) -> None:

@@ -19,7 +19,7 @@ from flotilla.recipes import Recipe, parse_recipe
 from flotilla.server.db.models import ProjectModel, RecipeModel, RecipeVersionModel
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
-from flotilla.server.services.secrets import check_attachments
+from flotilla.server.services.identity.secrets import check_attachments
 
 T = TypeVar("T")
 # The project a recipe is in when it names none: its owner's own work.
@@ -305,60 +305,3 @@ def mark_deleted(session: AsyncSession, recipe: RecipeModel, actor: str, now: da
         now=now,
         recipe_id=recipe.id,
     )
-
-
-# Identity recipes (`type: user|group|project`) apply to the identity tables, not to
-# recipe rows; `services/{users,groups,projects}.py` do the work.
-IDENTITY_RECIPE_TYPES = ("user", "group", "project")
-
-
-def is_identity_recipe(data: Any) -> bool:
-    return isinstance(data, dict) and data.get("type") in IDENTITY_RECIPE_TYPES
-
-
-async def apply_identity_recipe(
-    session: AsyncSession, identity: Identity, data: Any, now: datetime, enforce_unknown: bool
-) -> dict[str, Any]:
-    """Apply a user, group or project recipe (platform admins only). Idempotent;
-    a group's or project's members become exactly the listed ones."""
-    from flotilla.recipes.envelope import dump_recipe
-    from flotilla.recipes.identity import GroupSpec, ProjectSpec, UserSpec
-    from flotilla.server.services import groups, projects, users
-
-    identity.require_admin()
-    recipe = parse_recipe(data, enforce_unknown)
-    spec = recipe.spec
-    model: Any
-    if isinstance(spec, UserSpec):
-        model, changed = await users.apply_user_spec(session, spec, identity.name, now)
-        out = users.user_spec(model)
-    elif isinstance(spec, GroupSpec):
-        model, changed = await groups.apply_group_spec(session, spec, identity.name, now)
-        out = await groups.group_spec(session, model)
-    else:
-        assert isinstance(spec, ProjectSpec)
-        model, changed = await projects.apply_project_spec(session, spec, identity.name, now)
-        out = await projects.project_spec(session, model)
-    # Identity recipes keep no version history: `version` is always 1.
-    state = {"id": model.id, "status": "applied", "changed": changed, "version": 1}
-    return dump_recipe(recipe.type, out, state, recipe.schema_version)
-
-
-async def identity_recipe(
-    session: AsyncSession, identity: Identity, recipe_type: str, name: str
-) -> dict[str, Any]:
-    """A user, group or project as a recipe (`flo get -t user NAME`, `flo export`)."""
-    from flotilla.recipes.envelope import dump_recipe
-    from flotilla.server.services import groups, projects, users
-
-    if recipe_type == "user":
-        user = await users.readable_user(session, identity, name)
-        users.require_self_or_admin(identity, user, "read their recipe")
-        spec, model_id = users.user_spec(user), user.id
-    elif recipe_type == "group":
-        group = await groups.readable_group(session, identity, name)
-        spec, model_id = await groups.group_spec(session, group), group.id
-    else:
-        project = await projects.readable_project(session, identity, name)
-        spec, model_id = await projects.project_spec(session, project), project.id
-    return dump_recipe(recipe_type, spec, {"id": model_id, "status": "applied", "version": 1})

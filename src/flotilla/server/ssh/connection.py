@@ -15,7 +15,7 @@ from flotilla.runtime.sessions.forwards import forward_into, prohibited
 from flotilla.runtime.sessions.shell import RefusalSession, TaskShell
 from flotilla.runtime.sessions.target import Target
 from flotilla.server.db.models import UserModel
-from flotilla.server.services.ssh_keys import user_for_key
+from flotilla.server.services.identity.ssh_keys import user_for_key
 from flotilla.server.ssh.remote import ProxySession, RemoteLink
 from flotilla.server.ssh.targets import (
     Refused,

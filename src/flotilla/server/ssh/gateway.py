@@ -24,7 +24,7 @@ from flotilla.listeners import stop_accepting
 from flotilla.runtime.sessions.leftovers import SessionBook
 from flotilla.runtime.sessions.sshserver import load_host_key, server_options
 from flotilla.runtime.sessions.target import Target
-from flotilla.server.services.audit import AuditEntry, record_audit
+from flotilla.server.services.identity.audit import AuditEntry, record_audit
 from flotilla.server.ssh.connection import GatewayConnection
 from flotilla.server.ssh.leftovers import adopt_leftovers
 

@@ -25,9 +25,9 @@ from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.runtime.sessions.target import Target, task_target
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel, UserModel
 from flotilla.server.identity import ALL_SCOPES, Identity, load_identity
-from flotilla.server.services.launch import task_ref
-from flotilla.server.services.node_isolation import has_own_agent
+from flotilla.server.services.fleets.node_isolation import has_own_agent
 from flotilla.server.services.recipes import visible_to
+from flotilla.server.services.runs.launch import task_ref
 
 SSH_TYPES = ("deployment", "job")  # in this order when one of each has the name
 
