@@ -295,8 +295,16 @@ class RecipeVersionModel(Base):
 
 class RunModel(Base):
     __tablename__ = "runs"
+    # The scheduler reads the pending queue a window at a time, per owner and
+    # priority tier in arrival order (`services/runs/scheduling.py`): this index
+    # serves it however long the queue is.
+    __table_args__ = (Index("ix_runs_queue", "status", "owner", "priority", "queued_at"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     recipe_id: Mapped[str] = mapped_column(ForeignKey("recipes.id"), index=True)
+    # The recipe's owner and the spec's priority, copied at creation: what the
+    # queue is ordered by, without a join or reading the spec.
+    owner: Mapped[str] = mapped_column(String(64), default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
     number: Mapped[int]
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), index=True)

@@ -142,6 +142,8 @@ class Scheduler(ReconcileLoop):
             reason = decided.reasons.get(waiting.run.id)
             if reason and waiting.run.reason != reason:
                 waiting.run.reason = reason
+        if decided.placements and snapshot.more_waiting:
+            self.ctx.changes.announce(Change.RUNS_QUEUED)  # the next window may start too
         return await self._apply(session, snapshot, decided)
 
     async def _usage_now(self, session: AsyncSession) -> dict[str, float]:

@@ -54,6 +54,13 @@ def new_tasks(run: RunModel, job_name: str) -> list[TaskModel]:
     ]
 
 
+def _priority(spec: dict[str, Any]) -> int:
+    """The queue's order within an owner: the spec's priority (a job's; a
+    deployment's replicas have none). An invalid one is the scheduler's to report."""
+    value = spec.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def create_run(
     session: AsyncSession,
     recipe: RecipeModel,
@@ -68,16 +75,19 @@ def create_run(
     if recipe.deleted_at is not None:
         raise Conflict(f"{recipe.type} {recipe.name} is deleted")
     recipe.run_counter += 1
+    spec = dict(spec if spec is not None else recipe.spec)
     run = RunModel(
         id=uuid.uuid4().hex,
         recipe_id=recipe.id,
+        owner=recipe.owner,
+        priority=_priority(spec),
         number=recipe.run_counter,
         attempt=0,
         status=RunStatus.PENDING.value,
         reason=QUEUED,
         trigger=trigger,
         created_by=actor,
-        spec=dict(spec if spec is not None else recipe.spec),
+        spec=spec,
         exit_code=None,
         leader_port=None,
         queued_at=now,

@@ -6,12 +6,13 @@ the decision itself is pure (`core.queue`, `core.packing`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.queue import Policy
@@ -22,6 +23,10 @@ from flotilla.server.services.fleets.nodes import healthy_gpus, live_nodes
 from flotilla.server.services.runs.runs import current_tasks, run_tasks
 
 HOLDING = [s.value for s in RunStatus if s.holds_resources()]
+# Pending runs read per owner and priority tier in one scheduler step: the
+# decision ends after as many misses in a row (`reconcilers/scheduler.QUEUE_DEPTH`),
+# so no owner's later runs could be reached in the same step.
+PENDING_WINDOW = 500
 POLICY_KEY = "scheduler_policy"
 # Fair share looks at the last day of usage, halving its weight every hour.
 USAGE_WINDOW = timedelta(hours=24)
@@ -68,6 +73,9 @@ class Snapshot:
     # Pending run -> the nodes it may not use (filled by the scheduler; empty while
     # every node isolates).
     barred: dict[str, Barred] = field(default_factory=dict)
+    # Some owner has more pending runs in a tier than were read: after placing
+    # any, the scheduler looks again at once rather than at its next resync.
+    more_waiting: bool = False
 
     def free_gpus(self, node: NodeModel) -> list[int]:
         held = self.held.get(node.name, set())
@@ -83,31 +91,37 @@ class Snapshot:
         ]
 
 
-async def load_snapshot(session: AsyncSession, now: datetime) -> Snapshot:
-    """Nodes, what holds them and the queue. A run still waiting out its retry
-    back-off (`not_before` after `now`) is not in the queue yet."""
+async def load_snapshot(
+    session: AsyncSession, now: datetime, window: int = PENDING_WINDOW
+) -> Snapshot:
+    """Nodes, what holds them and the head of the queue: of each owner's runs in
+    each priority tier, the `window` that arrived first. The decision takes runs in
+    that order (priority tiers, then fair share between owners, then arrival), so
+    no run it would reach before those is left out, and the rows read do not grow
+    with the queue. A run still waiting out its retry back-off (`not_before` after
+    `now`) is not in the queue yet."""
     snapshot = Snapshot({n.name: n for n in await live_nodes(session)})
-    rows = (
-        await session.execute(
+    holding = [
+        (run, recipe)
+        for run, recipe in await session.execute(
             select(RunModel, RecipeModel)
             .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-            .where(RunModel.status.in_([*HOLDING, RunStatus.PENDING.value]))
-            .order_by(RunModel.queued_at, RunModel.id)
+            .where(RunModel.status.in_(HOLDING))
         )
-    ).all()
-    tasks = await run_tasks(session, [run.id for run, _ in rows])
-    for run, recipe in rows:
-        current = current_tasks(run, tasks[run.id])
-        if run.status == RunStatus.PENDING.value:
-            if run.not_before is not None and run.not_before > now:
-                continue
-            try:
-                spec = JobSpec.model_validate(run.spec)
-            except ValidationError as e:
-                snapshot.broken.append((run, " ".join(str(e).split())[:500]))
-                continue
-            snapshot.pending.append(Waiting(run, recipe, spec, current))
+    ]
+    pending = await _queue_head(session, now, window)
+    tiers = Counter((run.owner, run.priority) for run, _ in pending)
+    snapshot.more_waiting = any(count >= window for count in tiers.values())
+    tasks = await run_tasks(session, [run.id for run, _ in [*holding, *pending]])
+    for run, recipe in pending:
+        try:
+            spec = JobSpec.model_validate(run.spec)
+        except ValidationError as e:
+            snapshot.broken.append((run, " ".join(str(e).split())[:500]))
             continue
+        snapshot.pending.append(Waiting(run, recipe, spec, current_tasks(run, tasks[run.id])))
+    for run, recipe in holding:
+        current = current_tasks(run, tasks[run.id])
         snapshot.placed.append(Placed(run, recipe, current))
         for task in current:
             if task.node:
@@ -118,6 +132,37 @@ async def load_snapshot(session: AsyncSession, now: datetime) -> Snapshot:
         query = select(NodeModel).where(NodeModel.name.in_(missing))
         snapshot.gone = {n.name: n for n in (await session.execute(query)).scalars()}
     return snapshot
+
+
+async def _queue_head(
+    session: AsyncSession, now: datetime, window: int
+) -> list[tuple[RunModel, RecipeModel]]:
+    """The first `window` pending runs of each owner and priority tier, in arrival
+    order (the queue index `ix_runs_queue` serves the ranking)."""
+    place = (
+        func.row_number()
+        .over(
+            partition_by=(RunModel.owner, RunModel.priority),
+            order_by=(RunModel.queued_at, RunModel.id),
+        )
+        .label("place")
+    )
+    ranked = (
+        select(RunModel.id, place)
+        .where(
+            RunModel.status == RunStatus.PENDING.value,
+            or_(RunModel.not_before.is_(None), RunModel.not_before <= now),
+        )
+        .subquery()
+    )
+    query = (
+        select(RunModel, RecipeModel)
+        .join(ranked, ranked.c.id == RunModel.id)
+        .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
+        .where(ranked.c.place <= window)
+        .order_by(RunModel.queued_at, RunModel.id)
+    )
+    return [(run, recipe) for run, recipe in await session.execute(query)]
 
 
 async def recent_usage(session: AsyncSession, now: datetime) -> dict[str, float]:

@@ -1,0 +1,160 @@
+"""The scheduler's work per step does not grow with the queue: with 10,000 runs
+pending it reads the head of each owner's queue (a window per priority tier, in
+arrival order), so one more run adds at most one row to what it reads, and runs
+beyond the window wait their turn without being loaded (issue 14).
+
+Runs are inserted in bulk (as 10,000 API calls would take minutes), shaped as
+`services/runs/runs.create_run` makes them; every row the snapshot turns into
+a `RunModel` or `TaskModel` is counted through SQLAlchemy's `load` event."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import event, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryContext
+
+from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.services.runs.scheduling import PENDING_WINDOW, load_snapshot
+from tests.conftest import Api
+from tests.factories import add_user, job
+
+QUEUED = 10_000
+# No node has this GPU type: every run stays pending, whatever the machine has.
+UNPLACEABLE = {"gpu": "B200:8"}
+
+
+async def _pending(
+    api: Api, name: str, count: int, priority: int = 0, headers: httpx.Headers | None = None
+) -> str:
+    """`count` pending runs of a new job `name` (its applier's), oldest first; the
+    job's id."""
+    recipe = job(name, "true", resources=UNPLACEABLE, priority=priority)
+    r = await api.client.put("/api/recipes", json=recipe, headers=headers)
+    assert r.status_code == 201, r.text
+    recipe_id: str = r.json()["state"]["id"]
+    now = api.ctx.clock.now()
+    async with api.ctx.transaction() as session:
+        stored = await session.get(RecipeModel, recipe_id)
+        assert stored is not None
+        owner = stored.owner
+        runs: list[dict[str, Any]] = []
+        tasks: list[dict[str, Any]] = []
+        for number in range(1, count + 1):
+            run_id = uuid.uuid4().hex
+            runs.append(_run(run_id, recipe_id, number, stored.spec, owner, priority, now, number))
+            tasks.append(_task(run_id, name, number))
+        await session.execute(insert(RunModel), runs)
+        await session.execute(insert(TaskModel), tasks)
+        stored.run_counter = count
+    return recipe_id
+
+
+def _run(
+    run_id: str,
+    recipe_id: str,
+    number: int,
+    spec: dict[str, Any],
+    owner: str,
+    priority: int,
+    now: Any,
+    order: int,
+) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "recipe_id": recipe_id,
+        "owner": owner,
+        "priority": priority,
+        "number": number,
+        "attempt": 0,
+        "status": "pending",
+        "reason": "queued",
+        "trigger": "api",
+        "created_by": owner,
+        "spec": spec,
+        "queued_at": now + timedelta(microseconds=order),
+        "retries_used": 0,
+    }
+
+
+def _task(run_id: str, name: str, number: int) -> dict[str, Any]:
+    return {
+        "id": f"{run_id}-0-0",
+        "run_id": run_id,
+        "attempt": 0,
+        "rank": 0,
+        "name": f"{name}-{number}-0",
+        "status": "pending",
+        "gpus": [],
+        "message": "",
+    }
+
+
+@contextmanager
+def rows_loaded(session: AsyncSession) -> Iterator[Counter[str]]:
+    """How many run and task rows `session` turns into objects while the block
+    runs (the server's own loops read in sessions of their own)."""
+    seen: Counter[str] = Counter()
+
+    def count(target: Any, context: QueryContext) -> None:
+        if context.session is session.sync_session:
+            seen[type(target).__name__] += 1
+
+    for model in (RunModel, TaskModel):
+        event.listen(model, "load", count)
+    try:
+        yield seen
+    finally:
+        for model in (RunModel, TaskModel):
+            event.remove(model, "load", count)
+
+
+async def _snapshot_rows(api: Api) -> tuple[Counter[str], list[str]]:
+    async with api.ctx.sessions() as session:
+        with rows_loaded(session) as seen:
+            snapshot = await load_snapshot(session, api.ctx.clock.now())
+            ids = [w.run.id for w in snapshot.pending]
+    return seen, ids
+
+
+async def test_a_step_reads_the_queue_head_however_long_the_queue(api: Api) -> None:
+    job_id = await _pending(api, "deep-queue", QUEUED)
+    seen, ids = await _snapshot_rows(api)
+    async with api.ctx.sessions() as session:
+        oldest = list(
+            (
+                await session.execute(
+                    select(RunModel.id)
+                    .where(RunModel.recipe_id == job_id)
+                    .order_by(RunModel.queued_at)
+                    .limit(PENDING_WINDOW)
+                )
+            ).scalars()
+        )
+    assert ids == oldest  # the window is the head of the queue, in arrival order
+    assert seen == {"RunModel": PENDING_WINDOW, "TaskModel": PENDING_WINDOW}
+
+    # One more run: one more owner's head grows by one row; the same owner's does not.
+    await _pending(api, "one-more", 1, headers=await add_user(api.ctx, "someone-else"))
+    more, ids = await _snapshot_rows(api)
+    assert len(ids) == PENDING_WINDOW + 1
+    assert more == {"RunModel": PENDING_WINDOW + 1, "TaskModel": PENDING_WINDOW + 1}
+
+
+async def test_each_priority_tier_and_owner_has_its_own_window(api: Api) -> None:
+    await _pending(api, "low", PENDING_WINDOW + 10)
+    await _pending(api, "urgent", 3, priority=10)
+    _, ids = await _snapshot_rows(api)
+    async with api.ctx.sessions() as session:
+        tiers = Counter(
+            (await session.execute(select(RunModel.priority).where(RunModel.id.in_(ids)))).scalars()
+        )
+    # A later, higher-priority run is never left behind a long low tier.
+    assert tiers == {0: PENDING_WINDOW, 10: 3}
