@@ -121,6 +121,15 @@ async def test_recipes_and_jobs_read_back(sqlite_api: Api) -> None:
     await refused(api, spec, "GET", "/api/jobs/nope", "/api/jobs/{job_id}", 404)
     path = "/api/jobs/{job_id}"
     await refused(api, spec, "PATCH", f"/api/jobs/{job_id}", path, 422, json={"retries": "x"})
+    # The body is typed: a bad cron option is named where it is, an unknown one refused.
+    for options, field in (
+        ({"backoff_limit": "x"}, "body.cron_schedule_options.backoff_limit"),
+        ({"every": "day"}, "body.cron_schedule_options.every"),
+    ):
+        body = {"cron_schedule_options": options}
+        bad = await refused(api, spec, "PATCH", f"/api/jobs/{job_id}", path, 422, json=body)
+        assert [e["field"] for e in bad.json()["errors"]] == [field], bad.text
+    assert "JobUpdate" in str(spec["paths"][path]["patch"]["requestBody"])
 
 
 async def test_active_pods_and_job_stops_read_back(sqlite_api: Api) -> None:

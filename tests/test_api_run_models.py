@@ -16,13 +16,12 @@ import pytest
 from flotilla.api.agents import AgentList, Joined, JoinToken
 from flotilla.api.budgets import Budget, BudgetList, BudgetStatus, BudgetStatusList
 from flotilla.api.fleets import Fleet, FleetList
-from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList
+from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList, LoadBalancerPolicy
 from flotilla.api.queue import Queue, SchedulerPolicy
 from flotilla.api.runs import Run, RunEvents
 from flotilla.api.usage import RunCost, SaturnDailyUsageList, UsageReport
 from flotilla.lb.testing import TagBackend, free_port
 from flotilla.runtime.tls import DEFAULT_AGENT_PORT, make_csr, new_key
-from flotilla.server.services.serving.lb_policy import LoadBalancerPolicy
 from tests.api_checks import check, documented, openapi, refused
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_usage, apply_and_start, job, wait_for, wait_run

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from flotilla.api.load_balancers import LoadBalancerPolicy
 from flotilla.lb.testing import TagBackend, free_port, greet
 from flotilla.server.db.models import EventModel, RecipeModel
-from flotilla.server.services.serving.lb_policy import LoadBalancerPolicy, listen_refusal
+from flotilla.server.services.serving.lb_policy import listen_refusal
 from tests.conftest import Api
 from tests.factories import TASK_PYTHON, add_user, wait_for
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from flotilla.api.base import ApiModel
 from flotilla.api.runs import Run, RunSummary
@@ -53,3 +53,31 @@ class JobStarted(ApiModel):
 
 class JobRunList(ApiModel):
     runs: list[Run]  # newest first
+
+
+class CronScheduleOptions(ApiModel):
+    """Saturn's cron options; they set the recipe's `schedule`,
+    `concurrency_policy` and `retries` (`backoff_limit`)."""
+
+    schedule: str | None = None
+    concurrency_policy: str | None = None
+    backoff_limit: int | None = None
+
+
+class JobUpdate(BaseModel):
+    """`PATCH /api/jobs/{id}` (Saturn's JobUpdate): `cron_schedule_options`, and
+    any other field of the job's spec (`command`, `scale`, `retries`, ...). The
+    merged spec is validated as an apply would be, so a bad field is named as
+    `spec.FIELD`."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"additionalProperties": {"description": "a job spec field"}},
+    )
+
+    cron_schedule_options: CronScheduleOptions | None = None
+
+
+class JobSchedule(CronScheduleOptions):
+    """`POST /api/jobs/{id}/schedule`: enable the schedule, after optionally
+    changing it (an empty body enables the one the recipe has)."""

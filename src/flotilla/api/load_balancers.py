@@ -1,16 +1,17 @@
 """Load balancers (`/api/load_balancers`): each one's recipe spec and what its data
 plane reports now: listeners, their backends' state, connections, bytes and
-health history. (The network policy, `/api/load_balancers/policy`, is
-`services/lb_policy.LoadBalancerPolicy`, which validates its CIDRs with the data
-plane's parser.)"""
+health history; and the network policy (`/api/load_balancers/policy`), whose
+CIDRs are checked with the data plane's parser (`services/serving/lb_policy.py`
+applies it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flotilla.api.base import ApiModel
+from flotilla.lb.config import parse_cidrs
 
 
 class Probe(ApiModel):
@@ -67,3 +68,25 @@ class LoadBalancer(ApiModel):
 
 class LoadBalancerList(ApiModel):
     load_balancers: list[LoadBalancer]  # by name
+
+
+class LoadBalancerPolicy(ApiModel):
+    """What platform admins allow the load balancers of everyone else."""
+
+    allowed_backend_cidrs: list[str] = Field(
+        default_factory=list,
+        description="backend ranges non-admins may use although refused by default "
+        "(e.g. 127.0.0.0/8 for services on this machine)",
+    )
+    allowed_listen_cidrs: list[str] = Field(
+        default_factory=list,
+        description="addresses non-admins may listen on besides the server's own and loopback",
+    )
+    allow_wildcard_listen: bool = Field(
+        False, description="let non-admins listen on 0.0.0.0 or :: (every interface)"
+    )
+
+    @field_validator("allowed_backend_cidrs", "allowed_listen_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        return parse_cidrs(values)

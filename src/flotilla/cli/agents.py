@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
+from flotilla.api.agents import Joined
 from flotilla.cli.output import (
     JsonOpt,
     connected,
@@ -86,10 +87,10 @@ def token_create(
         made = api.create_join_token(node, seconds)
     if json_out:
         return print_json(made)
-    print(made["token"])
+    print(made.token)
     err_console.print(
-        f"on the host: flo agent join {api.connection.url} --token {made['token']} "
-        f"--ca-sha256 {made['ca_sha256']}" + (f" --node {node}" if node else ""),
+        f"on the host: flo agent join {api.connection.url} --token {made.token} "
+        f"--ca-sha256 {made.ca_sha256}" + (f" --node {node}" if node else ""),
         highlight=False,
         markup=False,
     )
@@ -105,7 +106,7 @@ def list_agents(json_out: JsonOpt = False) -> None:
     table(
         None,
         ["NODE", "SERIAL", "EXPIRES"],
-        [(a["node"], a["serial"], when(a["not_after"])) for a in agents],
+        [(a.node, a.serial, when(a.not_after)) for a in agents],
     )
 
 
@@ -114,9 +115,7 @@ class Joiner(Protocol):
 
     connection: Connection
 
-    def join_agent(
-        self, token: str, node: str, csr: str, listen: str | None = None
-    ) -> dict[str, Any]: ...
+    def join_agent(self, token: str, node: str, csr: str, listen: str | None = None) -> Joined: ...
 
 
 def join_host(
@@ -134,7 +133,7 @@ def join_host(
     key = new_key()
     write_private(tls_dir / f".{KEY_FILE}.joining", key_pem(key))
     answer = api.join_agent(token, node, make_csr(key, node).decode(), advertise)
-    cert, ca = load_cert(answer["certificate"]), load_cert(answer["ca_certificate"])
+    cert, ca = load_cert(answer.certificate), load_cert(answer.ca_certificate)
     if ca_sha256 is not None and fingerprint(ca).lower() != ca_sha256.replace(":", "").lower():
         raise CertificateRefused(f"the server's CA is {fingerprint(ca)}, not the expected one")
     verify_issued(cert, ca, node, datetime.now(UTC))
@@ -147,8 +146,8 @@ def join_host(
         "node": node,
         "control_plane": api.connection.url,
         "ca_sha256": fingerprint(ca),
-        "serial": answer["serial"],
-        "expires_at": answer["expires_at"],
+        "serial": answer.serial,
+        "expires_at": answer.expires_at,
     }
     write_public(tls_dir / CONFIG_FILE, json.dumps(config, indent=2).encode() + b"\n")
     return config

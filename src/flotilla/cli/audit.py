@@ -30,19 +30,18 @@ def audit_command(
         page = api.audit(
             actor=actor, action=action, outcome=outcome, since=since, until=until, limit=limit
         )
-    entries = page["entries"]
     if json:
-        return print_json(entries)
+        return print_json(page.entries)
     rows = [
         (
-            e["at"][:19].replace("T", " "),
-            e["actor"],
-            e["source_ip"],
-            e["action"],
-            e["status_code"],
-            e["outcome"],
-            e["detail"],
+            e.at[:19].replace("T", " "),
+            e.actor,
+            e.source_ip,
+            e.action,
+            e.status_code,
+            e.outcome,
+            e.detail,
         )
-        for e in entries
+        for e in page.entries
     ]
     table(None, ["at (UTC)", "who", "from", "what", "status", "outcome", "detail"], rows)

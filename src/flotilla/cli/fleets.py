@@ -5,11 +5,12 @@ recipe. Registered on the main app by `register(app)` from `cli/main.py`."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from flotilla.api.fleets import Fleet
 from flotilla.cli.output import JsonOpt, WideOpt, connected, console, print_json, table, when
 
 fleet_app = typer.Typer(help="Describe or delete one fleet.", no_args_is_help=True)
@@ -48,15 +49,15 @@ def offer_command(
         t.add_column(column, justify="right", no_wrap=True)
     for o in items:
         t.add_row(
-            o["instance_type"],
-            f"{o['gpus']}x {o['gpu_type']}",
-            o["region"],
-            price(o["on_demand_per_hour"], o["price_published"]),
-            price(o["spot_per_hour"], o["price_published"]) if o["spot_per_hour"] else "-",
-            str(o["available"]),
+            o.instance_type,
+            f"{o.gpus}x {o.gpu_type}",
+            o.region,
+            price(o.on_demand_per_hour, o.price_published),
+            price(o.spot_per_hour, o.price_published) if o.spot_per_hour else "-",
+            str(o.available),
         )
     console.print(t)
-    if any(not o["price_published"] for o in items):
+    if any(not o.price_published for o in items):
         print("* simulated price, not a published one")
 
 
@@ -70,19 +71,19 @@ def fleets_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
     # the table in full rather than wrapped in a cell.
     rows = [
         (
-            f["name"],
-            f["instance_type"],
-            f["nodes"],
-            f"{_up(f)}/{f['desired']}",  # ready of desired
-            f["status"],
-            price(f["price_per_hour"]),
+            f.name,
+            f.instance_type,
+            f.nodes,
+            f"{_up(f)}/{f.desired}",  # ready of desired
+            f.status,
+            price(f.price_per_hour),
         )
         for f in items
     ]
     table(None, ["name", "instance type", "nodes", "ready", "status", "$/h"], rows, wide)
     for f in items:
-        if f["reason"]:
-            print(f"{f['name']}: {f['reason']}")
+        if f.reason:
+            print(f"{f.name}: {f.reason}")
 
 
 @fleet_app.command("describe")
@@ -92,26 +93,23 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
         fleet = api.get_fleet(name)
     if json:
         return print_json(fleet)
+    print(f"fleet {fleet.name}: {fleet.status}" + (f" ({fleet.reason})" if fleet.reason else ""))
     print(
-        f"fleet {fleet['name']}: {fleet['status']}"
-        + (f" ({fleet['reason']})" if fleet["reason"] else "")
-    )
-    print(
-        f"{fleet['provider']} {fleet['instance_type']} in {fleet['region']}, nodes {fleet['nodes']}"
-        f" ({fleet['placement']}{', spot' if fleet['spot'] else ''}), spares {fleet['spares']},"
-        f" idle timeout {fleet['idle_timeout']}; desired {fleet['desired']},"
-        f" {price(fleet['price_per_hour'])} $/h"
+        f"{fleet.provider} {fleet.instance_type} in {fleet.region}, nodes {fleet.nodes}"
+        f" ({fleet.placement}{', spot' if fleet.spot else ''}), spares {fleet.spares},"
+        f" idle timeout {fleet.idle_timeout}; desired {fleet.desired},"
+        f" {price(fleet.price_per_hour)} $/h"
     )
     rows = [
         (
-            n["name"],
-            n["state"],
-            "yes" if n["busy"] else "",
-            when(n["idle_since"]),
-            price(n["price_per_hour"]),
-            n["reason"],
+            n.name,
+            n.state,
+            "yes" if n.busy else "",
+            when(n.idle_since),
+            price(n.price_per_hour),
+            n.reason,
         )
-        for n in fleet["members"]
+        for n in fleet.members
     ]
     table("nodes", ["name", "state", "busy", "idle since", "$/h", "reason"], rows)
 
@@ -128,8 +126,8 @@ def delete(
     print(f"deleted fleet {name}; its nodes are being released")
 
 
-def _up(fleet: dict[str, Any]) -> int:
-    return int(fleet["nodes_by_state"].get("ready", 0))
+def _up(fleet: Fleet) -> int:
+    return fleet.nodes_by_state.get("ready", 0)
 
 
 def price(value: float | None, published: bool = True) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flotilla.cli.output import JsonOpt, connected, print_json, print_yaml, table
+from flotilla.cli.output import JsonOpt, as_sent, connected, print_json, print_yaml, table
 
 group_app = typer.Typer(help="Manage groups of users.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def create(
     `owner` names either."""
     with connected() as api:
         group = api.create_group(name, description, member or [])
-    print(f"created group {group['name']} with {len(group['members'])} member(s)")
+    print(f"created group {group.name} with {len(group.members)} member(s)")
 
 
 @group_app.command("list")
@@ -42,7 +42,7 @@ def list_(json: JsonOpt = False) -> None:
         groups = api.list_groups()
     if json:
         return print_json(groups)
-    rows = [(g["name"], g.get("gid"), g["description"], ", ".join(g["members"])) for g in groups]
+    rows = [(g.name, g.gid, g.description, ", ".join(g.members)) for g in groups]
     table(None, ["name", "gid", "description", "members"], rows)
 
 
@@ -50,7 +50,8 @@ def list_(json: JsonOpt = False) -> None:
 def show(group: GroupArg, json: JsonOpt = False) -> None:
     with connected() as api:
         found = api.get_group(group)
-    print_json(found) if json else print_yaml(found)
+    shown = as_sent(found)
+    print_json(shown) if json else print_yaml(shown)
 
 
 @group_app.command("delete")
@@ -69,7 +70,7 @@ def delete(
 def add_member(group: GroupArg, user: UserArg) -> None:
     with connected() as api:
         found = api.add_group_member(group, user)
-    print(f"{user} is in group {found['name']} ({len(found['members'])} member(s))")
+    print(f"{user} is in group {found.name} ({len(found.members)} member(s))")
 
 
 @group_app.command("remove-member")

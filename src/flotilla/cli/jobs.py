@@ -15,12 +15,15 @@ import httpx
 import typer
 import yaml
 
+from flotilla.api.recipes import Recipe
+from flotilla.api.runs import RunSummary
 from flotilla.cli.output import (
     JsonOpt,
     WatchOpt,
     WideOpt,
     ago,
     api_errors,
+    as_sent,
     client,
     duration,
     err_console,
@@ -33,6 +36,7 @@ from flotilla.cli.output import (
 )
 from flotilla.cli.progress import phase, wait_until_running, watch
 from flotilla.client import ApiError, FlotillaClient
+from flotilla.core.status import RunStatus
 from flotilla.errors import InvalidRecipe
 from flotilla.recipes import parse_recipe, recipe_types
 from flotilla.recipes.envelope import load_documents
@@ -107,34 +111,37 @@ def apply(
             except InvalidRecipe as e:
                 fail_problems(str(file), e.problems)
             result = api.apply(document)
-            kind, name = result["type"], result["spec"]["name"]
-            print(f"applied {kind} {name} (version {result['state']['version']})")
+            kind, name = result.type, result.spec["name"]
+            print(f"applied {kind} {name} (version {_state(result)['version']})")
             if start and kind == "job":  # deployments and fleets act on apply
-                _started(api, kind, name, api.start(name)["run"], detach)
+                _started(api, kind, name, api.start(name).run, detach)
+
+
+def _state(recipe: Recipe) -> dict[str, Any]:
+    """A recipe's state (free-form per type). Only a template lacks it, and the CLI
+    never asks for one: the `{}` is for the type, not a case that happens."""
+    return recipe.state or {}
 
 
 def _started(
-    api: FlotillaClient, kind: str, name: str, run: dict[str, Any], detach: bool
-) -> dict[str, Any]:
+    api: FlotillaClient, kind: str, name: str, queued: RunSummary, detach: bool
+) -> RunSummary:
     """Say a run was started. On a terminal (unless --detach), first wait with one
     live status line until it runs or ends, so a run that cannot be placed is not
     called started; scripts (no terminal) get the answer at once, as before."""
     if detach or not err_console.is_terminal:
-        print(f"started {kind} {name} run {run['number']} ({run['id']})")
-        return run
+        print(f"started {kind} {name} run {queued.number} ({queued.id})")
+        return queued
     try:
-        run = wait_until_running(api, run["id"])
+        run = wait_until_running(api, queued.id)
     except KeyboardInterrupt:
-        print(f"queued {kind} {name} run {run['number']} ({run['id']}); see `flo queue`")
+        print(f"queued {kind} {name} run {queued.number} ({queued.id}); see `flo queue`")
         raise typer.Exit(130) from None
-    if run["status"] != "running":  # it ended before we saw it run
-        print(f"{kind} {name} run {run['number']} ({run['id']}) {phase(run)}: {run['reason']}")
+    if run.status is not RunStatus.RUNNING:  # it ended before we saw it run
+        print(f"{kind} {name} run {run.number} ({run.id}) {phase(run)}: {run.reason}")
         return run
-    where = ", ".join(sorted({t["node"] for t in run["tasks"] if t.get("node")}))
-    print(
-        f"started {kind} {name} run {run['number']} ({run['id']})"
-        + (f" on {where}" if where else "")
-    )
+    where = ", ".join(sorted({t.node for t in run.tasks if t.node}))
+    print(f"started {kind} {name} run {run.number} ({run.id})" + (f" on {where}" if where else ""))
     return run
 
 
@@ -165,7 +172,7 @@ def _list(what: str | None, json: bool, wide: bool) -> None:
     with client() as api:
         recipes = api.list_recipes(None if what in LIST_ALL or not by_type else what)
     if not by_type:
-        recipes = [r for r in recipes if r["spec"]["name"] == what]
+        recipes = [r for r in recipes if r.spec["name"] == what]
         if not recipes:
             fail(
                 f"nothing is named {what!r}",
@@ -175,13 +182,13 @@ def _list(what: str | None, json: bool, wide: bool) -> None:
         return print_json(recipes)
     rows = [
         (
-            r["type"],
-            r["spec"]["name"],
-            r["spec"].get("owner"),
-            r["state"]["status"],
-            (r["state"].get("last_run") or {}).get("status", ""),
-            r["spec"].get("schedule") or "",
-            short_id(r["state"]["id"], wide),
+            r.type,
+            r.spec["name"],
+            r.spec.get("owner"),
+            _state(r)["status"],
+            (_state(r).get("last_run") or {}).get("status", ""),
+            r.spec.get("schedule") or "",
+            short_id(_state(r)["id"], wide),
         )
         for r in recipes
     ]
@@ -192,7 +199,7 @@ def _list(what: str | None, json: bool, wide: bool) -> None:
 def get(name: str, recipe_type: TypeOpt = "job", json: JsonOpt = False) -> None:
     """Show one resource: its recipe and state."""
     with client() as api:
-        recipe = api.get_recipe(recipe_type, name)
+        recipe = as_sent(api.get_recipe(recipe_type, name))
     print_json(recipe) if json else print_yaml(recipe)
 
 
@@ -204,9 +211,9 @@ def start(
 ) -> None:
     """Start a run of a job; on a terminal, waits with a status line until it runs."""
     with job_client(name, "start") as api:
-        run = _started(api, "job", name, api.start(name)["run"], detach or follow)
+        run = _started(api, "job", name, api.start(name).run, detach or follow)
         if follow:
-            _follow(api, run["id"], 0)
+            _follow(api, run.id, 0)
 
 
 @api_errors
@@ -214,15 +221,15 @@ def stop(name: str) -> None:
     """Stop every active run of a job (SIGTERM, then SIGKILL after the grace period)."""
     with job_client(name, "stop") as api:
         result = api.stop(name)
-    print(f"stopping {result.get('stopped_runs', 0)} run(s) of job {name}")
+    print(f"stopping {result.stopped_runs} run(s) of job {name}")
 
 
 @api_errors
 def restart(name: str) -> None:
     """Stop the job's active runs and start a new one."""
     with job_client(name, "restart") as api:
-        run = api.restart(name)["run"]
-    print(f"restarted job {name}: run {run['number']} ({run['id']})")
+        run = api.restart(name).run
+    print(f"restarted job {name}: run {run.number} ({run.id})")
 
 
 @api_errors
@@ -256,14 +263,14 @@ def _runs(name: str, json: bool, limit: int, wide: bool) -> None:
         return print_json(items)
     rows = [
         (
-            r["number"],
-            r["status"],
-            r["reason"],
-            r["exit_code"],
-            r["trigger"],
-            ago(r["started_at"] or r["queued_at"], wide),
-            duration(r["started_at"], r["finished_at"]),
-            short_id(r["id"], wide),
+            r.number,
+            r.status.value,
+            r.reason,
+            r.exit_code,
+            r.trigger,
+            ago(r.started_at or r.queued_at, wide),
+            duration(r.started_at, r.finished_at),
+            short_id(r.id, wide),
         )
         for r in items
     ]
@@ -286,10 +293,10 @@ def logs(
     """Print a run's logs (the latest run unless a number is given)."""
     with job_client(name, "logs") as api:
         items = api.runs(name, 1000)
-        chosen = [r for r in items if run is None or r["number"] == run]
+        chosen = [r for r in items if run is None or r.number == run]
         if not chosen:
             fail(f"job {name} has no run {run}" if run else f"job {name} has no runs yet")
-        run_id = chosen[0]["id"]
+        run_id = chosen[0].id
         if follow and not setup:
             _follow(api, run_id, rank)
             return
@@ -303,11 +310,11 @@ def _point_at_setup(api: FlotillaClient, name: str, run_id: str, rank: int) -> N
     """A run whose setup (the clone, the start script) failed has no main log: say
     where the cause is rather than print nothing."""
     detail = api.run(run_id)
-    if detail["status"] in ("failed", "error") and api.logs(run_id, rank, "setup"):
+    if detail.status in (RunStatus.FAILED, RunStatus.ERROR) and api.logs(run_id, rank, "setup"):
         err_console.print(
-            f"run {detail['number']} {detail['status']} ({detail['reason']}) and printed"
+            f"run {detail.number} {detail.status.value} ({detail.reason}) and printed"
             f" nothing: the setup output (clone, start script) is in"
-            f" `flo logs {name} {detail['number']} --setup`",
+            f" `flo logs {name} {detail.number} --setup`",
             highlight=False,
             markup=False,
         )
@@ -331,10 +338,10 @@ def _follow(api: FlotillaClient, run_id: str, rank: int) -> None:
         if isinstance(e, ApiError) and e.code != "unreachable":
             raise
         fail("lost the server while following the log", "the run goes on; `flo logs -f` again")
-    print(f"--- run {final['number']} {final['status']}: {final['reason']}", file=sys.stderr)
-    if final["status"] != "succeeded":
+    print(f"--- run {final.number} {final.status.value}: {final.reason}", file=sys.stderr)
+    if final.status is not RunStatus.SUCCEEDED:
         if not wrote:
-            _point_at_setup(api, final["job"], run_id, rank)
+            _point_at_setup(api, final.job, run_id, rank)
         raise typer.Exit(1)
 
 
@@ -343,32 +350,32 @@ def describe(name: str, run: Annotated[int | None, typer.Argument()] = None) -> 
     """A run's tasks and events (why is it pending? where did it run?)."""
     with job_client(name, "describe") as api:
         items = api.runs(name, 1000)
-        chosen = [r for r in items if run is None or r["number"] == run]
+        chosen = [r for r in items if run is None or r.number == run]
         if not chosen:
             fail(f"job {name} has no matching run")
         detail = chosen[0]
-        events = api.run_events(detail["id"])
-    print(f"run {detail['number']} of {name}: {detail['status']} ({detail['reason']})")
+        events = api.run_events(detail.id)
+    print(f"run {detail.number} of {name}: {detail.status.value} ({detail.reason})")
     table(
         "tasks",
         ["rank", "name", "status", "node", "gpus", "pid", "exit"],
         [
             (
-                t["rank"],
-                t["name"],
-                t["status"],
-                t["node"],
-                ",".join(map(str, t["gpus"])),
-                t["pid"],
-                t["exit_code"],
+                t.rank,
+                t.name,
+                t.status.value,
+                t.node,
+                ",".join(map(str, t.gpus)),
+                t.pid,
+                t.exit_code,
             )
-            for t in detail["tasks"]
+            for t in detail.tasks
         ],
     )
     table(
         "events",
         ["time", "kind", "message", "by"],
-        [(ago(e["time"]), e["kind"], e["message"], e["actor"]) for e in events],
+        [(ago(e.time), e.kind, e.message, e.actor) for e in events],
     )
 
 
@@ -381,7 +388,9 @@ def export(
     """Write recipes back out as YAML, ready for `flo apply`."""
     with client() as api:
         recipes = [api.get_recipe(recipe_type, n) for n in names] if names else api.list_recipes()
-    documents = [{k: r[k] for k in ("schema_version", "type", "spec")} for r in recipes]
+    documents = [
+        {"schema_version": r.schema_version, "type": r.type, "spec": r.spec} for r in recipes
+    ]
     text = yaml.safe_dump_all(documents, sort_keys=False)
     if output:
         output.write_text(text)
@@ -399,8 +408,8 @@ def schedule(
     """Enable (optionally with a new cron schedule) or disable a job's schedule."""
     with client() as api:
         result = api.schedule(name, cron, enable=not disable)
-    state = result["state"]
+    next_at = result.state.next_scheduled_at
     print(
         f"{'unscheduled' if disable else 'scheduled'} job {name}"
-        + (f"; next run at {state['next_scheduled_at']}" if state.get("next_scheduled_at") else "")
+        + (f"; next run at {next_at}" if next_at else "")
     )

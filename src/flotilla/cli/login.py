@@ -56,7 +56,7 @@ def login_command(
             tokens = api.login(username, password)
     except ApiError as e:
         fail_api(e)
-    path = save_profile(server, tokens["access_token"], tokens["refresh_token"], username=username)
+    path = save_profile(server, tokens.access_token, tokens.refresh_token, username=username)
     print(f"logged in to {server} as {username}; profile saved to {path}")
 
 
@@ -97,7 +97,7 @@ def rotate_keys_command() -> None:
     old key keep working until they expire; nobody is logged out."""
     with connected() as api:
         result = api.rotate_keys()
-    print(f"now signing with key {result['kid']}; keys in the JWKS: {', '.join(result['keys'])}")
+    print(f"now signing with key {result.kid}; keys in the JWKS: {', '.join(result.keys)}")
 
 
 @auth_app.command("sessions")
@@ -109,12 +109,12 @@ def sessions_command(json: JsonOpt = False) -> None:
         return print_json(items)
     rows = [
         (
-            s["id"] + (" (this one)" if s["current"] else ""),
-            s["method"],
-            s["source_ip"],
-            when(s["created_at"]),
-            when(s["refreshed_at"]),
-            when(s["expires_at"]),
+            s.id + (" (this one)" if s.current else ""),
+            s.method,
+            s.source_ip,
+            when(s.created_at),
+            when(s.refreshed_at),
+            when(s.expires_at),
         )
         for s in items
     ]

@@ -76,7 +76,7 @@ def secret_set(
     text = value if value is not None else sys.stdin.read().rstrip("\n")
     with client() as api:
         saved = api.put_secret(name, text, description, owner, owner_kind)
-    print(f"secret {name} saved for the {saved['owner_kind']} {saved['owner']}")
+    print(f"secret {name} saved for the {saved.owner_kind} {saved.owner}")
 
 
 @secret_app.command("list")
@@ -90,10 +90,7 @@ def secret_list(json: JsonOpt = False, owner: OwnerOpt = None) -> None:
     table(
         None,
         ["name", "owner", "kind", "description", "updated"],
-        [
-            (s["name"], s["owner"], s["owner_kind"], s["description"], s["updated_at"])
-            for s in items
-        ],
+        [(s.name, s.owner, s.owner_kind, s.description, s.updated_at) for s in items],
     )
 
 

@@ -5,10 +5,11 @@ the main app by `register(app)` from `cli/main.py`."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from flotilla.api.nodes import Node
 from flotilla.cli.output import JsonOpt, WatchOpt, WideOpt, connected, print_json, table, when
 from flotilla.cli.progress import watch
 from flotilla.core.status import NodeState
@@ -21,6 +22,10 @@ NameArg = Annotated[str, typer.Argument(help="node name (see `flo nodes`)")]
 ReasonOpt = Annotated[
     str | None, typer.Option("--reason", "-r", help="why; recorded in the node's events")
 ]
+
+# The label a node's trust list lives in (`{"users": [...], "groups": [...], "ids": [...]}`):
+# `describe` shows it as `trusted`, not among the other labels.
+TRUST_LABEL = "trusted"
 
 
 def register(app: typer.Typer) -> None:
@@ -49,14 +54,14 @@ def _nodes(
         return print_json(items)
     rows = [
         (
-            n["name"],
-            n["provider"],
-            n["instance_type"],
+            n.name,
+            n.provider,
+            n.instance_type,
             gpu_summary(n),
-            n["state"],
-            n["reason"],
-            price(n["price_per_hour"]),
-            age(n["age_seconds"]),
+            n.state,
+            n.reason,
+            price(n.price_per_hour),
+            age(n.age_seconds),
         )
         for n in items
     ]
@@ -71,22 +76,17 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
         node = api.get_node(name)
     if json:
         return print_json(node)
-    print(
-        f"node {node['name']}: {node['state']}" + (f" ({node['reason']})" if node["reason"] else "")
-    )
+    print(state_line(node))
     facts = [
-        ("provider", node["provider"]),
-        ("fleet", node["fleet"]),
-        (
-            "instance",
-            f"{node['instance_type']} in {node['region']}" + (" (spot)" if node["spot"] else ""),
-        ),
-        ("address", node["address"]),
+        ("provider", node.provider),
+        ("fleet", node.fleet),
+        ("instance", f"{node.instance_type} in {node.region}" + (" (spot)" if node.spot else "")),
+        ("address", node.address),
         ("GPUs", gpu_summary(node)),
-        ("price", price(node["price_per_hour"]) + "/h" if node["price_per_hour"] else "-"),
-        ("age", age(node["age_seconds"])),
-        ("interruption deadline", node["interruption_deadline"]),
-        ("isolation", node["labels"].get("isolation")),
+        ("price", price(node.price_per_hour) + "/h" if node.price_per_hour else "-"),
+        ("age", age(node.age_seconds)),
+        ("interruption deadline", node.interruption_deadline),
+        ("isolation", node.labels.get("isolation")),
         ("trusted", trust_summary(node)),
     ]
     for label, value in facts:
@@ -97,33 +97,32 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
         ["index", "type", "healthy", "run", "job", "task"],
         [
             (
-                g["index"],
-                g["type"],
-                "yes" if g["healthy"] else "NO",
-                *(
-                    (g["holder"]["run_id"], g["holder"]["job"], g["holder"]["task"])
-                    if g["holder"]
-                    else ("", "", "")
-                ),
+                g.index,
+                g.type,
+                "yes" if g.healthy else "NO",
+                *((g.holder.run_id, g.holder.job, g.holder.task) if g.holder else ("", "", "")),
             )
-            for g in node["gpus"]
+            for g in node.gpus
         ],
     )
-    labels = {k: v for k, v in node["labels"].items() if k != "trusted"}
+    labels = {k: v for k, v in node.labels.items() if k != TRUST_LABEL}
     table("labels", ["label", "value"], sorted(labels.items()))
     table(
         "events",
         ["time", "message", "by"],
-        [(when(e["time"]), e["message"], e["actor"]) for e in node["events"]],
+        [(when(e.time), e.message, e.actor) for e in node.events],
     )
 
 
 def _act(name: str, action: str, reason: str | None) -> None:
     with connected() as api:
         node = api.node_action(name, action, reason)
-    print(
-        f"node {node['name']}: {node['state']}" + (f" ({node['reason']})" if node["reason"] else "")
-    )
+    print(state_line(node))
+
+
+def state_line(node: Node) -> str:
+    """`node gpu-1: cordoned (bad fan)`."""
+    return f"node {node.name}: {node.state}" + (f" ({node.reason})" if node.reason else "")
 
 
 @node_app.command("cordon")
@@ -176,43 +175,55 @@ def trust(
     users, groups = list(user or []), list(group or [])
     with connected() as api:
         if not replace:
-            had = api.get_node(name)["labels"].get("trusted") or {}
-            before_users, before_groups = had.get("users", []), had.get("groups", [])
+            before_users, before_groups = trusted(api.get_node(name))
             if remove:
                 users = [u for u in before_users if u not in users]
                 groups = [g for g in before_groups if g not in groups]
             else:
                 users, groups = [*before_users, *users], [*before_groups, *groups]
         node = api.set_node_trust(name, sorted(set(users)), sorted(set(groups)))
-    print(f"node {node['name']}: trusted {trust_summary(node) or 'nobody'}")
-    isolation = node["labels"].get("isolation")
+    print(f"node {node.name}: trusted {trust_summary(node) or 'nobody'}")
+    isolation = node.labels.get("isolation")
     if isolation == "full":
         print("  (it isolates tasks: everyone's work runs there, trusted or not)")
     elif isolation:
         print(f"  isolation: {isolation}")
 
 
-def trust_summary(node: dict[str, Any]) -> str:
+def trusted(node: Node) -> tuple[list[str], list[str]]:
+    """The users and the groups the node's `trusted` label names. Labels are
+    free-form JSON, so anything but lists of names there reads as nobody."""
+    label = node.labels.get(TRUST_LABEL)
+    if not isinstance(label, dict):
+        return [], []
+    return _names(label.get("users")), _names(label.get("groups"))
+
+
+def _names(value: object) -> list[str]:
+    return [str(name) for name in value] if isinstance(value, list) else []
+
+
+def trust_summary(node: Node) -> str:
     """`users alice, bob; groups ml`; empty when nobody is trusted."""
-    trust = node["labels"].get("trusted") or {}
-    parts = [f"{k} {', '.join(trust[k])}" for k in ("users", "groups") if trust.get(k)]
-    return "; ".join(parts)
+    users, groups = trusted(node)
+    kinds = (("users", users), ("groups", groups))
+    return "; ".join(f"{kind} {', '.join(names)}" for kind, names in kinds if names)
 
 
-def gpu_summary(node: dict[str, Any]) -> str:
+def gpu_summary(node: Node) -> str:
     """`6/8 free H100`, with unhealthy GPUs called out; `-` for a CPU node."""
-    counts = node["gpu_counts"]
-    if not counts["total"]:
+    counts = node.gpu_counts
+    if not counts.total:
         return "-"
-    text = f"{counts['free']}/{counts['total']} free"
-    if node["gpu_type"]:
-        text += f" {node['gpu_type']}"
-    if counts["unhealthy"]:
-        text += f", {counts['unhealthy']} unhealthy"
+    text = f"{counts.free}/{counts.total} free"
+    if node.gpu_type:
+        text += f" {node.gpu_type}"
+    if counts.unhealthy:
+        text += f", {counts.unhealthy} unhealthy"
     return text
 
 
-def price(per_hour: float) -> str:
+def price(per_hour: float | None) -> str:
     return f"${per_hour:,.2f}" if per_hour else "-"
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
+from pydantic import BaseModel
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
@@ -32,11 +33,22 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """`--json`: the data, API models (alone or in a list) as the server sent them."""
+    sys.stdout.write(json.dumps(as_sent(data), indent=2) + "\n")
 
 
 def print_yaml(data: Any) -> None:
     sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+def as_sent(data: Any) -> Any:
+    """The client's models as the server's JSON had them (the keys it sent, no
+    more: `model_validate` records them); anything else as it is."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json", exclude_unset=True)
+    if isinstance(data, list | tuple):
+        return [as_sent(item) for item in data]
+    return data
 
 
 # Flags, not options taking a value: `metavar=""` keeps typer's help from showing

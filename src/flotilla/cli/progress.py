@@ -6,41 +6,42 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import typer
 
+from flotilla.api.runs import Run
 from flotilla.cli.output import console, err_console
 from flotilla.client import FlotillaClient
+from flotilla.core.status import RunStatus
 
 POLL_SECONDS = 0.5
 WATCH_SECONDS = 2.0
-WAITING = {"pending", "provisioning", "starting"}
+WAITING = {RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.STARTING}
 SPINNER_WIDTH = 3  # the spinner and the space after it, and one column to spare
 
 
-def phase(run: dict[str, Any]) -> str:
+def phase(run: Run) -> str:
     """What a run is doing, as the status line says it: `queued`, `waiting: no
     capacity …`, `provisioning sim-000003`, `running`."""
-    status, reason = str(run["status"]), str(run.get("reason") or "")
-    if status == "pending":
-        return f"waiting: {reason}" if reason else "queued"
-    if status in ("provisioning", "starting"):
-        nodes = sorted({str(t["node"]) for t in run.get("tasks", []) if t.get("node")})
+    status = run.status.value
+    if run.status is RunStatus.PENDING:
+        return f"waiting: {run.reason}" if run.reason else "queued"
+    if run.status in (RunStatus.PROVISIONING, RunStatus.STARTING):
+        nodes = sorted({t.node for t in run.tasks if t.node})
         return f"{status} {', '.join(nodes)}" if nodes else status
     return status
 
 
-def wait_until_running(api: FlotillaClient, run_id: str) -> dict[str, Any]:
+def wait_until_running(api: FlotillaClient, run_id: str) -> Run:
     """Poll a run until it runs or ends, and show its phase with how long that
     phase has lasted: one redrawn line on a terminal, a line per change otherwise
     (a log file reads the same story). Returns the run as last seen."""
     run = api.run(run_id)
-    if run["status"] not in WAITING:
+    if run.status not in WAITING:
         return run
     shown, since = "", time.monotonic()
     if not err_console.is_terminal:
-        while run["status"] in WAITING:
+        while run.status in WAITING:
             if phase(run) != shown:
                 shown = phase(run)
                 err_console.print(shown, highlight=False, markup=False)
@@ -48,7 +49,7 @@ def wait_until_running(api: FlotillaClient, run_id: str) -> dict[str, Any]:
             run = api.run(run_id)
         return run
     with err_console.status("", spinner="dots") as line:
-        while run["status"] in WAITING:
+        while run.status in WAITING:
             if phase(run) != shown:
                 shown, since = phase(run), time.monotonic()
             line.update(_fit(shown, f" ({time.monotonic() - since:.0f} s)"))

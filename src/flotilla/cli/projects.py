@@ -36,7 +36,7 @@ def create(
     """Create a project (platform admins); add members with `flo project add-member`."""
     with connected() as api:
         project = api.create_project(name, description)
-    print(f"created project {project['name']} ({project['id']})")
+    print(f"created project {project.name} ({project.id})")
 
 
 @project_app.command("list")
@@ -46,7 +46,7 @@ def list_(json: JsonOpt = False) -> None:
         projects = api.list_projects()
     if json:
         return print_json(projects)
-    rows = [(p["name"], p["description"], len(p["members"])) for p in projects]
+    rows = [(p.name, p.description, len(p.members)) for p in projects]
     table(None, ["name", "description", "members"], rows)
 
 
@@ -57,10 +57,8 @@ def show(project: ProjectArg, json: JsonOpt = False) -> None:
         found = api.get_project(project)
     if json:
         return print_json(found)
-    print(
-        f"project {found['name']}" + (f": {found['description']}" if found["description"] else "")
-    )
-    rows = [(m["name"], m["kind"], m["role"]) for m in found["members"]]
+    print(f"project {found.name}" + (f": {found.description}" if found.description else ""))
+    rows = [(m.name, m.kind, m.role) for m in found.members]
     table("members", ["name", "kind", "role"], rows)
 
 

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from flotilla.cli.output import JsonOpt, WideOpt, connected, fail, print_json, print_yaml, table
+from flotilla.api.queue import QueuedRun
+from flotilla.cli.output import (
+    JsonOpt,
+    WideOpt,
+    as_sent,
+    connected,
+    fail,
+    print_json,
+    print_yaml,
+    table,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -25,13 +35,13 @@ def queue_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
         return print_json(runs)
     rows = [
         (
-            r["position"],
-            f"{r['job']}#{r['number']}",
-            r["owner"],
-            r["priority"],
+            r.position,
+            f"{r.job}#{r.number}",
+            r.owner,
+            r.priority,
             _shape(r),
-            _waited(r["waiting_seconds"]),
-            r["reason"],
+            _waited(r.waiting_seconds),
+            r.reason,
         )
         for r in runs
     ]
@@ -52,7 +62,8 @@ def policy_command(
             if set_file is None
             else api.set_scheduler_policy(_read(set_file))
         )
-    print_json(policy) if json else print_yaml(policy)
+    shown = as_sent(policy)
+    print_json(shown) if json else print_yaml(shown)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -65,10 +76,10 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _shape(run: dict[str, Any]) -> str:
-    gpu = run["gpu"] or "no GPU"
-    scale = f"{run['scale']} x " if run["scale"] > 1 else ""
-    return f"{scale}{gpu}" + (" spot" if run["spot"] else "")
+def _shape(run: QueuedRun) -> str:
+    gpu = run.gpu or "no GPU"
+    scale = f"{run.scale} x " if run.scale > 1 else ""
+    return f"{scale}{gpu}" + (" spot" if run.spot else "")
 
 
 def _waited(seconds: float) -> str:

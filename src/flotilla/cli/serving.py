@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from flotilla.api.deployments import Deployment
+from flotilla.api.load_balancers import Backend, LoadBalancer
 from flotilla.cli.output import (
     JsonOpt,
     WideOpt,
@@ -61,10 +63,7 @@ def lb_list(json: JsonOpt = False) -> None:
         items = api.list_load_balancers()
     if json:
         return print_json(items)
-    rows = [
-        (lb["name"], lb["owner"], lb["status"], listener_summary(lb), lb["error"] or "")
-        for lb in items
-    ]
+    rows = [(lb.name, lb.owner, lb.status, listener_summary(lb), lb.error or "") for lb in items]
     table(None, ["name", "owner", "status", "listeners", "error"], rows)
 
 
@@ -83,20 +82,21 @@ def lb_describe(
     if json:
         return print_json(lb)
     print(
-        f"load balancer {lb['name']} (owner {lb['owner']}): {lb['status']}"
-        + (f" ({lb['error']})" if lb["error"] else "")
+        f"load balancer {lb.name} (owner {lb.owner}): {lb.status}"
+        + (f" ({lb.error})" if lb.error else "")
     )
-    allow = {int(ls["port"]): ls.get("allow") or [] for ls in lb["spec"].get("listeners", [])}
-    for listener in lb["listeners"]:
-        cidrs = ", ".join(allow.get(listener["port"], [])) or "everyone"
+    # The allow-lists are the recipe's (free-form spec); the data plane reports the rest.
+    allow = {int(ls["port"]): ls.get("allow") or [] for ls in lb.spec.get("listeners", [])}
+    for listener in lb.listeners:
+        cidrs = ", ".join(allow.get(listener.port, [])) or "everyone"
         print(
-            f"\nlistener {listener['host']}:{listener['port']}"
-            + (" (draining)" if listener["draining"] else "")
-            + f": {listener['algorithm']}, allow {cidrs}; accepted {listener['accepted']},"
-            f" refused {listener['refused']}, no backend {listener['no_backend']},"
-            f" active {listener['active_connections']}"
+            f"\nlistener {listener.host}:{listener.port}"
+            + (" (draining)" if listener.draining else "")
+            + f": {listener.algorithm}, allow {cidrs}; accepted {listener.accepted},"
+            f" refused {listener.refused}, no backend {listener.no_backend},"
+            f" active {listener.active_connections}"
         )
-        print_backends(listener["backends"])
+        print_backends(listener.backends)
 
 
 @lb_app.command("delete")
@@ -144,31 +144,31 @@ def lb_policy(
     import yaml
 
     with connected() as api:
+        current = api.load_balancer_policy()
+        # The body sent is a mapping, not the model: the server names a bad CIDR.
+        body: dict[str, Any] = current.model_dump(mode="json")
         if set_file is not None:
             try:
-                policy = yaml.safe_load(set_file.read_text())
+                body = yaml.safe_load(set_file.read_text())
             except (OSError, yaml.YAMLError) as e:
                 fail(f"cannot read {set_file}: {e}")
-            if not isinstance(policy, dict):
+            if not isinstance(body, dict):
                 fail(f"{set_file}: expected a mapping with allowed_backend_cidrs and friends")
-        else:
-            policy = api.load_balancer_policy()
         changed = set_file is not None
         for field, added in (
             ("allowed_backend_cidrs", allow_backend),
             ("allowed_listen_cidrs", allow_listen),
         ):
             if added:
-                policy[field] = [*policy.get(field, []), *added]
+                body[field] = [*body.get(field, []), *added]
                 changed = True
         if wildcard_listen is not None:
-            policy["allow_wildcard_listen"] = wildcard_listen
+            body["allow_wildcard_listen"] = wildcard_listen
             changed = True
-        if changed:
-            policy = api.set_load_balancer_policy(policy)
+        policy = api.set_load_balancer_policy(body) if changed else current
     if json:
-        return print_json(policy)
-    for field, value in policy.items():
+        return print_json(policy.model_dump(mode="json"))
+    for field, value in policy.model_dump(mode="json").items():
         shown = ", ".join(value) if isinstance(value, list) else str(value).lower()
         print(f"{field}: {shown or '(none)'}")
 
@@ -220,11 +220,11 @@ def deployments_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
         return print_json(items)
     rows = [
         (
-            d["name"],
-            d["owner"],
-            f"{ready_count(d)}/{_or_dash(d['desired_replicas'])}",
-            d["version"],
-            d["endpoints"]["http"],
+            d.name,
+            d.owner,
+            f"{ready_count(d)}/{_or_dash(d.desired_replicas)}",
+            d.version,
+            d.endpoints.http,
         )
         for d in items
     ]
@@ -243,31 +243,31 @@ def deployment_describe(
     if json:
         return print_json(d)
     print(
-        f"deployment {d['name']} (owner {d['owner']}), version {d['version']}:"
-        f" {ready_count(d)}/{_or_dash(d['desired_replicas'])} replicas ready"
+        f"deployment {d.name} (owner {d.owner}), version {d.version}:"
+        f" {ready_count(d)}/{_or_dash(d.desired_replicas)} replicas ready"
     )
     replicas = [
         (
-            r["number"],
-            r["status"],
-            r["version"],
-            address(r["address"], r["ports"]),
-            "stopping" if r["stopping"] else ("yes" if r["ready"] else "no"),
+            r.number,
+            r.status.value,
+            r.version,
+            address(r.address, r.ports),
+            "stopping" if r.stopping else ("yes" if r.ready else "no"),
         )
-        for r in d["replicas"]
+        for r in d.replicas
     ]
     table("replicas", ["run", "status", "version", "address", "ready"], replicas)
-    lb = d["load_balancer"]
-    print(f"load balancer: {lb['status']}" + (f" ({lb['error']})" if lb["error"] else ""))
-    for listener in lb["listeners"]:
-        print(f"listener {listener['host']}:{listener['port']} ({listener['algorithm']})")
-        print_backends(listener["backends"])
+    lb = d.load_balancer
+    print(f"load balancer: {lb.status}" + (f" ({lb.error})" if lb.error else ""))
+    for listener in lb.listeners:
+        print(f"listener {listener.host}:{listener.port} ({listener.algorithm})")
+        print_backends(listener.backends)
     print("endpoints:")
-    print(f"  http  {d['endpoints']['http']}")
-    for container_port, where in sorted(d["endpoints"]["tcp"].items()):
+    print(f"  http  {d.endpoints.http}")
+    for container_port, where in sorted(d.endpoints.tcp.items()):
         print(f"  tcp   {where} (container port {container_port})")
-    if d["spec"].get("start_ssh"):
-        print(f"  ssh   flo ssh {d['owner']}/{d['name']}  (or NAME.RUN for one replica)")
+    if d.spec.get("start_ssh"):
+        print(f"  ssh   flo ssh {d.owner}/{d.name}  (or NAME.RUN for one replica)")
 
 
 @deployment_app.command("delete")
@@ -296,14 +296,14 @@ def deployment_logs(
 ) -> None:
     """Print one replica's logs (the oldest active one unless --replica is given)."""
     with connected() as api:
-        replicas = sorted(api.get_deployment(name, owner)["replicas"], key=lambda r: r["number"])
-        chosen = [r for r in replicas if replica is None or r["number"] == replica]
+        replicas = sorted(api.get_deployment(name, owner).replicas, key=lambda r: r.number)
+        chosen = [r for r in replicas if replica is None or r.number == replica]
         if not chosen:
-            numbers = ", ".join(str(r["number"]) for r in replicas) or "none"
+            numbers = ", ".join(str(r.number) for r in replicas) or "none"
             fail(
                 f"deployment {name} has no replica {replica or ''}".strip(), f"replicas: {numbers}"
             )
-        run_id = chosen[0]["run_id"]
+        run_id = chosen[0].run_id
         if follow and not setup:
             for chunk in api.follow_logs(run_id):
                 sys.stdout.write(chunk)
@@ -351,57 +351,52 @@ def deployment_restart(name: NameArg, owner: OwnerOpt = None) -> None:
 def _rescale(api: FlotillaClient, name: str, owner: str | None, count: int) -> int:
     """Re-apply the deployment with `count` replicas; the new version."""
     recipe = api.get_recipe("deployment", name, owner)
-    spec = {**recipe["spec"]}
+    spec = {**recipe.spec}
     spec["replicas" if spec.get("replicas") is not None else "scale"] = count
-    document = {"schema_version": recipe["schema_version"], "type": "deployment", "spec": spec}
-    return int(api.apply(document)["state"]["version"])
+    document = {"schema_version": recipe.schema_version, "type": "deployment", "spec": spec}
+    # An applied deployment is read back with its state, and in it its version.
+    return int((api.apply(document).state or {})["version"])
 
 
 # shared pieces
 
 
-def print_backends(backends: Sequence[dict[str, Any]]) -> None:
+def print_backends(backends: Sequence[Backend]) -> None:
     """A listener's backends, then the last few health probes of each."""
     rows = [
         (
-            b["key"],
-            b["state"],
-            f"{b['active_connections']}/{b['total_connections']}",
-            size(b["bytes_in"]),
-            size(b["bytes_out"]),
-            b["failed_connects"],
-            f"{b['health_checks_failed']}/{b['health_checks']}",
+            b.key,
+            b.state,
+            f"{b.active_connections}/{b.total_connections}",
+            size(b.bytes_in),
+            size(b.bytes_out),
+            b.failed_connects,
+            f"{b.health_checks_failed}/{b.health_checks}",
         )
         for b in backends
     ]
     columns = ["backend", "state", "conns", "in", "out", "failed connects", "checks failed"]
     table(None, columns, rows)
     probes = [
-        (
-            b["key"],
-            at(p["at"]),
-            "ok" if p["ok"] else "failed",
-            p["state"],
-            p["error"] or "",
-        )
+        (b.key, at(p.at), "ok" if p.ok else "failed", p.state, p.error or "")
         for b in backends
-        for p in b["health_history"][-PROBES_SHOWN:]
+        for p in b.health_history[-PROBES_SHOWN:]
     ]
     if probes:
         table("recent health probes", ["backend", "time", "probe", "then", "error"], probes)
 
 
-def listener_summary(lb: dict[str, Any]) -> str:
+def listener_summary(lb: LoadBalancer) -> str:
     """`8080→2 backends (1 online)` per listener; from the spec while still starting."""
-    if lb["listeners"]:
+    if lb.listeners:
         return ", ".join(
-            f"{ls['port']}→{_backends(len(ls['backends']))}"
-            f" ({sum(b['state'] == 'online' for b in ls['backends'])} online)"
-            for ls in lb["listeners"]
+            f"{ls.port}→{_backends(len(ls.backends))}"
+            f" ({sum(b.state == 'online' for b in ls.backends)} online)"
+            for ls in lb.listeners
         )
     return ", ".join(
         f"{ls['port']}→{_backends(len(ls.get('backends') or []))}"
-        for ls in lb["spec"].get("listeners", [])
+        for ls in lb.spec.get("listeners", [])
     )
 
 
@@ -409,8 +404,8 @@ def _backends(count: int) -> str:
     return f"{count} backend" + ("" if count == 1 else "s")
 
 
-def ready_count(deployment: dict[str, Any]) -> int:
-    return sum(1 for r in deployment["replicas"] if r["ready"] and not r["stopping"])
+def ready_count(deployment: Deployment) -> int:
+    return sum(1 for r in deployment.replicas if r.ready and not r.stopping)
 
 
 def address(host: str | None, ports: dict[str, int] | None) -> str:

@@ -11,7 +11,7 @@ import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -55,11 +55,12 @@ def ssh_command(
     with connected() as api:
         info = api.ssh_info()
         url = api.connection.url
-    if not info.get("enabled"):
+    # An enabled gateway always says its port and host key (`SshGateway`).
+    if not info.enabled or info.port is None or info.host_key is None:
         fail("this server's SSH gateway is off", "start it with FLOTILLA_SSH_PORT unset or a port")
     host = urlsplit(url).hostname or "127.0.0.1"
-    known_hosts = pin_host_key(host, int(info["port"]), str(info["host_key"]))
-    options = ssh_options(info, known_hosts, identity)
+    known_hosts = pin_host_key(host, info.port, info.host_key)
+    options = ssh_options(info.port, known_hosts, identity)
     if config:
         print(config_block(target, host, options))
         return
@@ -88,9 +89,9 @@ def pin_host_key(host: str, port: int, host_key: str) -> Path:
     return path
 
 
-def ssh_options(info: dict[str, Any], known_hosts: Path, identity: Path | None) -> dict[str, str]:
+def ssh_options(port: int, known_hosts: Path, identity: Path | None) -> dict[str, str]:
     options = {
-        "Port": str(info["port"]),
+        "Port": str(port),
         "UserKnownHostsFile": _quoted(str(known_hosts)),
         "StrictHostKeyChecking": "yes",
     }

@@ -66,10 +66,10 @@ def create(
         token = api.create_token(name, scopes, days, at, user)
     if json:
         return print_json(token)
-    print(token["token"])
+    print(token.token)
     err_console.print(
-        f"token {token['name']} ({token['id']}) for {token['user']}, scopes "
-        f"{','.join(token['scopes'])}, expires {token['expires_at'] or 'never'}: "
+        f"token {token.name} ({token.id}) for {token.user}, scopes "
+        f"{','.join(token.scopes)}, expires {token.expires_at or 'never'}: "
         "shown this once, store it now",
         highlight=False,
     )
@@ -90,11 +90,11 @@ def list_(
     # Short ids, like git's: `revoke` takes any unique prefix (--json has them whole).
     rows = [
         (
-            t["id"][:SHORT_ID],
-            t["name"],
-            ",".join(t["scopes"]),
-            "revoked" if t["revoked_at"] else when(t["expires_at"]) or "never",
-            when(t["last_used_at"]),
+            t.id[:SHORT_ID],
+            t.name,
+            ",".join(t.scopes),
+            "revoked" if t.revoked_at else when(t.expires_at) or "never",
+            when(t.last_used_at),
         )
         for t in tokens
     ]
@@ -111,7 +111,7 @@ def revoke(
     """Revoke a token: requests with it fail from now on."""
     with connected() as api:
         if len(token_id) < FULL_ID:
-            matches = [t["id"] for t in api.list_tokens(user) if t["id"].startswith(token_id)]
+            matches = [t.id for t in api.list_tokens(user) if t.id.startswith(token_id)]
             if len(matches) != 1:
                 found = "no token" if not matches else f"{len(matches)} tokens"
                 fail(f"{found} with an id starting {token_id!r}", "see `flo token list`")

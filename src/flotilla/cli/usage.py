@@ -10,12 +10,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from flotilla.api.budgets import Budget, LimitName, LimitState
+from flotilla.api.usage import UsageFigures, UsageKeys
 from flotilla.cli.output import JsonOpt, connected, console, fail, print_json
-from flotilla.client import ApiError
+from flotilla.client import ApiError, FlotillaClient
 
 budget_app = typer.Typer(help="Spending limits per project, user or group.", no_args_is_help=True)
 
 FIGURES = ("gpu_hours", "node_hours", "cost", "spot_cost", "runs")
+# The column of each `--by` key: the row field it is grouped by.
 KEY_COLUMNS = {
     "user": "user",
     "group": "group",
@@ -23,6 +26,7 @@ KEY_COLUMNS = {
     "resource": "instance_type",
     "day": "day",
 }
+LIMIT_FIELDS = ("dollars_per_month", "gpu_hours_per_month", "max_gpus", "warn_fraction")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,33 +56,44 @@ def usage_command(
         report = api.usage(by, since, until, idle)
     if json:
         return print_json(report)
-    keys = [KEY_COLUMNS.get(k, k) for k in report["by"]]
     t = Table(
         header_style="bold",
-        caption=f"{report['since']} to {report['until']}; $ billed per second",
+        caption=f"{report.since} to {report.until}; $ billed per second",
     )
-    for key in keys:
-        t.add_column(key.replace("_", " "))
+    for key in report.by:
+        t.add_column(KEY_COLUMNS.get(key, key).replace("_", " "))
     for figure in FIGURES:
         t.add_column(figure.replace("_", " "), justify="right")
-    for row in report["rows"]:
-        t.add_row(*[_key(row.get(k)) for k in keys], *_figures(row))
+    for row in report.rows:
+        t.add_row(*[_key(_key_value(row, k)) for k in report.by], *_figures(row))
     t.add_section()
-    t.add_row("total", *[""] * (len(keys) - 1), *_figures(report["total"]), style="bold")
+    t.add_row("total", *[""] * (len(report.by) - 1), *_figures(report.total), style="bold")
     console.print(t)
 
 
-def _key(value: Any) -> str:
-    return "-" if value is None else str(value)
+def _key_value(row: UsageKeys, key: str) -> str | None:
+    """The value a row is grouped by for the `--by` key `key`."""
+    values = {
+        "user": row.user,
+        "group": row.group,
+        "project": row.project,
+        "resource": row.instance_type,
+        "day": row.day,
+    }
+    return values.get(key)
 
 
-def _figures(row: dict[str, Any]) -> list[str]:
+def _key(value: str | None) -> str:
+    return "-" if value is None else value
+
+
+def _figures(row: UsageFigures) -> list[str]:
     return [
-        f"{row['gpu_hours']:,.2f}",
-        f"{row['node_hours']:,.2f}",
-        f"${row['cost']:,.2f}",
-        f"${row['spot_cost']:,.2f}",
-        str(row["runs"]),
+        f"{row.gpu_hours:,.2f}",
+        f"{row.node_hours:,.2f}",
+        f"${row.cost:,.2f}",
+        f"${row.spot_cost:,.2f}",
+        str(row.runs),
     ]
 
 
@@ -117,18 +132,25 @@ def budget_set(
         "warn_fraction": warn_fraction,
     }
     with connected() as api:
-        try:
-            current = api.get_budget(kind, name)
-        except ApiError as e:
-            if e.status != 404:
-                raise
-            current = {}
-        limits = {k: current.get(k) for k in given}
+        limits = _current_limits(api, kind, name)
         limits.update({k: v for k, v in given.items() if v is not None})
         if limits["warn_fraction"] is None:
             limits.pop("warn_fraction")
         budget = api.put_budget(kind, name, limits)
     print(f"budget for {kind} {name}: {_limits(budget)}")
+
+
+def _current_limits(api: FlotillaClient, kind: str, name: str) -> dict[str, Any]:
+    """The budget's limits now (each None when there is no budget yet), so that a
+    `set` of one limit keeps the others."""
+    try:
+        current = api.get_budget(kind, name)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        return dict.fromkeys(LIMIT_FIELDS)
+    now = current.model_dump()
+    return {k: now[k] for k in LIMIT_FIELDS}
 
 
 @budget_app.command("list")
@@ -142,16 +164,16 @@ def budget_list(json: JsonOpt = False) -> None:
     for column in ("scope", "limit", "used", "max", "use", "state"):
         t.add_column(column, justify="right" if column in ("used", "max", "use") else "left")
     for budget in items:
-        scope = f"{budget['scope_kind']} {budget['scope_name']}"
-        for limit in budget["limits"]:
-            ratio = limit["ratio"]
+        scope = f"{budget.scope_kind} {budget.scope_name}"
+        for limit in budget.limits:
+            ratio = limit.ratio
             t.add_row(
                 scope,
-                limit["limit"].replace("_", " "),
-                _amount(limit["limit"], limit["used"]),
-                _amount(limit["limit"], limit["max"]),
+                limit.limit.replace("_", " "),
+                _amount(limit.limit, limit.used),
+                _amount(limit.limit, limit.max),
                 "-" if ratio is None else f"{ratio:.0%}",
-                _state(limit["state"]),
+                _state(limit.state),
             )
             scope = ""
     console.print(t)
@@ -166,21 +188,18 @@ def budget_delete(project: ProjectOpt = None, user: UserOpt = None, group: Group
     print(f"budget for {kind} {name} deleted")
 
 
-def _limits(budget: dict[str, Any]) -> str:
-    parts = [
-        f"{label} {_amount(key, budget[key])}"
-        for key, label in (
-            ("dollars_per_month", "$/month"),
-            ("gpu_hours_per_month", "GPU-hours/month"),
-            ("max_gpus", "GPUs at once"),
-        )
-        if budget.get(key) is not None
+def _limits(budget: Budget) -> str:
+    limits: list[tuple[LimitName, float | None, str]] = [
+        ("dollars_per_month", budget.dollars_per_month, "$/month"),
+        ("gpu_hours_per_month", budget.gpu_hours_per_month, "GPU-hours/month"),
+        ("max_gpus", budget.max_gpus, "GPUs at once"),
     ]
-    parts.append(f"warn at {budget['warn_fraction']:.0%}")
+    parts = [f"{label} {_amount(key, value)}" for key, value, label in limits if value is not None]
+    parts.append(f"warn at {budget.warn_fraction:.0%}")
     return ", ".join(parts)
 
 
-def _amount(limit: str, value: float) -> str:
+def _amount(limit: LimitName, value: float) -> str:
     if limit == "dollars_per_month":
         return f"${value:,.2f}"
     if limit == "max_gpus":
@@ -188,7 +207,7 @@ def _amount(limit: str, value: float) -> str:
     return f"{value:,.2f}"
 
 
-def _state(state: str) -> str:
+def _state(state: LimitState) -> str:
     return {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]"}.get(
         state, "[red]exceeded[/red]"
     )

@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from flotilla.cli.output import JsonOpt, connected, fail, print_json, print_yaml, table, when
+from flotilla.api.users import User, UserBrief
+from flotilla.cli.output import (
+    JsonOpt,
+    as_sent,
+    connected,
+    fail,
+    print_json,
+    print_yaml,
+    table,
+    when,
+)
 
 user_app = typer.Typer(help="Manage users and their SSH keys.", no_args_is_help=True)
 service_account_app = typer.Typer(
@@ -58,7 +68,7 @@ def create(
     }
     with connected() as api:
         user = api.create_user(body)
-    print(f"created user {user['username']} ({user['id']})")
+    print(f"created user {user.username} ({user.id})")
 
 
 @user_app.command("list")
@@ -69,26 +79,26 @@ def list_(json: JsonOpt = False) -> None:
         users = api.list_users()
     if json:
         return print_json(users)
-    rows = [
-        (
-            u["username"],
-            u.get("full_name", ""),
-            u.get("email") or "",
-            _kind(u),
-            ",".join(u.get("groups", [])),
-            ",".join(f"{p}:{r}" for p, r in u.get("projects", {}).items()),
-        )
-        for u in users
-    ]
+    rows = [(u.username, u.full_name, *_details(u)) for u in users]
     table(None, ["name", "full name", "email", "kind", "groups", "projects"], rows)
 
 
-def _kind(user: dict[str, Any]) -> str:
-    if user.get("service_account"):
+def _details(user: User | UserBrief) -> tuple[str, str, str, str]:
+    """Email, kind, groups and project roles: blank for a user seen by name only."""
+    if not isinstance(user, User):
+        return "", _kind(user), "", ""
+    projects = ",".join(f"{p}:{r}" for p, r in user.projects.items())
+    return user.email or "", _kind(user), ",".join(user.groups), projects
+
+
+def _kind(user: User | UserBrief) -> str:
+    if user.service_account:
         return "service account"
-    if user.get("locked"):
+    if not isinstance(user, User):
+        return "user"  # whether they are locked or an admin is not shown to everyone
+    if user.locked:
         return "locked"
-    return "admin" if user.get("admin") else "user"
+    return "admin" if user.admin else "user"
 
 
 @user_app.command("show")
@@ -96,13 +106,14 @@ def show(user: UserArg, json: JsonOpt = False) -> None:
     """One user: details, groups, project roles and SSH keys."""
     with connected() as api:
         found = api.get_user(user)
+    shown = as_sent(found)
     if json:
-        return print_json(found)
-    keys = found.pop("ssh_keys", None)
-    print_yaml(found)
+        return print_json(shown)
+    shown.pop("ssh_keys", None)
+    print_yaml(shown)
     # One line each, never cut short: the fingerprint is what `remove-key` takes.
-    for key in keys or []:
-        print(f"ssh key: {key['type']} {key['fingerprint']} {key['comment']}".rstrip())
+    for key in found.ssh_keys if isinstance(found, User) else []:
+        print(f"ssh key: {key.type} {key.fingerprint} {key.comment}".rstrip())
 
 
 @user_app.command("update")
@@ -126,7 +137,7 @@ def update(
         )
     with connected() as api:
         found = api.update_user(user, changes)
-    print(f"updated user {found['username']}")
+    print(f"updated user {found.username}")
 
 
 @user_app.command("set-password")
@@ -179,7 +190,7 @@ def add_key(
     key = read_key(key_file)
     with connected() as api:
         added = api.add_ssh_key(user, key)
-    print(f"added {added['type']} key {added['fingerprint']} to {user}")
+    print(f"added {added.type} key {added.fingerprint} to {user}")
 
 
 @user_app.command("remove-key")
@@ -200,7 +211,7 @@ def create_service_account(
     """Create a service account (platform admins); then give it a token."""
     with connected() as api:
         account = api.create_service_account(name, full_name)
-    print(f"created service account {account['username']} ({account['id']})")
+    print(f"created service account {account.username} ({account.id})")
     print(f"give it a token: flo token create --user {name} --name NAME --scope read --scope write")
 
 
@@ -211,12 +222,9 @@ def list_service_accounts(json: JsonOpt = False) -> None:
     if json:
         return print_json(accounts)
     rows = [
-        (
-            a["username"],
-            a.get("full_name", ""),
-            ",".join(a.get("groups", [])),
-            when(a.get("created_at")),
-        )
+        (a.username, a.full_name, ",".join(a.groups), when(a.created_at))
+        if isinstance(a, User)
+        else (a.username, a.full_name, "", "")
         for a in accounts
     ]
     table(None, ["name", "full name", "groups", "created"], rows)

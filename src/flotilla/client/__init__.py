@@ -1,6 +1,7 @@
-"""The Python SDK: `Flotilla` (`sdk.py`), typed: models of the API contract in,
-`ApiError` subclasses out; `FlotillaClient` (`api.py`), one method per operation
-in JSON, which the `flo` CLI uses."""
+"""The Python SDK: `Flotilla` (`sdk.py`), the documented one (apply a file, start a
+run, wait for it, follow its logs); `FlotillaClient` (`api.py`), one method per
+API operation, which the `flo` CLI uses. Both return the models of the API
+contract (`flotilla.api`) and raise `ApiError` subclasses."""
 
 from flotilla.client.api import FlotillaClient
 from flotilla.client.calls import (

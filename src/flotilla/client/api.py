@@ -1,8 +1,9 @@
-"""`FlotillaClient`: one method per API operation, JSON in and out, errors raised
-as `ApiError` carrying the server's code and message. This module holds the core
-(the connection, `_request`, session refresh) and the recipe, job, run and secret
-calls; the other groups of calls are mixins in `identity_calls.py`, `fleet_calls.py`,
-`serving_calls.py` and `usage_calls.py`."""
+"""`FlotillaClient`: one method per API operation, JSON in and the model of its
+route (`flotilla/api/`) out, errors raised as `ApiError` carrying the server's code
+and message. This module holds the core (the connection, `_request`, session
+refresh) and the recipe, job, run and secret calls; the other groups of calls are
+mixins in `identity_calls.py`, `fleet_calls.py`, `serving_calls.py` and
+`usage_calls.py`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from typing import Any
 
 import httpx
 
+from flotilla.api.jobs import Job, JobRestarted, JobRunList, JobStarted, JobStopped
+from flotilla.api.nodes import Event
+from flotilla.api.recipes import Recipe, RecipeList, RecipeVersion, RecipeVersionList
+from flotilla.api.runs import Run, RunEvents
+from flotilla.api.secrets import Secret, SecretList
+from flotilla.api.status import ServerStatus, SshGateway
 from flotilla.client.agent_calls import AgentCalls
 from flotilla.client.calls import ApiError, Unreachable, _decode
 from flotilla.client.connection import (
@@ -112,41 +119,47 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentC
         self.http.headers["Authorization"] = f"token {access_token}"
 
     # recipes
-    def apply(self, recipe: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._request("PUT", "/api/recipes", json=recipe))
+    def apply(self, recipe: dict[str, Any]) -> Recipe:
+        return Recipe.model_validate(self._request("PUT", "/api/recipes", json=recipe))
 
     def list_recipes(
         self, recipe_type: str | None = None, owner: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Recipe]:
         params = {k: v for k, v in {"type": recipe_type, "owner_name": owner}.items() if v}
-        return list(self._request("GET", "/api/recipes", params=params)["recipes"])
+        return RecipeList.model_validate(
+            self._request("GET", "/api/recipes", params=params)
+        ).recipes
 
-    def get_recipe(self, recipe_type: str, name: str, owner: str | None = None) -> dict[str, Any]:
+    def get_recipe(self, recipe_type: str, name: str, owner: str | None = None) -> Recipe:
         params = {"owner_name": owner} if owner else {}
-        return dict(self._request("GET", f"/api/recipes/{recipe_type}/{name}", params=params))
+        data = self._request("GET", f"/api/recipes/{recipe_type}/{name}", params=params)
+        return Recipe.model_validate(data)
 
-    def versions(self, recipe_type: str, name: str) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/api/recipes/{recipe_type}/{name}/versions")["versions"])
+    def versions(self, recipe_type: str, name: str) -> list[RecipeVersion]:
+        data = self._request("GET", f"/api/recipes/{recipe_type}/{name}/versions")
+        return RecipeVersionList.model_validate(data).versions
 
     # job actions, by id
     def _job_id(self, name: str, owner: str | None = None) -> str:
-        return str(self.get_recipe("job", name, owner)["state"]["id"])
+        # A job read without `as_template` always has its state, and in it its id.
+        return str((self.get_recipe("job", name, owner).state or {})["id"])
 
     def start(
         self, name: str, owner: str | None = None, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> JobStarted:
         """Start a run; safe to retry (see `_start_once`)."""
         path = f"/api/jobs/{self._job_id(name, owner)}/start"
-        return dict(self._start_once(path, idempotency_key))
+        return JobStarted.model_validate(self._start_once(path, idempotency_key))
 
-    def stop(self, name: str, owner: str | None = None) -> dict[str, Any]:
-        return dict(self._request("POST", f"/api/jobs/{self._job_id(name, owner)}/stop"))
+    def stop(self, name: str, owner: str | None = None) -> JobStopped:
+        data = self._request("POST", f"/api/jobs/{self._job_id(name, owner)}/stop")
+        return JobStopped.model_validate(data)
 
     def restart(
         self, name: str, owner: str | None = None, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> JobRestarted:
         path = f"/api/jobs/{self._job_id(name, owner)}/restart"
-        return dict(self._start_once(path, idempotency_key))
+        return JobRestarted.model_validate(self._start_once(path, idempotency_key))
 
     def _start_once(self, path: str, idempotency_key: str | None) -> Any:
         """POST a start with an `Idempotency-Key` (a new one per call unless given)
@@ -166,28 +179,24 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentC
     def delete(self, name: str, owner: str | None = None) -> None:
         self._request("DELETE", f"/api/jobs/{self._job_id(name, owner)}")
 
-    def schedule(self, name: str, cron: str | None = None, enable: bool = True) -> dict[str, Any]:
+    def schedule(self, name: str, cron: str | None = None, enable: bool = True) -> Job:
         job_id = self._job_id(name)
         if cron:
             self._request(
                 "PATCH", f"/api/jobs/{job_id}", json={"cron_schedule_options": {"schedule": cron}}
             )
-        return dict(
-            self._request("POST", f"/api/jobs/{job_id}/{'schedule' if enable else 'unschedule'}")
-        )
+        action = "schedule" if enable else "unschedule"
+        return Job.model_validate(self._request("POST", f"/api/jobs/{job_id}/{action}"))
 
-    def runs(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
-        return list(
-            self._request("GET", f"/api/jobs/{self._job_id(name)}/runs", params={"limit": limit})[
-                "runs"
-            ]
-        )
+    def runs(self, name: str, limit: int = 100) -> list[Run]:
+        path = f"/api/jobs/{self._job_id(name)}/runs"
+        return JobRunList.model_validate(self._request("GET", path, params={"limit": limit})).runs
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/api/runs/{run_id}"))
+    def run(self, run_id: str) -> Run:
+        return Run.model_validate(self._request("GET", f"/api/runs/{run_id}"))
 
-    def run_events(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/api/runs/{run_id}/events")["events"])
+    def run_events(self, run_id: str) -> list[Event]:
+        return RunEvents.model_validate(self._request("GET", f"/api/runs/{run_id}/events")).events
 
     def logs(self, run_id: str, rank: int = 0, container: str = "main") -> str:
         response = self.http.get(
@@ -215,14 +224,16 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentC
         description: str = "",
         owner: str | None = None,
         owner_kind: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Secret:
         body = {"name": name, "value": value, "description": description}
         body.update({k: v for k, v in (("owner", owner), ("owner_kind", owner_kind)) if v})
-        return dict(self._request("POST", "/api/secrets", json=body))
+        return Secret.model_validate(self._request("POST", "/api/secrets", json=body))
 
-    def list_secrets(self, owner: str | None = None) -> list[dict[str, Any]]:
+    def list_secrets(self, owner: str | None = None) -> list[Secret]:
         params = {"owner": owner} if owner else None
-        return list(self._request("GET", "/api/secrets", params=params)["secrets"])
+        return SecretList.model_validate(
+            self._request("GET", "/api/secrets", params=params)
+        ).secrets
 
     def delete_secret(
         self, name: str, owner: str | None = None, owner_kind: str | None = None
@@ -230,11 +241,11 @@ class FlotillaClient(IdentityCalls, FleetCalls, ServingCalls, UsageCalls, AgentC
         params = {k: v for k, v in (("owner", owner), ("owner_kind", owner_kind)) if v}
         self._request("DELETE", f"/api/secrets/{name}", params=params)
 
-    def status(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/api/status"))
+    def status(self) -> ServerStatus:
+        return ServerStatus.model_validate(self._request("GET", "/api/status"))
 
-    def ssh_info(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/api/ssh"))
+    def ssh_info(self) -> SshGateway:
+        return SshGateway.model_validate(self._request("GET", "/api/ssh"))
 
 
 def _expires_soon(token: str | None, margin: float = 30.0) -> bool:

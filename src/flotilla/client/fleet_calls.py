@@ -1,11 +1,16 @@
 """`FleetCalls`, the compute part of `FlotillaClient`: nodes, the queue and the
 scheduler policy, provider offers and fleets (used by `flo nodes`, `flo node`,
-`flo queue`, `flo policy`, `flo offer`, `flo fleets` and `flo fleet`)."""
+`flo queue`, `flo policy`, `flo offer`, `flo fleets` and `flo fleet`). Each call
+answers the model its route declares (`flotilla/api/`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from flotilla.api.fleets import Fleet, FleetList
+from flotilla.api.nodes import Node, NodeDetail, NodeList
+from flotilla.api.offers import Offer, OfferList
+from flotilla.api.queue import Queue, QueuedRun, SchedulerPolicy
 from flotilla.client.calls import _Calls
 
 
@@ -13,49 +18,57 @@ class FleetCalls(_Calls):
     # nodes
     def list_nodes(
         self, state: str | None = None, fleet: str | None = None, gpu_type: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Node]:
         params = {
             k: v for k, v in {"state": state, "fleet": fleet, "gpu_type": gpu_type}.items() if v
         }
-        return list(self._request("GET", "/api/nodes", params=params)["nodes"])
+        return NodeList.model_validate(self._request("GET", "/api/nodes", params=params)).nodes
 
-    def get_node(self, name: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/api/nodes/{name}"))
+    def get_node(self, name: str) -> NodeDetail:
+        return NodeDetail.model_validate(self._request("GET", f"/api/nodes/{name}"))
 
-    def node_action(self, name: str, action: str, reason: str | None = None) -> dict[str, Any]:
+    def node_action(self, name: str, action: str, reason: str | None = None) -> NodeDetail:
         """`action` is cordon, uncordon, drain or terminate; returns the node after it."""
         body = {"reason": reason} if reason else None
-        return dict(self._request("POST", f"/api/nodes/{name}/{action}", json=body))
+        return NodeDetail.model_validate(
+            self._request("POST", f"/api/nodes/{name}/{action}", json=body)
+        )
 
-    def set_node_trust(self, name: str, users: list[str], groups: list[str]) -> dict[str, Any]:
+    def set_node_trust(self, name: str, users: list[str], groups: list[str]) -> NodeDetail:
         """Replace who is trusted on the node; returns the node after it."""
         body = {"users": users, "groups": groups}
-        return dict(self._request("PUT", f"/api/nodes/{name}/trusted", json=body))
+        return NodeDetail.model_validate(
+            self._request("PUT", f"/api/nodes/{name}/trusted", json=body)
+        )
 
     # queue and scheduler policy
-    def queue(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/api/queue")["runs"])
+    def queue(self) -> list[QueuedRun]:
+        return Queue.model_validate(self._request("GET", "/api/queue")).runs
 
-    def scheduler_policy(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/api/scheduler/policy"))
+    def scheduler_policy(self) -> SchedulerPolicy:
+        return SchedulerPolicy.model_validate(self._request("GET", "/api/scheduler/policy"))
 
-    def set_scheduler_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._request("PUT", "/api/scheduler/policy", json=policy))
+    def set_scheduler_policy(self, policy: dict[str, Any]) -> SchedulerPolicy:
+        """`policy` goes as the caller wrote it (a file's mapping): the server checks
+        it and names the fields at fault."""
+        return SchedulerPolicy.model_validate(
+            self._request("PUT", "/api/scheduler/policy", json=policy)
+        )
 
     # fleets and offers
     def offers(
         self, gpu: str | None = None, region: str | None = None, spot: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[Offer]:
         params: dict[str, Any] = {k: v for k, v in {"gpu": gpu, "region": region}.items() if v}
         if spot:
             params["spot"] = "true"
-        return list(self._request("GET", "/api/offers", params=params)["offers"])
+        return OfferList.model_validate(self._request("GET", "/api/offers", params=params)).offers
 
-    def list_fleets(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/api/fleets")["fleets"])
+    def list_fleets(self) -> list[Fleet]:
+        return FleetList.model_validate(self._request("GET", "/api/fleets")).fleets
 
-    def get_fleet(self, name: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/api/fleets/{name}"))
+    def get_fleet(self, name: str) -> Fleet:
+        return Fleet.model_validate(self._request("GET", f"/api/fleets/{name}"))
 
     def delete_fleet(self, name: str) -> None:
         self._request("DELETE", f"/api/fleets/{name}")

@@ -11,8 +11,9 @@ fields at fault, `Conflict`, `Unavailable`, `Unreachable`).
         done = flo.wait(run, timeout=60)
         print(done.status, flo.logs(done))
 
-Built on `FlotillaClient` (`api.py`, one method per operation, JSON), which the
-`flo` CLI uses; starts are safe to retry (an idempotency key per call)."""
+Built on `FlotillaClient` (`api.py`, one method per operation, answering the same
+models), which the `flo` CLI uses; starts are safe to retry (an idempotency key per
+call)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from flotilla.api.nodes import Node, NodeList
+from flotilla.api.nodes import Node
 from flotilla.api.recipes import Recipe
 from flotilla.api.runs import Run
 from flotilla.client.api import FlotillaClient
@@ -62,7 +63,7 @@ class Flotilla:
     # recipes
     def apply(self, recipe: dict[str, Any]) -> Recipe:
         """Create or update a recipe (`{"type": …, "spec": {…}}`); it as stored."""
-        return Recipe.model_validate(self.client.apply(recipe))
+        return self.client.apply(recipe)
 
     def apply_file(self, path: str | Path) -> list[Recipe]:
         """Apply every recipe of a YAML file (several documents: each in turn)."""
@@ -73,19 +74,18 @@ class Flotilla:
         return [self.apply(document) for document in documents]
 
     def recipe(self, recipe_type: str, name: str, owner: str | None = None) -> Recipe:
-        return Recipe.model_validate(self.client.get_recipe(recipe_type, name, owner))
+        return self.client.get_recipe(recipe_type, name, owner)
 
     # runs
     def start(self, job: str, owner: str | None = None) -> Run:
         """Start a run of `job`; the run (queued: `wait` for its end)."""
-        started = self.client.start(job, owner)
-        return self.run(str(started["run"]["id"]))
+        return self.run(self.client.start(job, owner).run.id)
 
     def run(self, run: RunRef) -> Run:
-        return Run.model_validate(self.client.run(_run_id(run)))
+        return self.client.run(_run_id(run))
 
     def runs(self, job: str, limit: int = 100) -> list[Run]:
-        return [Run.model_validate(r) for r in self.client.runs(job, limit)]
+        return self.client.runs(job, limit)
 
     def wait(self, run: RunRef, timeout: float | None = None, poll: float = 0.5) -> Run:
         """The run once it has finished (succeeded, failed, stopped, error);
@@ -113,7 +113,7 @@ class Flotilla:
 
     # nodes
     def nodes(self) -> list[Node]:
-        return NodeList.model_validate({"nodes": self.client.list_nodes()}).nodes
+        return self.client.list_nodes()
 
 
 def _run_id(run: RunRef) -> str:

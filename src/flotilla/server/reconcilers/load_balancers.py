@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from flotilla.api.load_balancers import LoadBalancerPolicy
 from flotilla.lb import LoadBalancerConfig
 from flotilla.recipes.types import LOAD_BALANCER
 from flotilla.server.changes import Change
@@ -85,7 +86,7 @@ class LoadBalancers(ReconcileLoop):
         self,
         recipe: RecipeModel,
         config: LoadBalancerConfig,
-        policy: lb_policy.LoadBalancerPolicy,
+        policy: LoadBalancerPolicy,
         own_ports: dict[int, str],
     ) -> tuple[LoadBalancerConfig, str]:
         """The config less the listeners the policy refuses, and what was refused."""

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.api.base import errors
-from flotilla.api.jobs import Job, JobList, JobRestarted, JobRunList, JobStarted, JobStopped
+from flotilla.api.jobs import (
+    CronScheduleOptions,
+    Job,
+    JobList,
+    JobRestarted,
+    JobRunList,
+    JobSchedule,
+    JobStarted,
+    JobStopped,
+    JobUpdate,
+)
 from flotilla.api.pods import PodHistory, PodLogs
-from flotilla.errors import ClientError, NotFound
+from flotilla.errors import NotFound
 from flotilla.recipes.types import JOB
 from flotilla.server.changes import Change
 from flotilla.server.routers.deps import Caller, Ctx
@@ -61,24 +71,13 @@ async def get_job_recipe(ctx: Ctx, caller: Caller, job_id: str) -> Job:
 
 
 @router.patch("/{job_id}", responses=errors(403, 404, 409, 422))
-async def update_job(
-    ctx: Ctx, caller: Caller, job_id: str, payload: Annotated[dict[str, Any], Body()]
-) -> Job:
+async def update_job(ctx: Ctx, caller: Caller, job_id: str, payload: JobUpdate) -> Job:
     """Saturn's PATCH: `cron_schedule_options` {schedule, concurrency_policy,
-    backoff_limit} map to the recipe's schedule, concurrency_policy and retries."""
-    changes: dict[str, Any] = {}
-    options = payload.pop("cron_schedule_options", None)
-    if options is not None:
-        if not isinstance(options, dict):
-            raise ClientError("cron_schedule_options must be an object", "invalid_request", 422)
-        for source, target in (
-            ("schedule", "schedule"),
-            ("concurrency_policy", "concurrency_policy"),
-            ("backoff_limit", "retries"),
-        ):
-            if source in options:
-                changes[target] = options[source]
-    changes.update(payload)  # other spec fields, validated like an apply
+    backoff_limit} map to the recipe's schedule, concurrency_policy and retries;
+    other spec fields are merged into the spec and validated like an apply."""
+    changes: dict[str, Any] = dict(payload.model_extra or {})
+    if payload.cron_schedule_options is not None:
+        changes.update(_cron_changes(payload.cron_schedule_options))
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
         await job_service.update_job_spec(ctx, session, job, changes, caller)
@@ -86,6 +85,13 @@ async def update_job(
         recipe_service.check_schedule(schedule, ctx.settings.min_schedule_interval)
     ctx.changes.announce(Change.SCHEDULES)
     return Job.model_validate(await _view(ctx, caller, job_id))
+
+
+def _cron_changes(options: CronScheduleOptions) -> dict[str, Any]:
+    """The spec fields Saturn's cron options set: only those it gave."""
+    given = options.model_dump(exclude_unset=True)
+    renamed = {"backoff_limit": "retries"}
+    return {renamed.get(field, field): value for field, value in given.items()}
 
 
 @router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
@@ -186,19 +192,11 @@ async def restart_job(
 
 @router.post("/{job_id}/schedule", responses=errors(403, 404, 409, 422))
 async def schedule_job(
-    ctx: Ctx,
-    caller: Caller,
-    job_id: str,
-    payload: dict[str, Any] | None = Body(None),  # noqa: B008
+    ctx: Ctx, caller: Caller, job_id: str, payload: JobSchedule | None = None
 ) -> Job:
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
-        if payload:
-            changes: dict[str, Any] = {
-                k: payload[k] for k in ("schedule", "concurrency_policy") if k in payload
-            }
-            if "backoff_limit" in payload:
-                changes["retries"] = payload["backoff_limit"]
+        if payload is not None and (changes := _cron_changes(payload)):
             await job_service.update_job_spec(ctx, session, job, changes, caller)
         # Before enabling it: also refuses a schedule stored before the rules tightened.
         schedule = job.spec.get("schedule")

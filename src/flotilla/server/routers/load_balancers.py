@@ -11,14 +11,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from flotilla.api.base import errors
-from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList
+from flotilla.api.load_balancers import LoadBalancer, LoadBalancerList, LoadBalancerPolicy
 from flotilla.recipes.types import LOAD_BALANCER
 from flotilla.server.changes import Change
 from flotilla.server.db.models import RecipeModel
 from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.serving import lb_policy
-from flotilla.server.services.serving.lb_policy import LoadBalancerPolicy
 from flotilla.server.services.serving.load_balancers import (
     load_balancer_state,
     plane_key,

@@ -43,12 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flotilla.api.load_balancers import LoadBalancerPolicy
 from flotilla.errors import ClientError, FieldProblem
-from flotilla.lb.config import parse_cidrs
 from flotilla.server.db.models import RecipeModel, RecipeVersionModel, SettingModel, UserModel
 from flotilla.server.services.events import record_event
 
@@ -73,30 +72,6 @@ FORBIDDEN_BACKENDS: tuple[tuple[Network, str], ...] = tuple(
     (ipaddress.ip_network(cidr), why) for cidr, why in _FORBIDDEN
 )
 WILDCARDS = frozenset({"0.0.0.0", "::"})
-
-
-class LoadBalancerPolicy(BaseModel):
-    """What platform admins allow the load balancers of everyone else."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    allowed_backend_cidrs: list[str] = Field(
-        default_factory=list,
-        description="backend ranges non-admins may use although refused by default "
-        "(e.g. 127.0.0.0/8 for services on this machine)",
-    )
-    allowed_listen_cidrs: list[str] = Field(
-        default_factory=list,
-        description="addresses non-admins may listen on besides the server's own and loopback",
-    )
-    allow_wildcard_listen: bool = Field(
-        False, description="let non-admins listen on 0.0.0.0 or :: (every interface)"
-    )
-
-    @field_validator("allowed_backend_cidrs", "allowed_listen_cidrs")
-    @classmethod
-    def _cidrs(cls, values: list[str]) -> list[str]:
-        return parse_cidrs(values)
 
 
 class PolicyRefused(ClientError):
