@@ -56,6 +56,34 @@ def test_json_is_a_flag_without_a_value() -> None:
         assert "<bool>" not in line, helped
 
 
+def test_no_flag_reads_as_taking_a_value() -> None:
+    """Every boolean flag of every command is shown without a `<bool>` value (as if
+    `--start true` were the way to ask); walked in-process, as 60 subprocesses
+    would be slow. typer's own `--help` and completion flags are left."""
+    import typer
+
+    from flotilla.cli.main import app
+
+    # typer carries a click of its own: options and groups are told by their parts.
+    def walk(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        for param in command.params:
+            if getattr(param, "is_flag", False):
+                yield path, param
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    flags = list(walk(typer.main.get_command(app), "flo"))
+    assert len(flags) > 30
+    typers_own = {"--version", "--install-completion", "--show-completion"}
+    shown = [
+        (path, p.opts[0]) for path, p in flags if p.metavar != "" and p.opts[0] not in typers_own
+    ]
+    assert shown == [], shown
+    helped = flo(OFFLINE_URL, "apply", "--help").stdout
+    flagged = [line for line in helped.splitlines() if "<bool>" in line]
+    assert len(flagged) == 1 and "--help" in flagged[0], helped
+
+
 def test_brackets_in_an_error_are_printed(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("type: job\nspec:\n  name: Bad_Name\n  command: 'true'\n")

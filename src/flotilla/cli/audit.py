@@ -9,7 +9,7 @@ import typer
 
 from flotilla.cli.output import connected, print_json, table
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table", metavar="")]
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,9 @@ def offer_command(
         str | None, typer.Option("--gpu", help="GPU type and count per instance: H100:8, H100")
     ] = None,
     region: Annotated[str | None, typer.Option(help="only this region")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="only offers with a spot price")] = False,
+    spot: Annotated[
+        bool, typer.Option("--spot", help="only offers with a spot price", metavar="")
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
     """Instance types the providers offer: GPUs, region, $/h on demand and spot, and
@@ -116,7 +118,8 @@ def describe(name: NameArg, json: JsonOpt = False) -> None:
 
 @fleet_app.command("delete")
 def delete(
-    name: NameArg, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Delete a fleet: idle nodes are terminated, busy ones drained first."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete fleet {name}?"):

@@ -56,7 +56,8 @@ def show(group: GroupArg, json: JsonOpt = False) -> None:
 
 @group_app.command("delete")
 def delete(
-    group: GroupArg, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+    group: GroupArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Delete a group (refused while it owns live recipes)."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete group {group}?"):

@@ -44,7 +44,8 @@ from flotilla.recipes.envelope import load_documents
 LIST_ALL = (None, "all", "resources")
 DEPLOYMENT_COMMANDS = ("logs", "stop", "start", "scale", "restart", "describe", "delete")
 DetachOpt = Annotated[
-    bool, typer.Option("--detach", "-d", help="return once queued; don't wait for it to run")
+    bool,
+    typer.Option("--detach", "-d", help="return once queued; don't wait for it to run", metavar=""),
 ]
 TypeOpt = Annotated[str, typer.Option("--type", "-t", help="recipe type")]
 
@@ -92,7 +93,9 @@ def apply(
     file_option: Annotated[
         Path | None, typer.Option("--file", "-f", help="the same, kubectl-style")
     ] = None,
-    start: Annotated[bool, typer.Option("--start", help="start a run after applying")] = False,
+    start: Annotated[
+        bool, typer.Option("--start", help="start a run after applying", metavar="")
+    ] = False,
     detach: DetachOpt = False,
 ) -> None:
     """Create or update resources from a recipe file (several YAML documents allowed)."""
@@ -206,7 +209,9 @@ def get(name: str, recipe_type: TypeOpt = "job", json: JsonOpt = False) -> None:
 @api_errors
 def start(
     name: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream the run's logs")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream the run's logs", metavar="")
+    ] = False,
     detach: DetachOpt = False,
 ) -> None:
     """Start a run of a job; on a terminal, waits with a status line until it runs."""
@@ -234,7 +239,8 @@ def restart(name: str) -> None:
 
 @api_errors
 def delete(
-    name: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Delete a job (its active runs are stopped; run history and logs are kept)."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete job {name}?"):
@@ -283,11 +289,11 @@ def logs(
     name: str,
     run: Annotated[int | None, typer.Argument(help="run number (default: latest)")] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="stream until the run ends")
+        bool, typer.Option("--follow", "-f", help="stream until the run ends", metavar="")
     ] = False,
     rank: Annotated[int, typer.Option(help="which task of a multi-node run")] = 0,
     setup: Annotated[
-        bool, typer.Option("--setup", help="clone / start-script output instead")
+        bool, typer.Option("--setup", help="clone / start-script output instead", metavar="")
     ] = False,
 ) -> None:
     """Print a run's logs (the latest run unless a number is given)."""
@@ -403,7 +409,7 @@ def export(
 def schedule(
     name: str,
     cron: Annotated[str | None, typer.Argument(help="new schedule, e.g. '0 * * * *'")] = None,
-    disable: Annotated[bool, typer.Option("--disable", help="stop scheduling")] = False,
+    disable: Annotated[bool, typer.Option("--disable", help="stop scheduling", metavar="")] = False,
 ) -> None:
     """Enable (optionally with a new cron schedule) or disable a job's schedule."""
     with client() as api:

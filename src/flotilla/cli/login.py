@@ -34,7 +34,7 @@ def login_command(
         str | None, typer.Option("--username", "-u", help="log in as this user (a session)")
     ] = None,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from stdin")
+        bool, typer.Option("--password-stdin", help="read the password from stdin", metavar="")
     ] = False,
     token: Annotated[
         str | None, typer.Option(help="an API token to save instead (prompted if neither)")

@@ -147,7 +147,7 @@ def drain(name: NameArg, reason: ReasonOpt = None) -> None:
 def terminate(
     name: NameArg,
     reason: ReasonOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Release the node's instance at its provider; its runs are requeued elsewhere."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"terminate node {name}?"):
@@ -164,9 +164,11 @@ def trust(
     group: Annotated[
         list[str] | None, typer.Option("--group", "-g", help="a group (repeatable)")
     ] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="stop trusting them instead")] = False,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="stop trusting them instead", metavar="")
+    ] = False,
     replace: Annotated[
-        bool, typer.Option("--replace", help="trust exactly these (none given: nobody)")
+        bool, typer.Option("--replace", help="trust exactly these (none given: nobody)", metavar="")
     ] = False,
 ) -> None:
     """Let these users and groups' members run work on a node that cannot isolate

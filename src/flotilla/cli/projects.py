@@ -13,10 +13,10 @@ from flotilla.cli.output import connected, print_json, table
 
 project_app = typer.Typer(help="Manage projects and their members' roles.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table", metavar="")]
 ProjectArg = Annotated[str, typer.Argument(help="project name or id")]
 MemberArg = Annotated[str, typer.Argument(help="a user name (a group's with --group)")]
-GroupOpt = Annotated[bool, typer.Option("--group", "-g", help="the member is a group")]
+GroupOpt = Annotated[bool, typer.Option("--group", "-g", help="the member is a group", metavar="")]
 
 
 class RoleChoice(StrEnum):
@@ -65,7 +65,7 @@ def show(project: ProjectArg, json: JsonOpt = False) -> None:
 @project_app.command("delete")
 def delete(
     project: ProjectArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Delete a project (refused while live recipes are in it)."""
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete project {project}?"):

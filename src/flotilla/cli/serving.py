@@ -40,7 +40,7 @@ deployment_app = typer.Typer(
 )
 
 NameArg = Annotated[str, typer.Argument(help="deployment name (see `flo deployments`)")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="don't ask")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")]
 OwnerOpt = Annotated[
     str | None, typer.Option("--owner", help="the owner, when several share the name")
 ]
@@ -131,6 +131,7 @@ def lb_policy(
         typer.Option(
             "--wildcard-listen/--no-wildcard-listen",
             help="let non-admins listen on 0.0.0.0 and ::",
+            metavar="",
         ),
     ] = None,
     json: JsonOpt = False,
@@ -290,8 +291,12 @@ def deployment_logs(
     replica: Annotated[
         int | None, typer.Option("--replica", "-r", help="replica run number (default: oldest)")
     ] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until it ends")] = False,
-    setup: Annotated[bool, typer.Option("--setup", help="the start-script output instead")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream until it ends", metavar="")
+    ] = False,
+    setup: Annotated[
+        bool, typer.Option("--setup", help="the start-script output instead", metavar="")
+    ] = False,
     owner: OwnerOpt = None,
 ) -> None:
     """Print one replica's logs (the oldest active one unless --replica is given)."""

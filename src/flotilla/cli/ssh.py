@@ -40,10 +40,11 @@ def ssh_command(
         Path | None, typer.Option("--identity", "-i", help="private key file for ssh")
     ] = None,
     show: Annotated[
-        bool, typer.Option("--print", help="print the ssh command instead of running it")
+        bool,
+        typer.Option("--print", help="print the ssh command instead of running it", metavar=""),
     ] = False,
     config: Annotated[
-        bool, typer.Option("--config", help="print an ssh_config Host block for IDEs")
+        bool, typer.Option("--config", help="print an ssh_config Host block for IDEs", metavar="")
     ] = False,
 ) -> None:
     """Open a shell in a running deployment replica or job task (needs `start_ssh: true`

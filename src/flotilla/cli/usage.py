@@ -42,9 +42,11 @@ def usage_command(
         str | None, typer.Option(help="ISO date or time (default: start of this month, UTC)")
     ] = None,
     until: Annotated[str | None, typer.Option(help="ISO date or time, exclusive")] = None,
-    csv: Annotated[bool, typer.Option("--csv", help="print CSV (one header row)")] = False,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="print CSV (one header row)", metavar="")
+    ] = False,
     idle: Annotated[
-        bool, typer.Option(help="include fleet nodes' idle time (user idle:FLEET)")
+        bool, typer.Option(help="include fleet nodes' idle time (user idle:FLEET)", metavar="")
     ] = True,
     json: JsonOpt = False,
 ) -> None:

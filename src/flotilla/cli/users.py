@@ -54,7 +54,9 @@ def create(
     name: str,
     email: Annotated[str | None, typer.Option(help="email address")] = None,
     full_name: Annotated[str, typer.Option(help="display name")] = "",
-    admin: Annotated[bool, typer.Option("--admin", help="make a platform admin")] = False,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="make a platform admin", metavar="")
+    ] = False,
     key_file: KeyFileOpt = None,
 ) -> None:
     """Create a user (platform admins). Give them a first token with
@@ -122,10 +124,11 @@ def update(
     email: Annotated[str | None, typer.Option(help="new email address")] = None,
     full_name: Annotated[str | None, typer.Option(help="new display name")] = None,
     admin: Annotated[
-        bool | None, typer.Option("--admin/--no-admin", help="platform admin or not")
+        bool | None, typer.Option("--admin/--no-admin", help="platform admin or not", metavar="")
     ] = None,
     lock: Annotated[
-        bool | None, typer.Option("--lock/--unlock", help="refuse all their credentials")
+        bool | None,
+        typer.Option("--lock/--unlock", help="refuse all their credentials", metavar=""),
     ] = None,
 ) -> None:
     """Change a user (yourself: email and full name; admins: anything)."""
@@ -144,7 +147,7 @@ def update(
 def set_password(
     user: UserArg,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from stdin")
+        bool, typer.Option("--password-stdin", help="read the password from stdin", metavar="")
     ] = False,
 ) -> None:
     """Set a user's password (platform admins), so they can `flo login -u NAME`.
@@ -170,7 +173,8 @@ def new_password(from_stdin: bool) -> str:
 
 @user_app.command("delete")
 def delete(
-    user: UserArg, yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask")] = False
+    user: UserArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="don't ask", metavar="")] = False,
 ) -> None:
     """Delete a user with their tokens, memberships and secrets (refused while they
     own live recipes)."""
