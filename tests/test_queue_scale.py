@@ -158,3 +158,72 @@ async def test_each_priority_tier_and_owner_has_its_own_window(api: Api) -> None
         )
     # A later, higher-priority run is never left behind a long low tier.
     assert tiers == {0: PENDING_WINDOW, 10: 3}
+
+
+async def _page(api: Api, headers: httpx.Headers | None = None, **params: Any) -> dict[str, Any]:
+    r = await api.client.get("/api/queue", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    page: dict[str, Any] = r.json()
+    return page
+
+
+async def _finish(api: Api, run_ids: list[str]) -> None:
+    async with api.ctx.transaction() as session:
+        for run_id in run_ids:
+            run = await session.get(RunModel, run_id)
+            assert run is not None
+            run.status = "stopped"
+
+
+async def test_paging_sees_every_waiting_run_once_while_the_queue_changes(api: Api) -> None:
+    await _pending(api, "paged", 250)
+    first = await _page(api, limit=50)
+    seen = [r["run_id"] for r in first["runs"]]
+    assert [r["position"] for r in first["runs"]] == list(range(1, 51))
+    all_ids = await _ids(api)
+    cursor = first["next"]
+    rounds = 0
+    while cursor is not None:
+        # Between pages: runs behind and ahead of the cursor start, new ones arrive.
+        rest = [i for i in all_ids if i not in seen]
+        await _finish(api, [seen[0], *rest[::23][:2]])
+        await _pending(api, f"late-{rounds}", 5)
+        page = await _page(api, limit=50, after=cursor)
+        positions = [r["position"] for r in page["runs"]]
+        assert positions == sorted(positions) and len(set(positions)) == len(positions)
+        seen += [r["run_id"] for r in page["runs"]]
+        cursor, rounds = page["next"], rounds + 1
+    assert len(seen) == len(set(seen))  # nothing twice
+    waiting_all_along = set(await _ids(api)) & set(all_ids)
+    assert waiting_all_along <= set(seen)  # nothing that waited throughout is missed
+    assert rounds >= 5
+
+
+async def _ids(api: Api) -> list[str]:
+    async with api.ctx.sessions() as session:
+        query = select(RunModel.id).where(RunModel.status == "pending")
+        return list((await session.execute(query.order_by(RunModel.queued_at))).scalars())
+
+
+async def test_a_user_pages_their_own_runs_with_everyones_positions(api: Api) -> None:
+    await _pending(api, "admins", 30)
+    alice = await add_user(api.ctx, "alice")
+    await _pending(api, "alices", 3, headers=alice)
+    page = await _page(api, headers=alice, limit=2)
+    assert [r["job"] for r in page["runs"]] == ["alices", "alices"]
+    assert [r["position"] for r in page["runs"]] == [31, 32]
+    last = await _page(api, headers=alice, limit=2, after=page["next"])
+    assert [r["position"] for r in last["runs"]] == [33] and last["next"] is None
+
+
+async def test_page_limits_and_bad_cursors_are_named(api: Api) -> None:
+    for params, field in (
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"after": "not-a-cursor"}, "after"),
+    ):
+        r = await api.client.get("/api/queue", params=params)
+        assert r.status_code == 422, r.text
+        assert [e["field"].split(".")[-1] for e in r.json()["errors"]] == [field], r.text
+    empty = await _page(api)
+    assert empty == {"runs": [], "next": None}

@@ -34,7 +34,12 @@ class QueuedRun(ApiModel):
 
 
 class Queue(ApiModel):
+    """One page of the queue: `GET /api/queue?limit=N&after=CURSOR`."""
+
     runs: list[QueuedRun]  # oldest first; only those the caller may read
+    next: str | None = Field(
+        None, description="the cursor of the next page (`after=`); None: this is the last"
+    )
 
 
 class SchedulerPolicy(ApiModel):

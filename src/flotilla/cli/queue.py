@@ -27,10 +27,23 @@ def register(app: typer.Typer) -> None:
     app.command("policy")(policy_command)
 
 
-def queue_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
+def queue_command(
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=1000, help="runs per page")
+    ] = 100,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-A", help="every pending run, page after page", metavar="")
+    ] = False,
+    json: JsonOpt = False,
+    wide: WideOpt = False,
+) -> None:
     """Pending runs, oldest first, with the reason each one is waiting."""
     with connected() as api:
-        runs = api.queue()
+        page = api.queue(limit)
+        runs = list(page.runs)
+        while show_all and page.next is not None:
+            page = api.queue(limit, page.next)
+            runs += page.runs
     if json:
         return print_json(runs)
     rows = [
@@ -46,6 +59,8 @@ def queue_command(json: JsonOpt = False, wide: WideOpt = False) -> None:
         for r in runs
     ]
     table(None, ["#", "run", "owner", "prio", "needs", "waiting", "reason"], rows, wide)
+    if page.next is not None:
+        print(f"(the first {len(runs)}; more wait: flo queue --all, or --limit N)")
 
 
 def policy_command(

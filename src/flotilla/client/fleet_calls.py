@@ -10,7 +10,7 @@ from typing import Any
 from flotilla.api.fleets import Fleet, FleetList
 from flotilla.api.nodes import Node, NodeDetail, NodeList
 from flotilla.api.offers import Offer, OfferList
-from flotilla.api.queue import Queue, QueuedRun, SchedulerPolicy
+from flotilla.api.queue import Queue, SchedulerPolicy
 from flotilla.client.calls import _Calls
 
 
@@ -42,8 +42,12 @@ class FleetCalls(_Calls):
         )
 
     # queue and scheduler policy
-    def queue(self) -> list[QueuedRun]:
-        return Queue.model_validate(self._request("GET", "/api/queue")).runs
+    def queue(self, limit: int = 100, after: str | None = None) -> Queue:
+        """One page of the pending queue; its `next` is the `after` of the next."""
+        params: dict[str, str | int] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return Queue.model_validate(self._request("GET", "/api/queue", params=params))
 
     def scheduler_policy(self) -> SchedulerPolicy:
         return SchedulerPolicy.model_validate(self._request("GET", "/api/scheduler/policy"))

@@ -296,9 +296,13 @@ class RecipeVersionModel(Base):
 class RunModel(Base):
     __tablename__ = "runs"
     # The scheduler reads the pending queue a window at a time, per owner and
-    # priority tier in arrival order (`services/runs/scheduling.py`): this index
-    # serves it however long the queue is.
-    __table_args__ = (Index("ix_runs_queue", "status", "owner", "priority", "queued_at"),)
+    # priority tier in arrival order (`services/runs/scheduling.py`), and users
+    # page through it in arrival order (`services/runs/queue.py`): these indices
+    # serve both however long the queue is.
+    __table_args__ = (
+        Index("ix_runs_queue", "status", "owner", "priority", "queued_at"),
+        Index("ix_runs_pending", "status", "queued_at", "id"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     recipe_id: Mapped[str] = mapped_column(ForeignKey("recipes.id"), index=True)
     # The recipe's owner and the spec's priority, copied at creation: what the

@@ -4,7 +4,9 @@ quotas, fair-share weights and preemption rule the scheduler applies."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from flotilla.api.base import errors
 from flotilla.api.queue import Queue, SchedulerPolicy
@@ -38,11 +40,17 @@ async def put_policy(ctx: Ctx, caller: Caller, body: SchedulerPolicy) -> Schedul
     return body
 
 
-@router.get("/queue", responses=errors())
-async def get_queue(ctx: Ctx, caller: Caller) -> Queue:
+@router.get("/queue", responses=errors(422))
+async def get_queue(
+    ctx: Ctx,
+    caller: Caller,
+    limit: Annotated[int, Query(ge=1, le=queue_service.PAGE_MAX)] = queue_service.PAGE_DEFAULT,
+    after: Annotated[str | None, Query(max_length=512, description="a page's `next`")] = None,
+) -> Queue:
+    """Pending runs, oldest first, a page at a time: the caller's and those of the
+    projects they may read; positions count everyone's."""
     async with ctx.sessions() as session:
-        runs = await queue_service.queue_view(session, ctx.clock.now())
-    # Positions count everyone's runs; the caller sees only the runs they may read.
-    return Queue.model_validate(
-        {"runs": [r for r in runs if caller.can_read(r["owner"], r["recipe_project"])]}
-    )
+        runs, cursor = await queue_service.queue_page(
+            session, caller, ctx.clock.now(), limit, after
+        )
+    return Queue.model_validate({"runs": runs, "next": cursor})

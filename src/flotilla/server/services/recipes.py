@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,8 @@ from flotilla.server.identity import Identity
 from flotilla.server.services.events import record_event
 from flotilla.server.services.identity.secrets import check_attachments
 
-T = TypeVar("T")
+# The columns a query selects, kept through `visible_to`.
+Columns = TypeVarTuple("Columns")
 # The project a recipe is in when it names none: its owner's own work.
 DEFAULT_PROJECT = "default"
 MAX_OWNER_LENGTH = 128  # the column that stores it
@@ -113,7 +114,7 @@ def check_access(identity: Identity, recipe: RecipeModel, *, write: bool = False
         identity.require_read(recipe.owner, recipe.project, what)
 
 
-def visible_to(query: Select[T], identity: Identity) -> Select[T]:
+def visible_to(query: Select[*Columns], identity: Identity) -> Select[*Columns]:
     """Restrict a query over recipes to those the caller may read."""
     if identity.is_admin:
         return query

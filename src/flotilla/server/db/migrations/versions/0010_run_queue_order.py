@@ -1,5 +1,5 @@
-"""runs.owner, runs.priority and the queue index: the pending queue read a window at
-a time, whatever its length
+"""runs.owner, runs.priority and the queue indices: the pending queue read a window
+at a time and paged through, whatever its length
 
 Revision ID: 0010
 Revises: 0009
@@ -42,9 +42,11 @@ def upgrade() -> None:
         if priority:
             bind.execute(runs.update().where(runs.c.id == run_id).values(priority=priority))
     op.create_index("ix_runs_queue", "runs", ["status", "owner", "priority", "queued_at"])
+    op.create_index("ix_runs_pending", "runs", ["status", "queued_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_runs_pending", table_name="runs")
     op.drop_index("ix_runs_queue", table_name="runs")
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("priority")
