@@ -19,6 +19,7 @@ from flotilla.compute.base import TaskRef
 from flotilla.errors import InvalidRecipe, TemporaryError
 from flotilla.runtime import hostfiles
 from flotilla.runtime.taskspec import TaskState
+from flotilla.server.changes import Changes
 from flotilla.server.db.models import NodeModel
 from flotilla.server.reconcilers.agent_nodes import AgentNodes
 from flotilla.server.routers.agents import agent_endpoint
@@ -140,7 +141,9 @@ async def test_a_failed_node_whose_tasks_cannot_be_listed_is_not_readmitted() ->
     twice, and no one stops the old copy (its tasks are LOST in the database)."""
     clock = SimpleNamespace(now=lambda: datetime.now(UTC))
     ctx = SimpleNamespace(
-        settings=SimpleNamespace(node_heartbeat_seconds=5.0, run_as_user=None), clock=clock
+        settings=SimpleNamespace(node_heartbeat_seconds=5.0, run_as_user=None),
+        clock=clock,
+        changes=Changes(),
     )
     router = _Router()
     loop = AgentNodes(ctx, router)  # type: ignore[arg-type]

@@ -75,8 +75,12 @@ async def test_sim_nodes_are_hosts_of_their_own(api: Api) -> None:
     host.link_down()
 
     async def node_failed() -> bool:
+        """It went `failed` (its fleet may release it at once: the event stays)."""
         node = (await api.client.get(f"/api/nodes/{victim}")).json()
-        return node["state"] == "failed"
+        return any(
+            e["message"].endswith("-> failed") or "-> failed:" in e["message"]
+            for e in node["events"]
+        )
 
     await wait_for(node_failed, 90, interval=0.2, what=f"{victim} failed")
 

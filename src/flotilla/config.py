@@ -102,6 +102,9 @@ class Settings:
     # `sim` instances as real hosts of their own (FLOTILLA_SIM_HOSTS=1; root only:
     # `reconcilers/sim_hosts.py`); off: they are processes on this machine.
     sim_hosts: bool = False
+    # `sim` instances execute virtually (FLOTILLA_SIM_VIRTUAL=1: `compute/virtual/`):
+    # their tasks are timed from the recipe, not run, for scale runs.
+    sim_virtual: bool = False
     node_heartbeat_seconds: float = 5.0
     node_unreachable_seconds: float = 15.0
     node_failed_seconds: float = 60.0
@@ -150,6 +153,8 @@ class Settings:
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
         if env.get("FLOTILLA_SIM_HOSTS"):
             values["sim_hosts"] = env["FLOTILLA_SIM_HOSTS"].lower() not in ("0", "false", "no")
+        if env.get("FLOTILLA_SIM_VIRTUAL"):
+            values["sim_virtual"] = env["FLOTILLA_SIM_VIRTUAL"].lower() not in ("0", "false", "no")
         values["run_as_user"] = _tri_state("FLOTILLA_RUN_AS_USER", env.get("FLOTILLA_RUN_AS_USER"))
         if env.get("FLOTILLA_LOCAL_ISOLATION"):
             values["local_isolation"] = env["FLOTILLA_LOCAL_ISOLATION"]

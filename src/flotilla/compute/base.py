@@ -75,6 +75,8 @@ class LaunchRequest:
     # protected_paths`). The node keeps the task's own directory and checkpoint_dir.
     limits: Limits | None = None
     hide: list[str] = field(default_factory=list)
+    # Its node executes virtually (`compute/virtual/`): timed, not run.
+    virtual: bool = False
 
 
 @dataclass
@@ -130,3 +132,12 @@ class ComputeBackend(Protocol):
     def host_note(self, workload: Workload) -> str | None:
         """A line for the run's events about how the workload runs here (its image,
         what is not honoured), or None."""
+
+
+class VirtualExecution(ComputeBackend, Protocol):
+    """The backend of virtual nodes (`compute/virtual/`), beside the router's
+    agents: it runs the launches marked `virtual` and answers for the tasks it
+    holds."""
+
+    def holds(self, task: TaskRef) -> bool:
+        """Whether `task` is one of this backend's (running, or ended lately)."""

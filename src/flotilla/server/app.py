@@ -19,6 +19,7 @@ from flotilla.compute.local import LocalBackend
 from flotilla.compute.local.provider import LocalProvider
 from flotilla.compute.provider import Provider
 from flotilla.compute.sim.provider import SimConfig, SimProvider
+from flotilla.compute.virtual.backend import VirtualBackend
 from flotilla.config import Settings
 from flotilla.server.audit import AuditMiddleware
 from flotilla.server.auth.keys import ensure_signing_key
@@ -92,7 +93,8 @@ def create_app(
         clock_now = (clock or Clock()).now()
         local_isolation = settings.local_isolation or local.inventory.labels["isolation"]
         log_isolation(settings, local_isolation)
-        router = NodeRouter(local, settings.data_dir / "node-logs") if backend is None else None
+        logs = settings.data_dir / "node-logs"
+        router = NodeRouter(local, logs, VirtualBackend(logs)) if backend is None else None
         ctx = ServerContext(
             settings=settings,
             engine=engine,
@@ -218,6 +220,7 @@ def default_providers(settings: Settings, local: LocalBackend) -> dict[str, Prov
     """This machine and the simulated cloud; real clouds plug in here."""
     sim = SimConfig.default()
     sim.provisioning_delay = settings.sim_provisioning_delay
+    sim.virtual = settings.sim_virtual
     return {
         "local": LocalProvider(local.inventory, Clock().now()),
         "sim": SimProvider(sim),

@@ -1,6 +1,7 @@
 """The backend the server drives: each task goes to the agent of its node. The
 server's own machine (and `sim` nodes, which are processes on it) through the local
-backend; a node on another host through its `RemoteNode`.
+backend; a node on another host through its `RemoteNode`; a task of a virtual node
+(`LaunchRequest.virtual`) to the virtual backend, which times it instead.
 
 Remote nodes are attached by the node reconciler (`server/reconcilers/
 agent_nodes.py`) before the first supervision step, so a task on a remote node is
@@ -27,6 +28,7 @@ from flotilla.compute.base import (
     NodeInventory,
     TaskEventHandler,
     TaskRef,
+    VirtualExecution,
     Workload,
 )
 from flotilla.compute.launch import build_task_spec
@@ -42,10 +44,13 @@ LOG_PULL_SECONDS = 0.5
 class NodeRouter:
     name = "local"  # the backend of this machine, and of the hosts joined to it
 
-    def __init__(self, local: ComputeBackend, logs_root: Path) -> None:
-        # This machine's backend (`LocalBackend` in the server): any backend will do,
-        # so this one never imports another backend's package.
+    def __init__(
+        self, local: ComputeBackend, logs_root: Path, virtual: VirtualExecution | None = None
+    ) -> None:
+        # This machine's backend (`LocalBackend` in the server) and the virtual
+        # nodes' one: any will do, so this one never imports another backend's package.
         self.local = local
+        self.virtual = virtual
         self.logs_root = logs_root
         self.remote: dict[str, RemoteNode] = {}
         self.failed: dict[str, str] = {}  # node name -> why: its tasks are lost
@@ -58,6 +63,8 @@ class NodeRouter:
     async def start(self, on_event: TaskEventHandler) -> None:
         self._on_event = on_event
         await self.local.start(on_event)
+        if self.virtual is not None:
+            await self.virtual.start(on_event)
         self._pump = asyncio.create_task(self._pull_logs())
 
     async def close(self) -> None:
@@ -68,6 +75,8 @@ class NodeRouter:
         for node in list(self.remote.values()):
             await node.close()
         await self.local.close()
+        if self.virtual is not None:
+            await self.virtual.close()
 
     def attach(self, name: str, address: str, files: TlsFiles, version: str = "") -> RemoteNode:
         """The node `name` reached at `address` with the control plane's certificate
@@ -107,6 +116,8 @@ class NodeRouter:
         ]
 
     async def launch(self, request: LaunchRequest) -> None:
+        if request.virtual and self.virtual is not None:
+            return await self.virtual.launch(request)
         name = request.task.node
         if name in self.failed:
             raise TemporaryError(f"node {name} has failed: {self.failed[name]}")
@@ -116,6 +127,8 @@ class NodeRouter:
         await node.launch(request.task, remote_task_spec(request, node))
 
     async def stop(self, task: TaskRef, grace_seconds: float) -> None:
+        if self.virtual is not None and self.virtual.holds(task):
+            return await self.virtual.stop(task, grace_seconds)
         if task.node in self.failed:
             return  # nothing to reach; its tasks are counted lost
         node = self.remote.get(task.node or "")
@@ -127,9 +140,12 @@ class NodeRouter:
         local: list[TaskRef] = []
         by_node: dict[str, list[TaskRef]] = {}
         states: list[TaskState] = []
+        virtual: list[TaskRef] = []
         for task in tasks:
             name = task.node or ""
-            if name in self.failed:
+            if self._virtual(task):
+                virtual.append(task)
+            elif name in self.failed:
                 states.append(TaskState(task.task_id, LOST, message=self.failed[name]))
             elif name in self.remote:
                 if self.remote[name].answering:  # a silent host: no news, no waiting
@@ -137,6 +153,8 @@ class NodeRouter:
             else:
                 local.append(task)
         states += await self.local.observe(local)
+        if virtual and self.virtual is not None:
+            states += await self.virtual.observe(virtual)
         names = list(by_node)
         results = await asyncio.gather(
             *(self.remote[name].observe(by_node[name]) for name in names),
@@ -179,10 +197,15 @@ class NodeRouter:
         )
 
     def log_files(self, task: TaskRef) -> LogFiles:
+        if self.virtual is not None and self.virtual.holds(task):
+            return self.virtual.log_files(task)
         mirror = mirror_files(self.logs_root, task)
         if task.node in self.remote or task.node in self.failed or mirror.main.parent.exists():
             return mirror
         return self.local.log_files(task)
+
+    def _virtual(self, task: TaskRef) -> bool:
+        return self.virtual is not None and self.virtual.holds(task)
 
     def host_note(self, workload: Workload) -> str | None:
         # Said of this machine: the run's nodes are in the event before this one.

@@ -51,6 +51,8 @@ class SimConfig:
     gpu_mtbi: float | None = None
     stockouts: set[tuple[str, str]] = field(default_factory=set)
     seed: int = 1
+    # Its nodes time their tasks instead of running them (`compute/virtual/`).
+    virtual: bool = False
 
     @classmethod
     def default(cls) -> SimConfig:
@@ -313,7 +315,12 @@ class SimProvider:
             leaf=slot.node.leaf,
             nvlink=f"{instance_id}/nvl",
             spot=spot,
-            labels={"region": region, "ib_network": slot.network or "", "instance_type": kind.name},
+            labels={
+                "region": region,
+                "ib_network": slot.network or "",
+                "instance_type": kind.name,
+                **({"execution": "virtual"} if self.config.virtual else {}),
+            },
         )
         instance = Instance(
             instance_id,

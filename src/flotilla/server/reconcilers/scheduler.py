@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +36,7 @@ from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.fleets.node_isolation import confined_nodes
 from flotilla.server.services.fleets.node_trust import bar_untrusted
+from flotilla.server.services.fleets.nodes import virtual_nodes
 from flotilla.server.services.runs.launch import (
     free_port,
     launch_requests,
@@ -59,6 +61,11 @@ ACTOR = "scheduler"
 # start; the rest keep their previous reason until capacity changes.
 QUEUE_DEPTH = 500
 USAGE_TTL = 15.0  # seconds a fair-share usage figure is reused
+VIRTUAL = (
+    "the command is not run; each task takes the time its recipe gives "
+    "(FLOTILLA_VIRTUAL_SECONDS, or a leading `sleep N`) and exits with "
+    "FLOTILLA_VIRTUAL_EXIT_CODE (0)"
+)
 
 
 class Scheduler(ReconcileLoop):
@@ -190,33 +197,38 @@ class Scheduler(ReconcileLoop):
             actor=ACTOR,
             now=now,
         )
-        note = self.ctx.backend.host_note(workload_of(spec))
-        if note:
-            record_event(
-                session,
-                kind="backend",
-                message=note,
-                actor=ACTOR,
-                now=now,
-                recipe_id=run.recipe_id,
-                run_id=run.id,
-            )
         run_as = await self._run_as(session, run, recipe, waiting.tasks)
+        notes = [self.ctx.backend.host_note(workload_of(spec))]
+        if run_as.virtual_on:
+            notes.append(f"on virtual nodes ({', '.join(sorted(run_as.virtual_on))}): {VIRTUAL}")
+        for note in notes:
+            if note:
+                record_event(
+                    session,
+                    kind="backend",
+                    message=note,
+                    actor=ACTOR,
+                    now=now,
+                    recipe_id=run.recipe_id,
+                    run_id=run.id,
+                )
         return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files, run_as)
 
     async def _run_as(
         self, session: AsyncSession, run: RunModel, recipe: RecipeModel, tasks: list[TaskModel]
-    ) -> tuple[RunAs | None, frozenset[str]]:
-        """The account the run's tasks run as, and the nodes of `tasks` where they
-        do (FLOTILLA_RUN_AS_USER, and what each node can do: `node_isolation`)."""
+    ) -> LaunchPlan:
+        """The account the run's tasks run as, the nodes of `tasks` where they do
+        (FLOTILLA_RUN_AS_USER, and what each node can do: `node_isolation`), and
+        those that only time them (virtual nodes run nothing, so confine nothing)."""
         settings = self.ctx.settings
         nodes = {t.node for t in tasks if t.node}
+        virtual = await virtual_nodes(session, nodes)
         confined = await confined_nodes(
-            session, nodes, self.ctx.local_isolation, settings.run_as_user
+            session, nodes - virtual, self.ctx.local_isolation, settings.run_as_user
         )
         if not confined:
-            return None, confined
-        return await resolve_run_as(session, run, recipe), confined
+            return LaunchPlan(None, confined, virtual)
+        return LaunchPlan(await resolve_run_as(session, run, recipe), confined, virtual)
 
     def _requests(
         self,
@@ -225,9 +237,8 @@ class Scheduler(ReconcileLoop):
         job_name: str,
         secret_env: dict[str, str],
         secret_files: list[tuple[str, str]],
-        run_as: tuple[RunAs | None, frozenset[str]],
+        run_as: LaunchPlan,
     ) -> list[LaunchRequest]:
-        account, confined_on = run_as
         return launch_requests(
             run,
             tasks,
@@ -237,9 +248,10 @@ class Scheduler(ReconcileLoop):
             run.leader_port or 29500,
             self.ctx.settings.stop_grace_seconds,
             str(self.ctx.settings.checkpoints / run.id),
-            account,
+            run_as.account,
             protected_paths(self.ctx.settings),
-            confined_on,
+            run_as.confined_on,
+            run_as.virtual_on,
         )
 
     async def relaunch(
@@ -257,6 +269,15 @@ class Scheduler(ReconcileLoop):
         run_as = await self._run_as(session, run, recipe, all_tasks)
         requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files, run_as)
         return [r for r in requests if r.task.task_id in wanted]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How a run's tasks launch on their nodes: as which account, and where."""
+
+    account: RunAs | None
+    confined_on: frozenset[str]  # nodes whose tasks run as `account`
+    virtual_on: frozenset[str]  # nodes that time tasks instead of running them
 
 
 def _fingerprint(snapshot: Snapshot) -> tuple[object, ...]:

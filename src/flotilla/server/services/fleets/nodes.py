@@ -9,7 +9,7 @@ on the node (requeue on drain or failure) is the scheduler's business
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -188,6 +188,24 @@ def node_from_instance(
         interruption_deadline=None,
         terminated_at=None,
     )
+
+
+# The label of a node whose tasks are timed, not run (`compute/virtual/`).
+EXECUTION_LABEL = "execution"
+VIRTUAL = "virtual"
+
+
+def is_virtual(node: NodeModel) -> bool:
+    return (node.labels or {}).get(EXECUTION_LABEL) == VIRTUAL
+
+
+async def virtual_nodes(session: AsyncSession, names: Iterable[str]) -> frozenset[str]:
+    """Of the nodes `names`, those that execute virtually."""
+    wanted = set(names)
+    if not wanted:
+        return frozenset()
+    rows = await session.execute(select(NodeModel).where(NodeModel.name.in_(wanted)))
+    return frozenset(node.name for node in rows.scalars() if is_virtual(node))
 
 
 async def find_node(session: AsyncSession, name: str) -> NodeModel | None:

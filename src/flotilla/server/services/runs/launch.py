@@ -227,10 +227,12 @@ def launch_requests(
     run_as: RunAs | None = None,
     hide: Sequence[str] = (),
     confined_on: Collection[str] | None = None,
+    virtual_on: Collection[str] = (),
 ) -> list[LaunchRequest]:
     """One request per task; with `run_as`, confined: `task_limits` and `hide`
     (`protected_paths`). `confined_on`: the nodes whose tasks run as `run_as`
-    (`node_isolation.confined_nodes`); None: every node."""
+    (`node_isolation.confined_nodes`); None: every node. `virtual_on`: the nodes
+    that time their tasks instead of running them (`nodes.virtual_nodes`)."""
     spec = JobSpec.model_validate(run.spec)
     limits = task_limits(spec) if run_as is not None else None
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
@@ -266,6 +268,7 @@ def launch_requests(
                 run_as=run_as if confined else None,
                 limits=fenced if confined else None,
                 hide=list(hide) if confined else [],
+                virtual=task.node in virtual_on,
             )
         )
     return requests

@@ -1,0 +1,1 @@
+"""Virtual execution: nodes whose tasks are timed, not run (`backend.py`)."""
