@@ -79,9 +79,10 @@ def _free_ports(count: int) -> list[int]:
 class SlurmCluster:
     """A private Slurm cluster of ``nodes`` simulated nodes with ``cpus_per_node`` CPUs each."""
 
-    def __init__(self, nodes: int = 4, cpus_per_node: int = 64) -> None:
+    def __init__(self, nodes: int = 4, cpus_per_node: int = 64, max_jobs: int = 100_000) -> None:
         self.nodes = nodes
         self.cpus_per_node = cpus_per_node
+        self.max_jobs = max_jobs  # MaxJobCount: the jobs slurmctld holds at once
         self.node_names = [f"bench-{i + 1}" for i in range(nodes)]
         self.root = Path(tempfile.mkdtemp(prefix="flotilla-slurm-"))
         self.conf = self.root / "slurm.conf"
@@ -134,7 +135,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
-MaxJobCount=100000
+MaxJobCount={self.max_jobs}
 MinJobAge=2
 ReturnToService=2
 InactiveLimit=0

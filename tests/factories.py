@@ -279,9 +279,23 @@ def remove_test_accounts(first: int, last: int, retry_for: float = 0.0) -> None:
     for user in pwd.getpwall():
         if user.pw_name.startswith("flo-") and first <= user.pw_uid <= last:
             _shadow_tool(["userdel", "--", user.pw_name], retry_for)
-    for group in grp.getgrall():
-        if group.gr_name.startswith("flo-") and first <= group.gr_gid <= last:
-            _shadow_tool(["groupdel", "--", group.gr_name], retry_for)
+    # Each group's gid is looked up again just before: every test server names its
+    # accounts alike (`flo-admin`), and `userdel` above may have removed the group
+    # already, its name since taken by another worker's server (a gid in that
+    # worker's range): `groupdel NAME` would delete that one.
+    names = [g.gr_name for g in grp.getgrall() if g.gr_name.startswith("flo-")]
+    for name in names:
+        if first <= _gid_named(name, -1) <= last:
+            _shadow_tool(["groupdel", "--", name], retry_for)
+
+
+def _gid_named(name: str, missing: int) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return missing
 
 
 def _shadow_tool(argv: list[str], retry_for: float) -> None:

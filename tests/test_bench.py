@@ -4,6 +4,7 @@ tests). It must end with one JSON line holding its figures."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,24 @@ def test_scheduler_benchmark_runs_and_keeps_its_quality() -> None:
     assert 900 <= figures["placements"] == figures["runs_that_fit"]
     assert figures["multi_node_in_one_partition_pct"] == 100.0
     assert figures["multi_node_in_smallest_subtree_pct"] == 100.0
+
+
+def test_scale_benchmark_runs_and_prints_json() -> None:
+    """A small run of `bench.scale`: virtual nodes, a filled fleet, two depths."""
+    url = os.environ.get("FLOTILLA_TEST_PG_URL")
+    if not url:
+        pytest.skip("needs PostgreSQL (FLOTILLA_TEST_PG_URL)")
+    argv = ["--nodes", "8", "--partitions", "2", "--depths", "10,40", "--samples", "5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.scale", *argv, "--database-url", url, "--skip-slurm"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["flotilla"]["fill"]["runs"] == 8
+    assert set(figures["flotilla"]["depths"]) == {"10", "40"}
+    at = figures["flotilla"]["depths"]["40"]
+    assert at["start"]["p50"] > 0 and at["queue_page_p50_ms"] > 0 and at["rss_mb"] > 0

@@ -105,6 +105,10 @@ class Settings:
     # `sim` instances execute virtually (FLOTILLA_SIM_VIRTUAL=1: `compute/virtual/`):
     # their tasks are timed from the recipe, not run, for scale runs.
     sim_virtual: bool = False
+    # The simulated cloud's size: nodes per InfiniBand fabric (one per region and
+    # 8-GPU type) and its partitions (FLOTILLA_SIM_FABRIC_NODES, _PARTITIONS).
+    sim_fabric_nodes: int = 32
+    sim_partitions: int = 2
     node_heartbeat_seconds: float = 5.0
     node_unreachable_seconds: float = 15.0
     node_failed_seconds: float = 60.0
@@ -153,6 +157,9 @@ class Settings:
             values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
         if env.get("FLOTILLA_SIM_HOSTS"):
             values["sim_hosts"] = env["FLOTILLA_SIM_HOSTS"].lower() not in ("0", "false", "no")
+        for name in ("fabric_nodes", "partitions"):
+            if env.get(f"FLOTILLA_SIM_{name.upper()}"):
+                values[f"sim_{name}"] = int(env[f"FLOTILLA_SIM_{name.upper()}"])
         if env.get("FLOTILLA_SIM_VIRTUAL"):
             values["sim_virtual"] = env["FLOTILLA_SIM_VIRTUAL"].lower() not in ("0", "false", "no")
         values["run_as_user"] = _tri_state("FLOTILLA_RUN_AS_USER", env.get("FLOTILLA_RUN_AS_USER"))

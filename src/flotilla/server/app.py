@@ -218,7 +218,7 @@ def create_app(
 
 def default_providers(settings: Settings, local: LocalBackend) -> dict[str, Provider]:
     """This machine and the simulated cloud; real clouds plug in here."""
-    sim = SimConfig.default()
+    sim = SimConfig.default(settings.sim_fabric_nodes, settings.sim_partitions)
     sim.provisioning_delay = settings.sim_provisioning_delay
     sim.virtual = settings.sim_virtual
     return {

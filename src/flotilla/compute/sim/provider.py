@@ -55,11 +55,16 @@ class SimConfig:
     virtual: bool = False
 
     @classmethod
-    def default(cls) -> SimConfig:
-        """One 32-node fabric per region for each 8-GPU type, 16 of each 1-GPU type."""
+    def default(cls, fabric_nodes: int = 32, partitions: int = 2) -> SimConfig:
+        """One `fabric_nodes`-node fabric (in `partitions` InfiniBand partitions)
+        per region for each 8-GPU type, 16 of each 1-GPU type."""
         networks = [
             IbNetwork(
-                f"{region.name}-{kind.gpu_type.lower()}-ib", region.name, kind.name, 32 * kind.gpus
+                f"{region.name}-{kind.gpu_type.lower()}-ib",
+                region.name,
+                kind.name,
+                fabric_nodes * kind.gpus,
+                partitions,
             )
             for region in REGIONS
             for kind in INSTANCE_TYPES
