@@ -19,6 +19,11 @@ class ReconcileLoop:
     name = "loop"
     # The changes that make this loop look now rather than at its next resync.
     watches: ClassVar[tuple[Change, ...]] = ()
+    # Woken again and again (a start per request), a paced loop waits as long as
+    # its last step took before the next: a step mostly of Python work then holds
+    # the event loop at most half the time, requests are answered in between, and
+    # the next step handles all that came meanwhile at once.
+    paced: ClassVar[bool] = False
 
     def __init__(self, changes: Changes, interval: float, min_gap: float = 0.0) -> None:
         self.wake = asyncio.Event()
@@ -60,10 +65,12 @@ class ReconcileLoop:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_step = -1e9
+        took = 0.0  # how long the last step took (for `paced` loops)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self._delay())
-            gap = last_step + self.min_gap - loop.time()
+            # Steps start `min_gap` apart; a paced one also idles as long as it took.
+            gap = last_step + max(self.min_gap, 2 * took if self.paced else 0.0) - loop.time()
             if gap > 0 and not self._stopping:
                 await asyncio.sleep(gap)
             self.wake.clear()
@@ -78,6 +85,7 @@ class ReconcileLoop:
             except Exception:
                 self._failures += 1
                 log.exception("%s step failed (%d in a row)", self.name, self._failures)
+            took = loop.time() - last_step
 
     def _delay(self) -> float:
         if not self._failures:

@@ -71,6 +71,7 @@ VIRTUAL = (
 class Scheduler(ReconcileLoop):
     name = "scheduler"
     watches = (Change.RUNS_QUEUED, Change.CAPACITY_FREED, Change.NODES_CHANGED, Change.QUEUE_POLICY)
+    paced = True  # its step reloads nodes and holders: see `ReconcileLoop.paced`
 
     def __init__(self, ctx: ServerContext) -> None:
         super().__init__(ctx.changes, ctx.settings.resync_seconds, min_gap=0.01)
