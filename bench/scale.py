@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 
 from bench.slurm_peer import SlurmCluster, ensure_slurm_installed
+from bench.trigger import start_server
 
 TOKEN = "bench-scale-admin-token"
 H100 = "h100-80gb-sxm-ib.8x"
@@ -118,18 +119,8 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            ["flo", "server", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("flo server did not start: " + (self.root / "server.log").read_text())
+        self.proc = start_server(self.root / "server.log", self.port, self.env, 90)
+        return self
 
     def __exit__(self, *_: object) -> None:
         if self.proc is not None:

@@ -49,6 +49,23 @@ def stamp_command(directory: Path) -> str:
     return f"date +%s.%N > {target}.tmp && mv {target}.tmp {target}"
 
 
+def start_server(
+    log_path: Path, port: int, env: dict[str, str], seconds: float
+) -> subprocess.Popen[bytes]:
+    """`flo server` on `port`, once it answers `/healthz` (its output to `log_path`)."""
+    log = open(log_path, "ab")  # noqa: SIM115 - the server's, for its whole life
+    proc = subprocess.Popen(["flo", "server", "--port", str(port)], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("flo server did not start: " + log_path.read_text())
+
+
 class FlotillaServer:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -69,20 +86,8 @@ class FlotillaServer:
             # same trust domain on both sides, and the stamp dir is this process's.
             "FLOTILLA_RUN_AS_USER": "0",
         }
-        log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            ["flo", "server", "--port", str(self.port)], env=env, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(
-            "flotilla server did not start: " + (self.root / "server.log").read_text()
-        )
+        self.proc = start_server(self.root / "server.log", self.port, env, 30)
+        return self
 
     def __exit__(self, *_: object) -> None:
         if self.proc is not None:

@@ -43,6 +43,7 @@ from tests.factories import (
 PROBE = probe()
 isolated = pytest.mark.skipif(PROBE.level != FULL, reason=f"isolation: {PROBE.summary()}")
 BLOCK = 100  # numbers per test server: its own, so two tests never claim one name twice
+UID_BLOCKS = 2_146_000_000  # where this group's blocks start
 # The tests that make real accounts run one after another, in one pytest-xdist worker:
 # their servers' accounts have the same names (`flo-alice`), in different UID blocks.
 accounts_group = pytest.mark.xdist_group("unix-accounts")
@@ -54,9 +55,14 @@ def uid_range() -> Iterator[tuple[int, int]]:
     """A block of UIDs/GIDs no account of this machine has, and no other worker of
     this test run can draw; its `flo-*` accounts are removed afterwards (by then the
     test's processes are gone)."""
+    # Only this group's tests, one after another in one worker, draw from these
+    # blocks: an account still there is an earlier test's, re-made after its
+    # teardown by a launch its agent had in flight. It would refuse this test's
+    # account of the same name (`flo-alice` with another UID).
+    remove_test_accounts(UID_BLOCKS, UID_BLOCKS + BLOCK * 9_000 - 1, retry_for=10.0)
     used = {u.pw_uid for u in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
     while True:
-        first = 2_146_000_000 + BLOCK * in_worker_share(9_000)
+        first = UID_BLOCKS + BLOCK * in_worker_share(9_000)
         if not used & set(range(first, first + BLOCK)):
             break
     yield first, first + BLOCK - 1
