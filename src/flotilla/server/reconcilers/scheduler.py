@@ -36,7 +36,7 @@ from flotilla.server.reconcilers.loop import ReconcileLoop
 from flotilla.server.services.events import record_event
 from flotilla.server.services.fleets.node_isolation import confined_nodes
 from flotilla.server.services.fleets.node_trust import bar_untrusted
-from flotilla.server.services.fleets.nodes import virtual_nodes
+from flotilla.server.services.fleets.nodes import is_virtual, nodes_named
 from flotilla.server.services.runs.launch import (
     free_port,
     launch_requests,
@@ -48,6 +48,7 @@ from flotilla.server.services.runs.launch import (
 from flotilla.server.services.runs.placement import Plan, TaskPlacement, plan
 from flotilla.server.services.runs.runs import current_tasks, run_tasks, switch_run_status
 from flotilla.server.services.runs.scheduling import (
+    PENDING_WINDOW,
     Snapshot,
     Waiting,
     load_policy,
@@ -58,8 +59,9 @@ from flotilla.server.services.runs.scheduling import (
 log = logging.getLogger("flotilla.scheduler")
 ACTOR = "scheduler"
 # Like Slurm's queue depth: a cycle ends after this many runs in a row could not
-# start; the rest keep their previous reason until capacity changes.
-QUEUE_DEPTH = 500
+# start; the rest keep their previous reason until capacity changes. The window
+# each step reads per owner and tier (`load_snapshot`) is as deep.
+QUEUE_DEPTH = PENDING_WINDOW
 USAGE_TTL = 15.0  # seconds a fair-share usage figure is reused
 VIRTUAL = (
     "the command is not run; each task takes the time its recipe gives "
@@ -221,11 +223,12 @@ class Scheduler(ReconcileLoop):
         """The account the run's tasks run as, the nodes of `tasks` where they do
         (FLOTILLA_RUN_AS_USER, and what each node can do: `node_isolation`), and
         those that only time them (virtual nodes run nothing, so confine nothing)."""
-        settings = self.ctx.settings
-        nodes = {t.node for t in tasks if t.node}
-        virtual = await virtual_nodes(session, nodes)
-        confined = await confined_nodes(
-            session, nodes - virtual, self.ctx.local_isolation, settings.run_as_user
+        nodes = await nodes_named(session, {t.node for t in tasks if t.node})
+        virtual = frozenset(n.name for n in nodes if is_virtual(n))
+        confined = confined_nodes(
+            [n for n in nodes if n.name not in virtual],
+            self.ctx.local_isolation,
+            self.ctx.settings.run_as_user,
         )
         if not confined:
             return LaunchPlan(None, confined, virtual)

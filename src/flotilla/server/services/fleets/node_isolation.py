@@ -17,9 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from flotilla.config import Settings
 from flotilla.server.db.models import NodeModel
 
@@ -89,18 +86,14 @@ def isolation_labels(probe: str, run_as_user: bool | None) -> dict[str, str]:
     return {PROBE_LABEL: probe, ISOLATION_LABEL: effective_isolation(probe, run_as_user)}
 
 
-async def confined_nodes(
-    session: AsyncSession, names: Iterable[str], local_probe: str, run_as_user: bool | None
+def confined_nodes(
+    nodes: Iterable[NodeModel], local_probe: str, run_as_user: bool | None
 ) -> frozenset[str]:
-    """Of the nodes `names`, those whose tasks run as their user's account."""
-    wanted = set(names)
-    if run_as_user is False or not wanted:
+    """Of `nodes`, those whose tasks run as their user's account."""
+    if run_as_user is False:
         return frozenset()
-    rows = await session.execute(select(NodeModel).where(NodeModel.name.in_(wanted)))
     return frozenset(
-        node.name
-        for node in rows.scalars()
-        if runs_as_user(node_probe(node, local_probe), run_as_user)
+        node.name for node in nodes if runs_as_user(node_probe(node, local_probe), run_as_user)
     )
 
 

@@ -199,13 +199,13 @@ def is_virtual(node: NodeModel) -> bool:
     return (node.labels or {}).get(EXECUTION_LABEL) == VIRTUAL
 
 
-async def virtual_nodes(session: AsyncSession, names: Iterable[str]) -> frozenset[str]:
-    """Of the nodes `names`, those that execute virtually."""
+async def nodes_named(session: AsyncSession, names: Iterable[str]) -> list[NodeModel]:
     wanted = set(names)
     if not wanted:
-        return frozenset()
-    rows = await session.execute(select(NodeModel).where(NodeModel.name.in_(wanted)))
-    return frozenset(node.name for node in rows.scalars() if is_virtual(node))
+        return []
+    return list(
+        (await session.execute(select(NodeModel).where(NodeModel.name.in_(wanted)))).scalars()
+    )
 
 
 async def find_node(session: AsyncSession, name: str) -> NodeModel | None:
