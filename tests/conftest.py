@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from flotilla.config import Settings
 from flotilla.server.app import create_app
@@ -137,9 +138,18 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
 class Api:
     """A running app and an authenticated client for it."""
 
-    def __init__(self, client: httpx.AsyncClient, ctx: ServerContext) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, ctx: ServerContext, app: FastAPI | None = None
+    ) -> None:
         self.client = client
         self.ctx = ctx
+        self.app = app
+
+    async def stop_loops(self) -> None:
+        """Stop the reconcilers, for a test that steps them itself."""
+        assert self.app is not None
+        for loop in self.app.state.loops:
+            await loop.stop()
 
 
 async def open_api(settings: Settings, **kwargs: object) -> AsyncIterator[Api]:
@@ -149,7 +159,7 @@ async def open_api(settings: Settings, **kwargs: object) -> AsyncIterator[Api]:
         async with httpx.AsyncClient(
             transport=transport, base_url="http://flotilla", headers=AUTH
         ) as client:
-            yield Api(client, app.state.ctx)
+            yield Api(client, app.state.ctx, app)
 
 
 @pytest.fixture

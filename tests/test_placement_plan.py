@@ -9,8 +9,9 @@ from typing import Any
 from flotilla.core.queue import Policy
 from flotilla.recipes.job import JobSpec
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
+from flotilla.server.services.runs.capacity import Placed
 from flotilla.server.services.runs.placement import plan
-from flotilla.server.services.runs.scheduling import Placed, Snapshot, Waiting
+from flotilla.server.services.runs.scheduling import Snapshot, Waiting
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

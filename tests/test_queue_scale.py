@@ -22,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryContext
 
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
-from flotilla.server.services.runs.scheduling import PENDING_WINDOW, load_snapshot
+from flotilla.server.services.runs.capacity import Capacity
+from flotilla.server.services.runs.scheduling import PENDING_WINDOW, Snapshot, load_snapshot
 from tests.conftest import Api
 from tests.factories import add_user, job
 
 QUEUED = 10_000
+HOLDERS = 2_000
 # No node has this GPU type: every run stays pending, whatever the machine has.
 UNPLACEABLE = {"gpu": "B200:8"}
 
@@ -51,8 +53,9 @@ async def _pending(
             run_id = uuid.uuid4().hex
             runs.append(_run(run_id, recipe_id, number, stored.spec, owner, priority, now, number))
             tasks.append(_task(run_id, name, number))
-        await session.execute(insert(RunModel), runs)
-        await session.execute(insert(TaskModel), tasks)
+        if runs:
+            await session.execute(insert(RunModel), runs)
+            await session.execute(insert(TaskModel), tasks)
         stored.run_counter = count
     return recipe_id
 
@@ -116,12 +119,78 @@ def rows_loaded(session: AsyncSession) -> Iterator[Counter[str]]:
             event.remove(model, "load", count)
 
 
-async def _snapshot_rows(api: Api) -> tuple[Counter[str], list[str]]:
-    async with api.ctx.sessions() as session:
+async def _snapshot_rows(
+    api: Api, capacity: Capacity | None = None
+) -> tuple[Counter[str], list[str]]:
+    seen, snapshot = await _counted_snapshot(api, capacity or Capacity(api.ctx.writes))
+    return seen, [w.run.id for w in snapshot.pending]
+
+
+async def _counted_snapshot(api: Api, capacity: Capacity) -> tuple[Counter[str], Snapshot]:
+    async with api.ctx.sessions() as session, session.begin():
         with rows_loaded(session) as seen:
-            snapshot = await load_snapshot(session, api.ctx.clock.now())
-            ids = [w.run.id for w in snapshot.pending]
-    return seen, ids
+            snapshot = await load_snapshot(session, api.ctx.clock.now(), capacity)
+    return seen, snapshot
+
+
+async def _holding(api: Api, name: str, count: int) -> list[str]:
+    """`count` running runs of a new job, each with one task on the local node."""
+    recipe_id = await _pending(api, name, 0)
+    now = api.ctx.clock.now()
+    async with api.ctx.transaction() as session:
+        stored = await session.get(RecipeModel, recipe_id)
+        assert stored is not None
+        runs = [
+            {
+                **_run(uuid.uuid4().hex, recipe_id, n, stored.spec, stored.owner, 0, now, n),
+                "status": "running",
+                "started_at": now,
+            }
+            for n in range(1, count + 1)
+        ]
+        tasks = [
+            {**_task(run["id"], name, n), "status": "running", "node": "local"}
+            for n, run in enumerate(runs, 1)
+        ]
+        await session.execute(insert(RunModel), runs)
+        await session.execute(insert(TaskModel), tasks)
+    return [run["id"] for run in runs]
+
+
+async def test_a_step_reads_again_only_the_runs_that_changed(api: Api) -> None:
+    """With thousands of runs holding nodes, a step reads them once; after that
+    only the queue head and the holders that committed transactions changed."""
+    await api.stop_loops()  # this test is the only scheduler
+    holders = await _holding(api, "held", HOLDERS)
+    job_id = await _pending(api, "deep", QUEUED)
+    capacity = Capacity(api.ctx.writes)
+    first, snapshot = await _counted_snapshot(api, capacity)
+    assert first["RunModel"] == HOLDERS + PENDING_WINDOW
+    assert {p.run.id for p in snapshot.placed} == set(holders)
+    head = Counter({"RunModel": PENDING_WINDOW, "TaskModel": PENDING_WINDOW})
+
+    # One more run queued through the API: the same rows as before.
+    r = await api.client.post(f"/api/jobs/{job_id}/start")
+    assert r.status_code == 200, r.text
+    again, snapshot = await _counted_snapshot(api, capacity)
+    assert again == head
+    assert len(snapshot.placed) == HOLDERS
+
+    # A holder asked to stop (still holding) is read again, alone; one that ended
+    # is dropped without a row to read.
+    async with api.ctx.transaction() as session:
+        stopping, ended = (
+            (await session.get(RunModel, holders[0])),
+            (await session.get(RunModel, holders[1])),
+        )
+        assert stopping is not None and ended is not None
+        stopping.stop_requested_at = api.ctx.clock.now()
+        ended.status = "succeeded"
+    changed, snapshot = await _counted_snapshot(api, capacity)
+    assert changed == head + Counter({"RunModel": 1, "TaskModel": 1})
+    placed = {p.run.id: p for p in snapshot.placed}
+    assert holders[1] not in placed and len(placed) == HOLDERS - 1
+    assert placed[holders[0]].run.stop_requested_at is not None
 
 
 async def test_a_step_reads_the_queue_head_however_long_the_queue(api: Api) -> None:

@@ -30,6 +30,8 @@ _FINISHED = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.PREEMPTED, RunStatus.ERROR}
 )
 _ACTIVE = frozenset(RunStatus) - _FINISHED
+# The statuses of runs that hold nodes, as stored (for `status IN (...)` queries).
+HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 
 # A run only moves forward, except that a failed attempt may go back to pending
 # (retries, requeue after preemption).

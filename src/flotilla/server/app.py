@@ -28,6 +28,7 @@ from flotilla.server.bodylimit import BodyLimit
 from flotilla.server.context import ServerContext
 from flotilla.server.db.engine import create_engine, session_factory
 from flotilla.server.db.migrate import upgrade_to_head
+from flotilla.server.db.writes import WriteLog
 from flotilla.server.errors import install_error_handlers, install_storage_error_handler
 from flotilla.server.frontdoor import router as frontdoor_router
 from flotilla.server.openapi import build_openapi
@@ -95,10 +96,12 @@ def create_app(
         log_isolation(settings, local_isolation)
         logs = settings.data_dir / "node-logs"
         router = NodeRouter(local, logs, VirtualBackend(logs)) if backend is None else None
+        writes = WriteLog()
         ctx = ServerContext(
             settings=settings,
             engine=engine,
-            sessions=session_factory(engine, settings.unix_id_range),
+            sessions=session_factory(engine, settings.unix_id_range, writes),
+            writes=writes,
             backend=backend or router or local,
             secret_box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
             providers=providers if providers is not None else default_providers(settings, local),

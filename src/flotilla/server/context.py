@@ -21,6 +21,7 @@ from flotilla.config import Settings
 from flotilla.runtime.isolation import probe
 from flotilla.server.auth.throttle import LoginThrottle
 from flotilla.server.changes import Changes
+from flotilla.server.db.writes import WriteLog
 from flotilla.server.lbplane import LoadBalancerPlane
 from flotilla.server.secretbox import SecretBox
 from flotilla.server.traffic import RequestMeter
@@ -39,6 +40,8 @@ class ServerContext:
     # Where fleet nodes come from, by name ("local", "sim", a cloud).
     providers: dict[str, Provider] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
+    # The runs and nodes `sessions` changed, for views kept between steps.
+    writes: WriteLog = field(default_factory=WriteLog)
     # Who watches what changes (`changes.py`): routers announce, loops subscribe.
     changes: Changes = field(default_factory=Changes)
     # Extra Prometheus collectors served by `GET /metrics` next to the usage ones

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 from flotilla.core.unixids import UnixIdRange
 from flotilla.server.db.inline_sqlite import inline_connector
 from flotilla.server.db.unix_ids import StoreSession, session_info
+from flotilla.server.db.writes import LOG_INFO, WriteLog
 
 
 def normalize_url(url: str) -> str:
@@ -56,12 +57,14 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def session_factory(engine: AsyncEngine, unix_ids: UnixIdRange) -> async_sessionmaker[AsyncSession]:
+def session_factory(
+    engine: AsyncEngine, unix_ids: UnixIdRange, writes: WriteLog | None = None
+) -> async_sessionmaker[AsyncSession]:
     """Sessions that give new users and groups their Unix numbers from `unix_ids`
-    (`unix_ids.py`)."""
+    (`unix_ids.py`) and tell `writes` which runs and nodes they changed (`writes.py`)."""
     return async_sessionmaker(
         engine,
         expire_on_commit=False,
         sync_session_class=StoreSession,
-        info=session_info(unix_ids),
+        info={**session_info(unix_ids), LOG_INFO: writes or WriteLog()},
     )

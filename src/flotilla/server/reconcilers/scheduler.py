@@ -1,6 +1,7 @@
 """The scheduler reconciler: places pending runs on nodes and launches them.
 
-load (`services.scheduling.load_snapshot`: nodes, runs holding them, the queue) ->
+load (`services.scheduling.load_snapshot`: nodes and the runs holding them, kept
+between steps and refreshed from what changed, and the head of the queue) ->
 recover (evict work from draining, failed and terminated nodes) -> decide
 (`services.placement.plan`, pure: gang placement in the topology, queue policy,
 preemption, a reason for every waiting run) -> apply (assign tasks, mark runs
@@ -37,6 +38,7 @@ from flotilla.server.services.events import record_event
 from flotilla.server.services.fleets.node_isolation import confined_nodes
 from flotilla.server.services.fleets.node_trust import bar_untrusted
 from flotilla.server.services.fleets.nodes import is_virtual, nodes_named
+from flotilla.server.services.runs.capacity import Capacity
 from flotilla.server.services.runs.launch import (
     free_port,
     launch_requests,
@@ -84,12 +86,17 @@ class Scheduler(ReconcileLoop):
         self._deciding: tuple[object, ...] | None = None
         self._usage: tuple[float, dict[str, float]] = (-1e9, {})
         self.quarantine = Quarantine(self.name)
+        self.capacity = Capacity(ctx.writes)
 
     async def step(self) -> None:
         async def cycle() -> list[LaunchRequest]:
             self._deciding = None
-            async with self.ctx.sessions() as session, session.begin():
-                return await self._cycle(session)
+            try:
+                async with self.ctx.sessions() as session, session.begin():
+                    return await self._cycle(session)
+            except BaseException:
+                self.capacity.reload()  # the rollback expired what this cycle read
+                raise
 
         requests, failures = await self.quarantine.rerun(cycle)
         await report_failures(self.ctx, failures, ACTOR, keyed_by_run=True)
@@ -118,7 +125,7 @@ class Scheduler(ReconcileLoop):
 
     async def _cycle(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
-        snapshot = await load_snapshot(session, now)
+        snapshot = await load_snapshot(session, now, self.capacity)
         for run, why in snapshot.broken:
             switch_run_status(
                 session,
@@ -131,9 +138,9 @@ class Scheduler(ReconcileLoop):
         snapshot.pending = [
             w for w in snapshot.pending if not self.quarantine.holds(w.run.id, w.run.attempt)
         ]
-        if recovery.evict_from_lost_nodes(session, snapshot, now):
+        if await recovery.evict_from_lost_nodes(session, snapshot, now):
             self.ctx.changes.announce(Change.STOPS_REQUESTED)
-        recovery.finish_drains(session, snapshot, now)
+        await recovery.finish_drains(session, snapshot, now)
         snapshot.barred = await bar_untrusted(
             session, snapshot, self.ctx.local_isolation, self.ctx.settings.run_as_user
         )
@@ -144,7 +151,7 @@ class Scheduler(ReconcileLoop):
         self._deciding = seen
         decided = plan(snapshot, policy, await self._usage_now(session), QUEUE_DEPTH)
         if decided.preempt:
-            recovery.preempt(session, snapshot, decided.preempt, now)
+            await recovery.evict_runs(session, decided.preempt, now)
             self.ctx.changes.announce(Change.STOPS_REQUESTED)
         if decided.waiting_for_capacity:
             self.ctx.changes.announce(Change.CAPACITY_WANTED)  # an elastic fleet may grow for them
@@ -285,11 +292,9 @@ class LaunchPlan:
 
 
 def _fingerprint(snapshot: Snapshot) -> tuple[object, ...]:
-    nodes = tuple((n.name, n.state, tuple(snapshot.free_gpus(n))) for n in snapshot.nodes.values())
     return (
-        nodes,
+        snapshot.capacity_version,  # nodes and the runs holding them
         # Trust changes (a trusted user, a new group member) alter no node's state.
         tuple(sorted((run, tuple(sorted(b.nodes))) for run, b in snapshot.barred.items())),
         tuple((w.run.id, w.run.attempt) for w in snapshot.pending),
-        tuple((p.run.id, p.run.attempt) for p in snapshot.placed),
     )

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.metering import Totals, UsageRecord, billed_seconds
-from flotilla.core.status import RunStatus
+from flotilla.core.status import HOLDING
 from flotilla.server.db.models import BudgetModel, RecipeModel, RunModel, TaskModel, UsageModel
 from flotilla.server.routers.deps import Ctx
 from flotilla.server.security import current_identity
@@ -33,7 +33,6 @@ from flotilla.server.services.runs.runs import current_tasks, run_tasks
 
 router = APIRouter(tags=["metrics"])
 USAGE_LABELS = ("user", "project", "owner", "instance_type", "spot")
-HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 
 
 class Snapshot:

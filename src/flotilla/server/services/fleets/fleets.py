@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from flotilla.compute.provider import Offer, Provider
 from flotilla.core import autoscale
 from flotilla.core.queue import held_by_quota, scheduler_has_looked
-from flotilla.core.status import NodeState, RunStatus
+from flotilla.core.status import HOLDING, NodeState, RunStatus
 from flotilla.core.units import parse_gpu
 from flotilla.recipes.fleet import SSH, FleetSpec
 from flotilla.recipes.types import FLEET
@@ -32,7 +32,6 @@ from flotilla.server.db.models import EventModel, NodeModel, RecipeModel, RunMod
 from flotilla.server.services.fleets.nodes import LIVE_STATES
 from flotilla.server.services.recipes import mark_deleted
 
-HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 # Fleet status events: the latest one is the fleet's reason ("" after FLEET_OK).
 FLEET_WAITING = "fleet_waiting"  # no capacity now; retried after the provider's delay
 FLEET_ERROR = "fleet_error"  # the provider refused the request as made

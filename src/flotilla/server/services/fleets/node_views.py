@@ -23,15 +23,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flotilla.core.status import NodeState, RunStatus
+from flotilla.core.status import HOLDING, NodeState
 from flotilla.recipes.types import FLEET
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.identity import Identity
 from flotilla.server.services.events import event_view, node_events
 from flotilla.server.services.fleets.nodes import LIVE_STATES, get_node
 from flotilla.server.services.views import iso
-
-HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 
 
 @dataclass(frozen=True)

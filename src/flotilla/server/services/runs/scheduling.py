@@ -1,7 +1,8 @@
-"""What the scheduler decides on, loaded from the store in one go: live nodes and
-their free GPUs, the runs holding them, the pending queue, recent usage per user
-and the queue policy. Called by `reconcilers/scheduler.py` inside its transaction;
-the decision itself is pure (`core.queue`, `core.packing`).
+"""What the scheduler decides on: live nodes and their free GPUs and the runs
+holding them (kept up to date between steps: `capacity.py`), the head of the
+pending queue, recent usage per user and the queue policy. Called by
+`reconcilers/scheduler.py` inside its transaction; the decision itself is pure
+(`core.queue`, `core.packing`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from flotilla.core.queue import Policy
 from flotilla.core.status import NodeState, RunStatus
 from flotilla.recipes.job import JobSpec
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, SettingModel, TaskModel
-from flotilla.server.services.fleets.nodes import healthy_gpus, live_nodes
+from flotilla.server.services.fleets.nodes import healthy_gpus
+from flotilla.server.services.runs.capacity import Capacity, Placed
 from flotilla.server.services.runs.runs import current_tasks, run_tasks
 
-HOLDING = [s.value for s in RunStatus if s.holds_resources()]
 # Pending runs read per owner and priority tier in one scheduler step: the
 # decision ends after as many misses in a row (`reconcilers/scheduler.QUEUE_DEPTH`),
 # so no owner's later runs could be reached in the same step.
@@ -31,15 +32,6 @@ POLICY_KEY = "scheduler_policy"
 # Fair share looks at the last day of usage, halving its weight every hour.
 USAGE_WINDOW = timedelta(hours=24)
 USAGE_HALF_LIFE = 3600.0
-
-
-@dataclass
-class Placed:
-    """A run that holds nodes now."""
-
-    run: RunModel
-    recipe: RecipeModel
-    tasks: list[TaskModel]
 
 
 @dataclass
@@ -76,6 +68,8 @@ class Snapshot:
     # Some owner has more pending runs in a tier than were read: after placing
     # any, the scheduler looks again at once rather than at its next resync.
     more_waiting: bool = False
+    # `Capacity.version` when loaded: equal versions, equal nodes and holders.
+    capacity_version: int = 0
 
     def free_gpus(self, node: NodeModel) -> list[int]:
         held = self.held.get(node.name, set())
@@ -92,27 +86,30 @@ class Snapshot:
 
 
 async def load_snapshot(
-    session: AsyncSession, now: datetime, window: int = PENDING_WINDOW
+    session: AsyncSession, now: datetime, capacity: Capacity, window: int = PENDING_WINDOW
 ) -> Snapshot:
-    """Nodes, what holds them and the head of the queue: of each owner's runs in
-    each priority tier, the `window` that arrived first. The decision takes runs in
-    that order (priority tiers, then fair share between owners, then arrival), so
-    no run it would reach before those is left out, and the rows read do not grow
-    with the queue. A run still waiting out its retry back-off (`not_before` after
-    `now`) is not in the queue yet."""
-    snapshot = Snapshot({n.name: n for n in await live_nodes(session)})
-    holding = [
-        (run, recipe)
-        for run, recipe in await session.execute(
-            select(RunModel, RecipeModel)
-            .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-            .where(RunModel.status.in_(HOLDING))
-        )
-    ]
+    """Nodes and what holds them (`capacity`, refreshed from what changed) and the
+    head of the queue: of each owner's runs in each priority tier, the `window`
+    that arrived first. The decision takes runs in that order (priority tiers,
+    then fair share between owners, then arrival), so no run it would reach
+    before those is left out, and the rows read do not grow with the queue. A run
+    still waiting out its retry back-off (`not_before` after `now`) is not in the
+    queue yet."""
+    await capacity.refresh(session)
+    snapshot = Snapshot(
+        dict(capacity.nodes),
+        placed=list(capacity.placed.values()),
+        capacity_version=capacity.version,
+    )
+    for placed in snapshot.placed:
+        for task in placed.tasks:
+            if task.node:
+                snapshot.busy.add(task.node)
+                snapshot.held.setdefault(task.node, set()).update(task.gpus or [])
     pending = await _queue_head(session, now, window)
     tiers = Counter((run.owner, run.priority) for run, _ in pending)
     snapshot.more_waiting = any(count >= window for count in tiers.values())
-    tasks = await run_tasks(session, [run.id for run, _ in [*holding, *pending]])
+    tasks = await run_tasks(session, [run.id for run, _ in pending])
     for run, recipe in pending:
         try:
             spec = JobSpec.model_validate(run.spec)
@@ -120,13 +117,6 @@ async def load_snapshot(
             snapshot.broken.append((run, " ".join(str(e).split())[:500]))
             continue
         snapshot.pending.append(Waiting(run, recipe, spec, current_tasks(run, tasks[run.id])))
-    for run, recipe in holding:
-        current = current_tasks(run, tasks[run.id])
-        snapshot.placed.append(Placed(run, recipe, current))
-        for task in current:
-            if task.node:
-                snapshot.busy.add(task.node)
-                snapshot.held.setdefault(task.node, set()).update(task.gpus or [])
     missing = snapshot.busy - snapshot.nodes.keys()
     if missing:  # work still on terminated nodes: keep them to say what happened
         query = select(NodeModel).where(NodeModel.name.in_(missing))
