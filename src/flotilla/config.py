@@ -38,6 +38,12 @@ class Settings:
     # attempt, doubling with each retry up to RETRY_BACKOFF_MAX (a failing clone or
     # a crashing command is not hammered): FLOTILLA_RETRY_BACKOFF_SECONDS.
     retry_backoff_seconds: float = 10.0
+    # Retention (`reconcilers/retention.py`), in days, 0 = forever: events older
+    # than FLOTILLA_EVENT_RETENTION_DAYS are deleted, and the task logs of runs
+    # finished longer ago than FLOTILLA_LOG_RETENTION_DAYS. Runs, usage and the
+    # audit log are kept.
+    event_retention_days: float = 90.0
+    log_retention_days: float = 30.0
     # The local agent exits after this long with no tasks and no clients.
     agent_idle_exit_seconds: float = 600.0
     secret_key: str | None = None
@@ -127,6 +133,9 @@ class Settings:
                 "FLOTILLA_NODE_HEARTBEAT_SECONDS must be above 0 and below "
                 "FLOTILLA_NODE_UNREACHABLE_SECONDS"
             )
+        for name in ("event_retention_days", "log_retention_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FLOTILLA_{name.upper()} must be 0 (keep forever) or more")
         if self.node_failed_seconds < self.node_unreachable_seconds:
             raise ValueError(
                 "FLOTILLA_NODE_FAILED_SECONDS must not be below FLOTILLA_NODE_UNREACHABLE_SECONDS"
@@ -186,6 +195,8 @@ class Settings:
             "node_heartbeat_seconds",
             "node_unreachable_seconds",
             "node_failed_seconds",
+            "event_retention_days",
+            "log_retention_days",
         ):
             if env.get(f"FLOTILLA_{name.upper()}"):
                 values[name] = float(env[f"FLOTILLA_{name.upper()}"])

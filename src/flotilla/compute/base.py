@@ -98,6 +98,10 @@ class LogFiles:
     setup: Path
     main: Path
 
+    def remove(self) -> None:
+        for path in (self.setup, self.main):
+            path.unlink(missing_ok=True)
+
 
 TaskEventHandler = Callable[[TaskState], Awaitable[None]]
 
@@ -128,6 +132,10 @@ class ComputeBackend(Protocol):
 
     def log_files(self, task: TaskRef) -> LogFiles:
         """Where the task's logs are, readable while it runs and after it ends."""
+
+    def discard_logs(self, task: TaskRef) -> None:
+        """Remove a finished task's logs from this machine (retention): what
+        `log_files` names for it, and nothing else."""
 
     def host_note(self, workload: Workload) -> str | None:
         """A line for the run's events about how the workload runs here (its image,

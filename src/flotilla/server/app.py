@@ -38,6 +38,7 @@ from flotilla.server.reconcilers.deployments import Deployments
 from flotilla.server.reconcilers.fleets import Fleets
 from flotilla.server.reconcilers.load_balancers import LoadBalancers
 from flotilla.server.reconcilers.metering import Metering
+from flotilla.server.reconcilers.retention import Retention
 from flotilla.server.reconcilers.scheduler import Scheduler
 from flotilla.server.reconcilers.sim_hosts import SimHosts
 from flotilla.server.reconcilers.ssh_fleets import SshFleets
@@ -131,6 +132,7 @@ def create_app(
             Metering(ctx),
             LoadBalancers(ctx),
             Deployments(ctx),
+            Retention(ctx),
         ]
         agent_nodes = AgentNodes(ctx, router) if router is not None else None
         if agent_nodes is not None:

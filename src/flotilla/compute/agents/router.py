@@ -204,6 +204,14 @@ class NodeRouter:
             return mirror
         return self.local.log_files(task)
 
+    def discard_logs(self, task: TaskRef) -> None:
+        """The mirror of a remote task's logs (its host keeps its own copy) or the
+        local task's logs; a virtual task has none of its own."""
+        if self._virtual(task):
+            return
+        mirror_files(self.logs_root, task).remove()
+        self.local.discard_logs(task)
+
     def _virtual(self, task: TaskRef) -> bool:
         return self.virtual is not None and self.virtual.holds(task)
 

@@ -94,6 +94,9 @@ class LocalBackend:
         files = TaskFiles(self._task_dir(task))
         return LogFiles(setup=files.setup_log, main=files.main_log)
 
+    def discard_logs(self, task: TaskRef) -> None:
+        self.log_files(task).remove()
+
     def host_note(self, workload: Workload) -> str | None:
         return f"local backend: {describe_workload(workload, self.inventory.labels['hostname'])}"
 

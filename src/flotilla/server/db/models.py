@@ -302,6 +302,8 @@ class RunModel(Base):
     __table_args__ = (
         Index("ix_runs_queue", "status", "owner", "priority", "queued_at"),
         Index("ix_runs_pending", "status", "queued_at", "id"),
+        # Finished runs whose logs retention has still to remove (`reconcilers/retention.py`).
+        Index("ix_runs_logs_due", "logs_removed_at", "finished_at"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     recipe_id: Mapped[str] = mapped_column(ForeignKey("recipes.id"), index=True)
@@ -333,6 +335,8 @@ class RunModel(Base):
     # A retry waits until then (back-off after the run's own failure): kept here, so
     # a restarted server keeps waiting. None: schedulable now.
     not_before: Mapped[datetime | None]
+    # When retention removed the run's task logs (FLOTILLA_LOG_RETENTION_DAYS).
+    logs_removed_at: Mapped[datetime | None]
     # A deployment replica: the recipe version it runs and its host port per route
     # ({"8000": 41234}); None for job runs.
     recipe_version: Mapped[int | None]
@@ -365,6 +369,8 @@ class TaskModel(Base):
 
 class EventModel(Base):
     __tablename__ = "events"
+    # Retention deletes the oldest first (FLOTILLA_EVENT_RETENTION_DAYS).
+    __table_args__ = (Index("ix_events_created_at", "created_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     recipe_id: Mapped[str | None] = mapped_column(String(32), index=True)
     run_id: Mapped[str | None] = mapped_column(String(32), index=True)

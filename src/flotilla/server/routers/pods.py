@@ -16,7 +16,7 @@ from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.identity.secrets import log_redactor
 from flotilla.server.services.runs.launch import task_ref
-from flotilla.server.services.runs.logs import read_log
+from flotilla.server.services.runs.logs import check_logs_kept, read_log
 from flotilla.server.services.runs.runs import active_runs, find_task_by_name, get_run, run_tasks
 from flotilla.server.services.views import pod_summary
 
@@ -61,7 +61,7 @@ async def pod(ctx: Ctx, caller: Caller, name: str, page_size: int = 1000) -> Pod
     return PodSummary.model_validate(pod_summary(task, run, job_name, logs))
 
 
-@router.get("/{name}/logs", responses=errors(404, 422))
+@router.get("/{name}/logs", responses=errors(404, 410, 422))
 async def pod_logs(
     ctx: Ctx,
     caller: Caller,
@@ -70,7 +70,8 @@ async def pod_logs(
     page_size: int = 1000,
     previous: bool = False,
 ) -> PodLogs:
-    task, _, _, redactor = await _find(ctx, caller, name)
+    task, run, _, redactor = await _find(ctx, caller, name)
+    check_logs_kept(run)
     files = ctx.backend.log_files(task_ref(task))
     if container_name not in ("main", "setup"):
         raise NotFound(f"container {container_name!r} (containers: setup, main)")

@@ -19,7 +19,7 @@ from flotilla.server.routers.deps import Caller, Ctx
 from flotilla.server.services.events import event_view, run_events
 from flotilla.server.services.identity.secrets import log_redactor
 from flotilla.server.services.runs.launch import task_ref
-from flotilla.server.services.runs.logs import follow_log, read_log
+from flotilla.server.services.runs.logs import check_logs_kept, follow_log, read_log
 from flotilla.server.services.runs.runs import get_run, run_tasks
 from flotilla.server.services.views import run_view
 
@@ -67,7 +67,7 @@ async def get_run_events(ctx: Ctx, caller: Caller, run_id: str) -> RunEvents:
     "/{run_id}/logs",
     response_model=None,
     response_class=Response,
-    responses={**LOG_TEXT, **errors(404, 422)},
+    responses={**LOG_TEXT, **errors(404, 410, 422)},
 )
 async def get_run_logs(
     ctx: Ctx,
@@ -85,6 +85,7 @@ async def get_run_logs(
         run, recipe = await readable_run(session, caller, run_id)
         tasks = (await run_tasks(session, [run.id]))[run.id]
         redactor = await log_redactor(session, ctx.secret_box, run, recipe)
+    check_logs_kept(run)
     wanted = run.attempt if attempt is None else attempt
     match = [t for t in tasks if t.rank == rank and t.attempt == wanted]
     if not match:

@@ -11,11 +11,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from flotilla.core.redact import Redactor, StreamRedactor
+from flotilla.errors import ClientError
+from flotilla.server.db.models import RunModel
 
 _CHUNK = 64 * 1024
 
 
 NO_SECRETS = Redactor([])
+
+
+def check_logs_kept(run: RunModel) -> None:
+    """410 for a run whose logs retention removed (`reconcilers/retention.py`)."""
+    if run.logs_removed_at is not None:
+        raise ClientError(
+            f"the logs of run {run.id} were removed on {run.logs_removed_at:%Y-%m-%d} "
+            "(FLOTILLA_LOG_RETENTION_DAYS)",
+            "logs_removed",
+            410,
+        )
 
 
 def read_log(path: Path, redactor: Redactor, tail_lines: int | None = None) -> str:
