@@ -17,11 +17,12 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryContext
 
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.services.fleets.fleets import DEMAND_PAGE, load_fleets
 from flotilla.server.services.runs.capacity import Capacity
 from flotilla.server.services.runs.scheduling import PENDING_WINDOW, Snapshot, load_snapshot
 from tests.conftest import Api
@@ -31,14 +32,20 @@ QUEUED = 10_000
 HOLDERS = 2_000
 # No node has this GPU type: every run stays pending, whatever the machine has.
 UNPLACEABLE = {"gpu": "B200:8"}
+H100 = "h100-80gb-sxm-ib.8x"  # the simulated cloud's 8-GPU H100 instance
 
 
 async def _pending(
-    api: Api, name: str, count: int, priority: int = 0, headers: httpx.Headers | None = None
+    api: Api,
+    name: str,
+    count: int,
+    priority: int = 0,
+    headers: httpx.Headers | None = None,
+    resources: dict[str, str] = UNPLACEABLE,
 ) -> str:
     """`count` pending runs of a new job `name` (its applier's), oldest first; the
     job's id."""
-    recipe = job(name, "true", resources=UNPLACEABLE, priority=priority)
+    recipe = job(name, "true", resources=resources, priority=priority)
     r = await api.client.put("/api/recipes", json=recipe, headers=headers)
     assert r.status_code == 201, r.text
     recipe_id: str = r.json()["state"]["id"]
@@ -191,6 +198,29 @@ async def test_a_step_reads_again_only_the_runs_that_changed(api: Api) -> None:
     placed = {p.run.id: p for p in snapshot.placed}
     assert holders[1] not in placed and len(placed) == HOLDERS - 1
     assert placed[holders[0]].run.stop_requested_at is not None
+
+
+async def test_fleets_read_the_queue_only_as_far_as_they_could_grow(api: Api) -> None:
+    await api.stop_loops()  # nothing provisions or places: the queue stays as made
+    job_id = await _pending(api, "wants-h100", QUEUED, resources={"gpu": "H100:8"})
+    async with api.ctx.transaction() as session:
+        looked_at = update(RunModel).where(RunModel.recipe_id == job_id)
+        await session.execute(looked_at.values(reason="no capacity: no ready H100 GPU node"))
+
+    async def fleet_demand(nodes: int | str) -> tuple[int, int]:
+        spec = {"provider": "sim", "instance_type": H100, "region": "us-east1", "nodes": nodes}
+        r = await api.client.put(
+            "/api/recipes", json={"type": "fleet", "spec": {"name": "h100", **spec}}
+        )
+        assert r.status_code in (200, 201), r.text
+        async with api.ctx.sessions() as session:
+            snapshot = await load_fleets(session, api.ctx.providers, planning=True)
+        return len(snapshot.demands), next(iter(snapshot.desired().values()))
+
+    # A fixed fleet never grows: the queue is not read. An elastic one reads a page
+    # (its 3 nodes' worth is in the first), not the 10,000 runs.
+    assert await fleet_demand(2) == (0, 2)
+    assert await fleet_demand("0..3") == (DEMAND_PAGE, 3)
 
 
 async def test_a_step_reads_the_queue_head_however_long_the_queue(api: Api) -> None:

@@ -88,6 +88,13 @@ def assign_demand(
     return wanted
 
 
+def can_grow(fleets: Sequence[FleetShape], busy: dict[str, int], wanted: dict[str, int]) -> bool:
+    """Whether some fleet that can change size (MIN below MAX) still has room under
+    its MAX for one more node of the queue's: once none has, runs further back in
+    the queue change no size. Fixed fleets are always their N."""
+    return any(f.min < f.max and busy.get(f.id, 0) + wanted.get(f.id, 0) < f.max for f in fleets)
+
+
 def desired_size(fleet: FleetShape, busy: int, wanted: int) -> int:
     return max(fleet.min, min(fleet.max, busy + wanted + fleet.spares))
 

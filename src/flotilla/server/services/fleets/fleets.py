@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.compute.provider import Offer, Provider
 from flotilla.core import autoscale
-from flotilla.core.queue import held_by_quota, scheduler_has_looked
+from flotilla.core.queue import QUEUED, held_by_quota, scheduler_has_looked
 from flotilla.core.status import HOLDING, NodeState, RunStatus
 from flotilla.core.units import parse_gpu
 from flotilla.recipes.fleet import SSH, FleetSpec
@@ -40,6 +41,8 @@ STATUS_KINDS = (FLEET_WAITING, FLEET_ERROR, FLEET_OK)
 # The reason of a ready node cordoned on its way out, so that a crash between the
 # cordon and the provider's terminate is finished on the next step.
 SCALING_DOWN = "scaling down"
+# Pending runs read at a time for the fleets' demand (`pending_demand`).
+DEMAND_PAGE = 1000
 
 
 @dataclass
@@ -195,8 +198,14 @@ async def load_fleets(
     if not fleets and not orphans:
         # the common case without fleets: no queries
         return FleetSnapshot([], [], set(), [], broken)
-    demands = await pending_demand(session) if fleets else []
+    # The holders first, then the queue: a run placed in between (each statement
+    # sees its own commit point on PostgreSQL) then counts in neither, one step late
+    # to grow a fleet, rather than in both, a node too many. A release checks its
+    # node again (`reconcilers/fleets.py`).
     busy = await busy_nodes(session)
+    shapes = [s for s in (f.shape for f in fleets.values()) if s is not None]
+    held = {f.recipe.id: sum(1 for n in f.members if n.name in busy) for f in fleets.values()}
+    demands = await pending_demand(session, shapes, held)
     return FleetSnapshot(list(fleets.values()), orphans, busy, demands, broken)
 
 
@@ -214,33 +223,50 @@ async def busy_nodes(session: AsyncSession, node: str | None = None) -> set[str]
     return {name for (name,) in await session.execute(query.distinct()) if name}
 
 
-async def pending_demand(session: AsyncSession) -> list[autoscale.Demand]:
-    """The GPU demand of pending runs the scheduler could not place, oldest first.
-    Runs without GPUs never grow a fleet: they fit on whatever node is up; nor do
-    runs a quota holds back, or that the scheduler has not looked at yet (it may
-    find them held back): new nodes would stand idle, and billed."""
-    rows = await session.execute(
-        select(RunModel.id, RunModel.spec, RunModel.reason)
-        .where(RunModel.status == RunStatus.PENDING.value)
-        .order_by(RunModel.queued_at, RunModel.id)
-    )
-    out = []
-    for run_id, spec, reason in rows:
-        # Until the scheduler has looked, a quota may yet hold it back: a node grown
-        # for it then would stand idle (the fleet loop can run first).
-        if not scheduler_has_looked(reason) or held_by_quota(reason):
-            continue
-        gpu = (spec.get("resources") or {}).get("gpu")
-        try:
-            request = parse_gpu(gpu) if gpu is not None else None
-        except ValueError:
-            continue  # validated at apply; a stored spec that no longer parses waits
-        if request is None or request.count <= 0:
-            continue
-        tasks = int(spec.get("scale") or 1)
-        spot = bool(spec.get("use_spot_instance"))
-        out.append(autoscale.Demand(run_id, request.type, request.count, tasks, spot))
+async def pending_demand(
+    session: AsyncSession, shapes: Sequence[autoscale.FleetShape], busy: dict[str, int]
+) -> list[autoscale.Demand]:
+    """The GPU demand of pending runs the scheduler could not place, oldest first,
+    read page by page only as long as some fleet of `shapes` could still grow for
+    it (a fixed fleet never does): a deep queue costs no more than the fleets'
+    room. Runs without GPUs never grow a fleet: they fit on whatever node is up;
+    nor do runs a quota holds back, or that the scheduler has not looked at yet (it
+    may find them held back): new nodes would stand idle, and billed."""
+    out: list[autoscale.Demand] = []
+    after: tuple[datetime, str] | None = None
+    while autoscale.can_grow(shapes, busy, autoscale.assign_demand(shapes, busy, out)):
+        query = (
+            select(RunModel.id, RunModel.spec, RunModel.reason, RunModel.queued_at)
+            # Not yet looked at: the database passes over it (`_demand`).
+            .where(RunModel.status == RunStatus.PENDING.value, RunModel.reason != QUEUED)
+            .order_by(RunModel.queued_at, RunModel.id)
+            .limit(DEMAND_PAGE)
+        )
+        if after is not None:
+            query = query.where(tuple_(RunModel.queued_at, RunModel.id) > after)
+        rows = (await session.execute(query)).all()
+        out.extend(d for d in (_demand(r.id, r.spec, r.reason) for r in rows) if d is not None)
+        if len(rows) < DEMAND_PAGE:
+            break
+        after = (rows[-1].queued_at, rows[-1].id)
     return out
+
+
+def _demand(run_id: str, spec: dict[str, Any], reason: str) -> autoscale.Demand | None:
+    # Until the scheduler has looked, a quota may yet hold it back: a node grown
+    # for it then would stand idle (the fleet loop can run first).
+    if not scheduler_has_looked(reason) or held_by_quota(reason):
+        return None
+    gpu = (spec.get("resources") or {}).get("gpu")
+    try:
+        request = parse_gpu(gpu) if gpu is not None else None
+    except ValueError:
+        return None  # validated at apply; a stored spec that no longer parses waits
+    if request is None or request.count <= 0:
+        return None
+    tasks = int(spec.get("scale") or 1)
+    spot = bool(spec.get("use_spot_instance"))
+    return autoscale.Demand(run_id, request.type, request.count, tasks, spot)
 
 
 async def fleet_reasons(session: AsyncSession, fleet_ids: list[str]) -> dict[str, tuple[str, str]]:
