@@ -129,7 +129,7 @@ def rows_loaded(session: AsyncSession) -> Iterator[Counter[str]]:
 async def _snapshot_rows(
     api: Api, capacity: Capacity | None = None
 ) -> tuple[Counter[str], list[str]]:
-    seen, snapshot = await _counted_snapshot(api, capacity or Capacity(api.ctx.writes))
+    seen, snapshot = await _counted_snapshot(api, capacity or Capacity(api.ctx.writes.reader()))
     return seen, [w.run.id for w in snapshot.pending]
 
 
@@ -170,7 +170,7 @@ async def test_a_step_reads_again_only_the_runs_that_changed(api: Api) -> None:
     await api.stop_loops()  # this test is the only scheduler
     holders = await _holding(api, "held", HOLDERS)
     job_id = await _pending(api, "deep", QUEUED)
-    capacity = Capacity(api.ctx.writes)
+    capacity = Capacity(api.ctx.writes.reader())
     first, snapshot = await _counted_snapshot(api, capacity)
     assert first["RunModel"] == HOLDERS + PENDING_WINDOW
     assert {p.run.id for p in snapshot.placed} == set(holders)

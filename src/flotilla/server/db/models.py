@@ -213,6 +213,8 @@ class UsageModel(Base):
     price in force when it started. `ended_at` is None while the task runs."""
 
     __tablename__ = "usage"
+    # Metering reads a node's rows that end after a point (idle time, `usage_rows.py`).
+    __table_args__ = (Index("ix_usage_node_ended_at", "node", "ended_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(48), unique=True)
     run_id: Mapped[str] = mapped_column(String(32), index=True)

@@ -1,9 +1,12 @@
-"""Which runs and nodes committed transactions changed, for the loops that keep a
-view of them between steps (the scheduler's `services/runs/capacity.py`).
+"""Which runs and nodes committed transactions changed, for the loops that work
+from what changed between steps (the scheduler's `services/runs/capacity.py`,
+the metering reconciler).
 
 A `StoreSession` collects, at each flush, the ids of the runs and nodes it
-updated or deleted, and hands them to its factory's `WriteLog` once the commit
-has happened, so that a reader looking then sees the new rows. Ids flushed in a
+updated or deleted (a task written counts as its run), and hands them to its
+factory's `WriteLog` once the commit has happened, so that a reader looking then
+sees the new rows. Each loop reads through its own `WriteReader`: what one takes,
+the others still get. Ids flushed in a
 transaction that rolled back go with the session's next commit, if any: a
 reader reloading a row that did not change costs only the read. Every ORM write
 in the server passes through such a session, so nobody has to remember to say
@@ -15,13 +18,14 @@ reload.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from flotilla.server.db.models import NodeModel, RunModel
+from flotilla.server.db.models import NodeModel, RunModel, TaskModel
 from flotilla.server.db.unix_ids import StoreSession
 
 # Where a session finds its factory's log (`Session.info`), and keeps its own
@@ -30,9 +34,9 @@ LOG_INFO = "flotilla.write_log"
 _UNCOMMITTED = "flotilla.uncommitted_writes"
 
 
-@dataclass
-class WriteLog:
-    """Ids of runs and nodes changed by committed transactions since the last `take`."""
+@dataclass(eq=False)
+class WriteReader:
+    """Ids of runs and nodes changed by committed transactions since its last `take`."""
 
     runs: set[str] = field(default_factory=set)
     nodes: set[str] = field(default_factory=set)
@@ -41,6 +45,25 @@ class WriteLog:
         runs, nodes = self.runs, self.nodes
         self.runs, self.nodes = set(), set()
         return runs, nodes
+
+
+class WriteLog:
+    """Hands what each commit changed to every reader still in use (a reader that
+    is dropped stops collecting)."""
+
+    def __init__(self) -> None:
+        self._readers: weakref.WeakSet[WriteReader] = weakref.WeakSet()
+
+    def reader(self) -> WriteReader:
+        """A reader that collects from now on."""
+        reader = WriteReader()
+        self._readers.add(reader)
+        return reader
+
+    def publish(self, runs: set[str], nodes: set[str]) -> None:
+        for reader in self._readers:
+            reader.runs |= runs
+            reader.nodes |= nodes
 
 
 def _collect(session: Session, _flush_context: object) -> None:
@@ -52,6 +75,9 @@ def _collect(session: Session, _flush_context: object) -> None:
             runs.add(obj.id)
         elif isinstance(obj, NodeModel):
             nodes.add(obj.id)
+    for obj in (*session.dirty, *session.deleted, *session.new):
+        if isinstance(obj, TaskModel):
+            runs.add(obj.run_id)
     for obj in session.new:
         if isinstance(obj, NodeModel):
             nodes.add(obj.id)
@@ -61,8 +87,7 @@ def _publish(session: Session) -> None:
     written: Any = session.info.pop(_UNCOMMITTED, None)
     log = session.info.get(LOG_INFO)
     if written and isinstance(log, WriteLog):
-        log.runs |= written[0]
-        log.nodes |= written[1]
+        log.publish(*written)
 
 
 event.listen(StoreSession, "after_flush", _collect)

@@ -8,11 +8,12 @@ task finishes, at the task's own `finished_at` (now if the task row is gone).
 
 Level-triggered, so crash-safe: each step compares tasks with rows rather than
 acting on events. Woken by the supervision reconciler when tasks change, a step
-looks at the runs that hold nodes or finished lately and at the open rows (cost
-O(work in flight)); every `FULL_EVERY` seconds, and on the first step, it looks at
-every task, which catches whatever a crash or a short-lived run slipped past.
-Several servers may meter at once: opening inserts with ON CONFLICT DO NOTHING on
-the task id, and closing writes the same end whoever does it.
+looks only at the runs and nodes that committed transactions changed since the
+last one (`db/writes.py`), so its cost is the work that changed, not the work in
+flight; every `FULL_EVERY` seconds, on the first step and after a failed one, it
+looks at every task and node, which catches what another server wrote, or a crash
+slipped past. Several servers may meter at once: opening inserts with ON CONFLICT
+DO NOTHING on the task id, and closing writes the same end whoever does it.
 
 Fleet nodes that no task holds are metered too, as idle time billed to their fleet
 (`services/metering/usage_rows.py`). Share and billing rules: `core.metering`.
@@ -26,16 +27,18 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.metering import node_share
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
+from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import (
     GroupModel,
     NodeModel,
@@ -55,12 +58,6 @@ from flotilla.server.services.metering.usage_rows import (
 
 log = logging.getLogger("flotilla.metering")
 FULL_EVERY = 60.0
-# Runs that finished this long before the previous step are still looked at: the
-# clocks of the writer and of this step may differ a little.
-RECENT_SLACK = timedelta(seconds=30)
-WATCHED = [
-    s.value for s in RunStatus if s.holds_resources() or s == RunStatus.PENDING
-]  # pending: a requeued run's earlier attempt may still need its row
 
 
 class Metering(ReconcileLoop):
@@ -72,20 +69,27 @@ class Metering(ReconcileLoop):
         self.ctx = ctx
         self.full_every = full_every
         self._last_full = -1e9
-        self._watermark: datetime | None = None  # when the last successful step began
+        self.writes = ctx.writes.reader()
         self.quarantine = Quarantine(self.name)
 
     async def step(self) -> None:
         full = time.monotonic() - self._last_full >= self.full_every
+        runs, nodes = self.writes.take()  # before reading: later commits wait for next time
+        if not (full or runs or nodes):
+            return
         began = self.ctx.clock.now()
-        since = None if full or self._watermark is None else self._watermark - RECENT_SLACK
-        async with self.ctx.transaction() as session:
-            opened = await open_rows(session, since, self.quarantine, began)
-            closed = await close_rows(session, began)
-            opened += await meter_idle_nodes(session, began)
+        only = None if full else runs
+        try:
+            async with self.ctx.transaction() as session:
+                opened = await open_rows(session, only, self.quarantine, began)
+                closed = await close_rows(session, began, only)
+                names = None if full else await touched_nodes(session, runs, nodes)
+                opened += await meter_idle_nodes(session, began, names)
+        except BaseException:
+            self._last_full = -1e9  # what was taken is read again with everything else
+            raise
         if opened or closed:
             log.debug("metering: %d rows opened, %d closed", opened, closed)
-        self._watermark = began
         if full:
             self._last_full = time.monotonic()
 
@@ -97,13 +101,13 @@ class Metering(ReconcileLoop):
 
 async def open_rows(
     session: AsyncSession,
-    finished_since: datetime | None,
+    runs: set[str] | None,
     quarantine: Quarantine,
     now: datetime,
 ) -> int:
-    """A usage row for every started, placed task that has none. With
-    `finished_since`, only tasks of runs that are watched or finished after it.
-    A task whose row fails is set aside in `quarantine` (an event at `now`)."""
+    """A usage row for every started, placed task that has none; with `runs`, only
+    those runs' tasks. A task whose row fails is set aside in `quarantine` (an
+    event at `now`)."""
     query = (
         select(TaskModel, RunModel, RecipeModel)
         .join(RunModel, RunModel.id == TaskModel.run_id)
@@ -115,11 +119,12 @@ async def open_rows(
             UsageModel.id.is_(None),
         )
     )
-    if finished_since is not None:
-        query = query.where(
-            or_(RunModel.status.in_(WATCHED), RunModel.finished_at >= finished_since)
-        )
-    found = (await session.execute(query)).all()
+    if runs is None:
+        found = (await session.execute(query)).all()
+    else:
+        found = []
+        for chunk in chunks(runs):
+            found += (await session.execute(query.where(TaskModel.run_id.in_(chunk)))).all()
     if not found:
         return 0
     node_names = {task.node for task, _, _ in found if task.node}
@@ -202,35 +207,92 @@ def _task_done(task: TaskModel) -> bool:
     return task.finished_at is not None and TaskStatus(task.status).is_finished()
 
 
-async def close_rows(session: AsyncSession, now: datetime) -> int:
-    """End the open rows whose task finished (or vanished)."""
+async def close_rows(session: AsyncSession, now: datetime, runs: set[str] | None = None) -> int:
+    """End the open rows whose task finished (or vanished); with `runs`, only
+    those runs' rows. Reads only the columns that say when a task ended: the open
+    rows are as many as the tasks running."""
     query = (
-        select(UsageModel, TaskModel, RunModel)
+        select(
+            UsageModel,
+            TaskModel.finished_at,
+            TaskModel.status,
+            TaskModel.attempt,
+            RunModel.status,
+            RunModel.finished_at,
+            RunModel.attempt,
+        )
         .outerjoin(TaskModel, TaskModel.id == UsageModel.task_id)
         .outerjoin(RunModel, RunModel.id == TaskModel.run_id)
         .where(UsageModel.ended_at.is_(None), is_task_row())
     )
+    if runs is None:
+        rows = list(await session.execute(query))
+    else:
+        rows = []
+        for chunk in chunks(runs):
+            rows += await session.execute(query.where(UsageModel.run_id.in_(chunk)))
     closed = 0
-    for row, task, run in (await session.execute(query)).all():
-        end = end_of(task, run, now)
+    for (
+        row,
+        task_finished,
+        task_status,
+        task_attempt,
+        run_status,
+        run_finished,
+        run_attempt,
+    ) in rows:
+        ended = Ended(
+            task_finished, task_status, task_attempt, run_status, run_finished, run_attempt
+        )
+        end = end_of(ended, now)
         if end is not None:
             row.ended_at = max(end, row.started_at)
             closed += 1
     return closed
 
 
-def end_of(task: TaskModel | None, run: RunModel | None, now: datetime) -> datetime | None:
+async def touched_nodes(session: AsyncSession, runs: set[str], node_ids: set[str]) -> set[str]:
+    """The names of the nodes `node_ids`, and of those the tasks of `runs` were
+    placed on (from the tasks, and from the usage rows of runs since deleted)."""
+    names: set[str] = set()
+    for chunk in chunks(node_ids):
+        names.update(
+            (await session.execute(select(NodeModel.name).where(NodeModel.id.in_(chunk)))).scalars()
+        )
+    for chunk in chunks(runs):
+        tasks = select(TaskModel.node).where(
+            TaskModel.run_id.in_(chunk), TaskModel.node.is_not(None)
+        )
+        rows = select(UsageModel.node).where(UsageModel.run_id.in_(chunk))
+        names.update(n for n in (await session.execute(tasks.union(rows))).scalars() if n)
+    return names
+
+
+@dataclass
+class Ended:
+    """What says whether a metered task ended: its task's and its run's state
+    (all None when the task row is gone)."""
+
+    task_finished_at: datetime | None
+    task_status: str | None
+    task_attempt: int | None
+    run_status: str | None
+    run_finished_at: datetime | None
+    run_attempt: int | None
+
+
+def end_of(ended: Ended, now: datetime) -> datetime | None:
     """When a metered task ended, or None while it runs."""
-    if task is None or run is None:
+    if ended.task_status is None or ended.run_status is None:
         return now  # deleted with its run: it ran until we noticed
-    if task.finished_at is not None:
-        return task.finished_at
-    if TaskStatus(task.status).is_finished():
+    if ended.task_finished_at is not None:
+        return ended.task_finished_at
+    if TaskStatus(ended.task_status).is_finished():
         return now
     # Safety nets: supervision finishes tasks before their run, and a requeue
     # starts a new attempt only after the old one's tasks ended.
-    if RunStatus(run.status).is_finished():
-        return run.finished_at or now
-    if task.attempt != run.attempt:
+    if RunStatus(ended.run_status).is_finished():
+        return ended.run_finished_at or now
+    if ended.task_attempt != ended.run_attempt:
         return now
     return None

@@ -86,7 +86,7 @@ class Scheduler(ReconcileLoop):
         self._deciding: tuple[object, ...] | None = None
         self._usage: tuple[float, dict[str, float]] = (-1e9, {})
         self.quarantine = Quarantine(self.name)
-        self.capacity = Capacity(ctx.writes)
+        self.capacity = Capacity(ctx.writes.reader())
 
     async def step(self) -> None:
         async def cycle() -> list[LaunchRequest]:

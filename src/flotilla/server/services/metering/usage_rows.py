@@ -18,17 +18,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import NodeState
+from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import GroupModel, NodeModel, RecipeModel, UsageModel
 
 IDLE_PREFIX = "idle:"  # the task ids of idle rows start with it
 BATCH = 500
 SETTLED_AFTER = timedelta(days=1)
+# Nodes per query for their task rows: each brings its own condition.
+NODES_PER_QUERY = 200
 
 
 def idle_row_id(node: NodeModel, since: datetime) -> str:
@@ -51,54 +54,43 @@ async def insert_usage_rows(session: AsyncSession, values: Sequence[dict[str, An
         await session.execute(statement.on_conflict_do_nothing(index_elements=["task_id"]))
 
 
-async def meter_idle_nodes(session: AsyncSession, now: datetime) -> int:
-    """Bring each fleet node's idle rows up to date: every stretch of its life that
-    no task row covers gets one, the last left open while the node is free. Level
-    triggered: a stretch that began and ended between two steps is found too.
-    Returns how many rows were opened or closed."""
-    open_idle = {
-        row.node: row
-        for row in (
-            await session.execute(
-                select(UsageModel).where(~is_task_row(), UsageModel.ended_at.is_(None))
-            )
-        ).scalars()
-    }
-    # Live fleet nodes, and terminated ones that may still owe idle rows: not
-    # every node the fleets ever had, which would grow without bound.
-    nodes = list(
-        (
-            await session.execute(
-                select(NodeModel).where(
-                    NodeModel.fleet_id.is_not(None),
-                    NodeModel.price_per_hour > 0,
-                    or_(
-                        NodeModel.state != NodeState.TERMINATED.value,
-                        NodeModel.terminated_at.is_(None),
-                        NodeModel.terminated_at >= now - SETTLED_AFTER,
-                        NodeModel.name.in_(open_idle),
-                    ),
-                )
-            )
-        ).scalars()
-    )
-    idle_until: dict[str, datetime | None] = {
-        node: ended
-        for node, ended in await session.execute(
+async def meter_idle_nodes(
+    session: AsyncSession, now: datetime, names: set[str] | None = None
+) -> int:
+    """Bring each fleet node's idle rows up to date (with `names`, only those
+    nodes'): every stretch of its life that no task row covers gets one, the last
+    left open while the node is free. Level triggered: a stretch that began and
+    ended between two steps is found too. Returns how many rows were opened or
+    closed."""
+    open_idle: dict[str, UsageModel] = {}
+    nodes: list[NodeModel] = []
+    for chunk in [None] if names is None else chunks(names):
+        open_here = await _open_idle_rows(session, chunk)
+        open_idle.update(open_here)
+        nodes += await _metered_nodes(session, now, open_here, chunk)
+    idle_until: dict[str, datetime | None] = {}
+    for chunk in chunks(n.name for n in nodes):
+        query = (
             select(UsageModel.node, func.max(UsageModel.ended_at))
-            .where(~is_task_row(), UsageModel.node.in_([n.name for n in nodes]))
+            .where(~is_task_row(), UsageModel.node.in_(chunk))
             .group_by(UsageModel.node)
         )
-    }
-    gaps: list[tuple[NodeModel, datetime, datetime | None]] = []
-    changed = 0
+        idle_until.update((node, until) for node, until in await session.execute(query))
+    cursors: dict[str, datetime] = {}  # node -> from when its idle time is unknown
     for node in nodes:
         row = open_idle.get(node.name)
         until = idle_until.get(node.name)
         if row is None and node.state == NodeState.TERMINATED and _settled(node, until, now):
             continue
-        cursor = row.started_at if row else until or node.created_at
-        found = await _gaps(session, node, cursor, now)
+        cursors[node.name] = row.started_at if row else until or node.created_at
+    tasks = await _task_rows_since(session, cursors)
+    gaps: list[tuple[NodeModel, datetime, datetime | None]] = []
+    changed = 0
+    for node in nodes:
+        if node.name not in cursors:
+            continue
+        row = open_idle.get(node.name)
+        found = _gaps(node, cursors[node.name], tasks.get(node.name, []), now)
         if row is not None:
             if found and found[0][0] == row.started_at:
                 end = found.pop(0)[1]
@@ -114,6 +106,59 @@ async def meter_idle_nodes(session: AsyncSession, now: datetime) -> int:
     return changed + len(values)
 
 
+async def _open_idle_rows(session: AsyncSession, names: list[str] | None) -> dict[str, UsageModel]:
+    query = select(UsageModel).where(~is_task_row(), UsageModel.ended_at.is_(None))
+    if names is not None:
+        query = query.where(UsageModel.node.in_(names))
+    return {row.node: row for row in (await session.execute(query)).scalars()}
+
+
+async def _metered_nodes(
+    session: AsyncSession, now: datetime, open_idle: dict[str, UsageModel], names: list[str] | None
+) -> list[NodeModel]:
+    """Live fleet nodes, and terminated ones that may still owe idle rows: not
+    every node the fleets ever had, which would grow without bound."""
+    query = select(NodeModel).where(
+        NodeModel.fleet_id.is_not(None),
+        NodeModel.price_per_hour > 0,
+        or_(
+            NodeModel.state != NodeState.TERMINATED.value,
+            NodeModel.terminated_at.is_(None),
+            NodeModel.terminated_at >= now - SETTLED_AFTER,
+            NodeModel.name.in_(open_idle),
+        ),
+    )
+    if names is not None:
+        query = query.where(NodeModel.name.in_(names))
+    return list((await session.execute(query)).scalars())
+
+
+async def _task_rows_since(
+    session: AsyncSession, cursors: dict[str, datetime]
+) -> dict[str, list[tuple[datetime, datetime | None]]]:
+    """Per node, its task rows that end after its cursor or not at all, by start:
+    a query per `NODES_PER_QUERY` nodes, each node with its own cursor."""
+    out: dict[str, list[tuple[datetime, datetime | None]]] = {}
+    for chunk in chunks(cursors.items(), NODES_PER_QUERY):
+        after_cursor = or_(
+            *(
+                and_(
+                    UsageModel.node == name,
+                    or_(UsageModel.ended_at.is_(None), UsageModel.ended_at > cursor),
+                )
+                for name, cursor in chunk
+            )
+        )
+        query = (
+            select(UsageModel.node, UsageModel.started_at, UsageModel.ended_at)
+            .where(is_task_row(), after_cursor)
+            .order_by(UsageModel.started_at)
+        )
+        for node, started, ended in await session.execute(query):
+            out.setdefault(node, []).append((started, ended))
+    return out
+
+
 def _settled(node: NodeModel, idle_until: datetime | None, now: datetime) -> bool:
     """A terminated node whose idle time is accounted to its end, or that ended long
     enough ago (a day) that a step has seen it since."""
@@ -121,22 +166,15 @@ def _settled(node: NodeModel, idle_until: datetime | None, now: datetime) -> boo
     return (idle_until is not None and idle_until >= ended) or ended < now - SETTLED_AFTER
 
 
-async def _gaps(
-    session: AsyncSession, node: NodeModel, cursor: datetime, now: datetime
+def _gaps(
+    node: NodeModel,
+    cursor: datetime,
+    tasks: Sequence[tuple[datetime, datetime | None]],
+    now: datetime,
 ) -> list[tuple[datetime, datetime | None]]:
-    """The stretches from `cursor` on that no task row covers on `node`: closed ones,
-    then an open one (end None) if the node is free now and still up."""
-    tasks = (
-        await session.execute(
-            select(UsageModel.started_at, UsageModel.ended_at)
-            .where(
-                UsageModel.node == node.name,
-                is_task_row(),
-                or_(UsageModel.ended_at.is_(None), UsageModel.ended_at > cursor),
-            )
-            .order_by(UsageModel.started_at)
-        )
-    ).all()
+    """The stretches from `cursor` on that none of `tasks` (the node's task rows
+    that end after it, by start) covers: closed ones, then an open one (end None)
+    if the node is free now and still up."""
     gaps: list[tuple[datetime, datetime | None]] = []
     free_from: datetime | None = cursor
     for started, ended in tasks:

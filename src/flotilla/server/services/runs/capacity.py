@@ -5,7 +5,7 @@ Turning 10,000 nodes and the 10,000 runs on them into objects takes about a
 second; a step that places one new run needs none of it again. `refresh` reads
 everything at its first use and then every `FULL_RELOAD_SECONDS` (a safety net
 for writes made outside the server's sessions), and otherwise only the runs and
-nodes that committed transactions changed since (`db/writes.WriteLog`): the work
+nodes that committed transactions changed since (a `db/writes.WriteReader`): the work
 of a step follows what happened, not how much there is.
 
 The objects held are detached from any session: they are read, never changed.
@@ -16,24 +16,20 @@ first (`reconcilers/recovery.py`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.status import HOLDING
+from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
-from flotilla.server.db.writes import WriteLog
+from flotilla.server.db.writes import WriteReader
 from flotilla.server.services.fleets.nodes import LIVE_STATES, live_nodes
 from flotilla.server.services.runs.runs import current_tasks, run_tasks
 
 FULL_RELOAD_SECONDS = 300.0
-# Ids per `IN (...)` when reloading changed rows (SQLite binds at most 32,766).
-CHUNK = 1000
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -47,7 +43,7 @@ class Placed:
 
 @dataclass
 class Capacity:
-    writes: WriteLog
+    writes: WriteReader
     nodes: dict[str, NodeModel] = field(default_factory=dict)  # live nodes by name
     placed: dict[str, Placed] = field(default_factory=dict)  # holding runs by id
     # Bumped whenever what is held changed: equal versions, equal capacity.
@@ -90,7 +86,7 @@ class Capacity:
 
     async def _load_nodes(self, session: AsyncSession, ids: set[str]) -> None:
         found: set[str] = set()
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             query = select(NodeModel).where(NodeModel.id.in_(chunk))
             for node in (await session.execute(query)).scalars():
                 found.add(node.id)
@@ -109,7 +105,7 @@ class Capacity:
     async def _load_runs(self, session: AsyncSession, ids: set[str]) -> None:
         for run_id in ids:
             self.placed.pop(run_id, None)
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             query = (
                 select(RunModel, RecipeModel)
                 .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
@@ -127,17 +123,6 @@ class Capacity:
 
 async def _tasks(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, list[TaskModel]]:
     out: dict[str, list[TaskModel]] = {}
-    for chunk in _chunks(run_ids):
+    for chunk in chunks(run_ids):
         out.update(await run_tasks(session, chunk))
     return out
-
-
-def _chunks(items: Iterable[T]) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
