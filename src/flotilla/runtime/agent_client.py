@@ -220,18 +220,18 @@ class AgentClient:
         self, target: TlsTarget
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # ssl.SSLError (a failed handshake, the wrong name) is an OSError: callers
-        # treat it like any unreachable agent.
-        return await asyncio.wait_for(
-            asyncio.open_connection(
+        # treat it like any unreachable agent. `asyncio.timeout`, not `wait_for`:
+        # Python 3.11's `wait_for` can drop a connection that completed just as
+        # it timed out, leaving its socket open until it is garbage-collected.
+        async with asyncio.timeout(_CONNECT_TIMEOUT):
+            return await asyncio.open_connection(
                 target.host,
                 target.port,
                 ssl=target.context,
                 server_hostname=target.node,
                 ssl_handshake_timeout=_CONNECT_TIMEOUT,
                 limit=_LIMIT,
-            ),
-            _CONNECT_TIMEOUT,
-        )
+            )
 
     async def _spawn_agent(self) -> None:
         """Start the agent as a daemon: `--daemonize` forks and the first process
