@@ -10,6 +10,10 @@ each depth of `--depths` is reached, and at each depth:
 - `POST /api/jobs/{id}/start` latency, p50/p99 of `--samples` sequential starts;
 - `GET /api/queue` (first page, 100 runs) latency, p50 of 10;
 - the server's RSS and its CPU (% of one core) over 5 s with nothing asked.
+At the deepest depth, end-to-end placements/s: the job holding every node is
+stopped in one call, and the clock runs until as many queued runs hold the nodes
+in their place (the run that was that many places behind the head of the queue
+heads it).
 
 Slurm 22.05: a private cluster (`bench/slurm_peer.py`, `MaxJobCount` raised above
 the deepest queue) with every CPU held by a long job, then `sbatch` until the same
@@ -193,12 +197,12 @@ def queue_empty(c: httpx.Client) -> bool:
     return not response.json()["runs"]
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], bool], timeout: float, what: str, poll: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
-        time.sleep(1.0)
+        time.sleep(poll)
     raise RuntimeError(f"timed out waiting for {what}")
 
 
@@ -253,7 +257,43 @@ def flotilla(args: argparse.Namespace, root: Path, database_url: str) -> dict[st
             }
             out["depths"][str(depth)] = at
             print(f"flotilla at {depth} pending: {at}", file=sys.stderr)
+        out["placements"] = release(c, hold, args.nodes, pending)
+        print(f"flotilla: placements {out['placements']}", file=sys.stderr)
     return out
+
+
+def release(c: httpx.Client, hold: str, nodes: int, pending: int) -> dict[str, Any]:
+    """Stop the runs holding every node and time how long until queued runs hold
+    them all again: stops, supervision, scheduling and launch, end to end. The
+    queue is first in, first out here (one shape, one owner): they all hold again
+    once the run that was `nodes + 1`-th in line heads the queue."""
+    after, left = None, nodes
+    while True:  # to the run `nodes` places behind the head
+        params = {"limit": min(1000, left + 1), **({"after": after} if after else {})}
+        page = c.get("/api/queue", params=params)
+        page.raise_for_status()
+        body = page.json()
+        if left < len(body["runs"]):
+            marker = body["runs"][left]["run_id"]
+            break
+        left -= len(body["runs"])
+        after = body["next"]
+    t0 = time.monotonic()
+    c.post(f"/api/jobs/{hold}/stop").raise_for_status()
+
+    def refilled() -> bool:
+        head = c.get("/api/queue", params={"limit": 1})
+        head.raise_for_status()
+        return bool(head.json()["runs"]) and head.json()["runs"][0]["run_id"] == marker
+
+    wait_for(refilled, 1800, f"{nodes} queued runs placed", poll=0.1)
+    seconds = time.monotonic() - t0
+    return {
+        "pending": pending,
+        "runs": nodes,
+        "seconds": round(seconds, 2),
+        "placements_per_s": round(nodes / seconds, 1),
+    }
 
 
 def count_nodes(c: httpx.Client) -> int:

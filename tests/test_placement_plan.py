@@ -11,7 +11,8 @@ from flotilla.recipes.job import JobSpec
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.services.runs.capacity import Placed
 from flotilla.server.services.runs.placement import plan
-from flotilla.server.services.runs.scheduling import Snapshot, Waiting
+from flotilla.server.services.runs.queue_head import Waiting
+from flotilla.server.services.runs.scheduling import Snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

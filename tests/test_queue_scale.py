@@ -24,6 +24,7 @@ from sqlalchemy.orm import QueryContext
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.services.fleets.fleets import DEMAND_PAGE, load_fleets
 from flotilla.server.services.runs.capacity import Capacity
+from flotilla.server.services.runs.queue_head import QueueHead
 from flotilla.server.services.runs.scheduling import PENDING_WINDOW, Snapshot, load_snapshot
 from tests.conftest import Api
 from tests.factories import add_user, job
@@ -326,3 +327,46 @@ async def test_page_limits_and_bad_cursors_are_named(api: Api) -> None:
         assert [e["field"].split(".")[-1] for e in r.json()["errors"]] == [field], r.text
     empty = await _page(api)
     assert empty == {"runs": [], "next": None}
+
+
+async def test_the_queue_head_is_read_again_only_where_it_changed(api: Api) -> None:
+    """The scheduler's `QueueHead` keeps the runs it read: after the first step a
+    step turns into objects only the runs new to the head or changed since."""
+    await api.stop_loops()  # this test is the only scheduler
+    job_id = await _pending(api, "deep", QUEUED)
+    capacity, queue = Capacity(api.ctx.writes.reader()), QueueHead(api.ctx.writes.reader())
+
+    async def step() -> tuple[Counter[str], list[str]]:
+        async with api.ctx.sessions() as session, session.begin():
+            with rows_loaded(session) as seen:
+                snapshot = await load_snapshot(session, api.ctx.clock.now(), capacity, queue=queue)
+        return seen, [w.run.id for w in snapshot.pending]
+
+    first, head = await step()
+    assert first == {"RunModel": PENDING_WINDOW, "TaskModel": PENDING_WINDOW}
+    assert await step() == (Counter(), head)  # nothing changed: nothing read
+
+    # A run queued behind the window is not read; another owner's, new to the head, is.
+    r = await api.client.post(f"/api/jobs/{job_id}/start")
+    assert r.status_code == 200, r.text
+    assert await step() == (Counter(), head)
+    await _pending(api, "other", 1, headers=await add_user(api.ctx, "someone-else"))
+    seen, ids = await step()
+    assert seen == {"RunModel": 1, "TaskModel": 1} and len(ids) == PENDING_WINDOW + 1
+
+    # A run of the head changed through the server's sessions is read again, alone.
+    async with api.ctx.transaction() as session:
+        changed = await session.get(RunModel, head[7])
+        assert changed is not None
+        changed.reason = "looked at"
+    seen, _ = await step()
+    assert seen == {"RunModel": 1, "TaskModel": 1}
+    # One taken out of the queue by another process leaves the head at once (the
+    # ids are asked every step); the next in line comes in.
+    async with api.ctx.transaction() as session:
+        await session.execute(
+            update(RunModel).where(RunModel.id == head[0]).values(status="stopped")
+        )
+    seen, ids = await step()
+    assert head[0] not in ids and seen == {"RunModel": 1, "TaskModel": 1}
+    assert ids[: PENDING_WINDOW - 1] == head[1:]

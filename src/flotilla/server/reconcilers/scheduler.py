@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +31,7 @@ from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import RunAs
 from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
-from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
+from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers import recovery
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
@@ -48,11 +49,11 @@ from flotilla.server.services.runs.launch import (
     workload_of,
 )
 from flotilla.server.services.runs.placement import Plan, TaskPlacement, plan
+from flotilla.server.services.runs.queue_head import QueueHead, Waiting, attach
 from flotilla.server.services.runs.runs import current_tasks, run_tasks, switch_run_status
 from flotilla.server.services.runs.scheduling import (
     PENDING_WINDOW,
     Snapshot,
-    Waiting,
     load_policy,
     load_snapshot,
     recent_usage,
@@ -87,6 +88,7 @@ class Scheduler(ReconcileLoop):
         self._usage: tuple[float, dict[str, float]] = (-1e9, {})
         self.quarantine = Quarantine(self.name)
         self.capacity = Capacity(ctx.writes.reader())
+        self.queue = QueueHead(ctx.writes.reader())
 
     async def step(self) -> None:
         async def cycle() -> list[LaunchRequest]:
@@ -96,6 +98,7 @@ class Scheduler(ReconcileLoop):
                     return await self._cycle(session)
             except BaseException:
                 self.capacity.reload()  # the rollback expired what this cycle read
+                self.queue.reload()
                 raise
 
         requests, failures = await self.quarantine.rerun(cycle)
@@ -125,7 +128,7 @@ class Scheduler(ReconcileLoop):
 
     async def _cycle(self, session: AsyncSession) -> list[LaunchRequest]:
         now = self.ctx.clock.now()
-        snapshot = await load_snapshot(session, now, self.capacity)
+        snapshot = await load_snapshot(session, now, self.capacity, queue=self.queue)
         for run, why in snapshot.broken:
             switch_run_status(
                 session,
@@ -158,6 +161,7 @@ class Scheduler(ReconcileLoop):
         for waiting in snapshot.pending:
             reason = decided.reasons.get(waiting.run.id)
             if reason and waiting.run.reason != reason:
+                await attach(session, waiting)
                 waiting.run.reason = reason
         if decided.placements and snapshot.more_waiting:
             self.ctx.changes.announce(Change.RUNS_QUEUED)  # the next window may start too
@@ -178,12 +182,17 @@ class Scheduler(ReconcileLoop):
             placements = decided.placements.get(waiting.run.id)
             if placements is not None:
                 with self.quarantine.blame(waiting.run.id, waiting.run.attempt):
-                    requests += await self._start(session, waiting, placements)
+                    requests += await self._start(session, waiting, placements, snapshot.nodes)
         return requests
 
     async def _start(
-        self, session: AsyncSession, waiting: Waiting, placements: list[TaskPlacement]
+        self,
+        session: AsyncSession,
+        waiting: Waiting,
+        placements: list[TaskPlacement],
+        nodes_by_name: Mapping[str, NodeModel],
     ) -> list[LaunchRequest]:
+        await attach(session, waiting)
         run, recipe, spec = waiting.run, waiting.recipe, waiting.spec
         now = self.ctx.clock.now()
         try:
@@ -207,7 +216,7 @@ class Scheduler(ReconcileLoop):
             actor=ACTOR,
             now=now,
         )
-        run_as = await self._run_as(session, run, recipe, waiting.tasks)
+        run_as = await self._run_as(session, run, recipe, waiting.tasks, nodes_by_name)
         notes = [self.ctx.backend.host_note(workload_of(spec))]
         if run_as.virtual_on:
             notes.append(f"on virtual nodes ({', '.join(sorted(run_as.virtual_on))}): {VIRTUAL}")
@@ -225,12 +234,21 @@ class Scheduler(ReconcileLoop):
         return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files, run_as)
 
     async def _run_as(
-        self, session: AsyncSession, run: RunModel, recipe: RecipeModel, tasks: list[TaskModel]
+        self,
+        session: AsyncSession,
+        run: RunModel,
+        recipe: RecipeModel,
+        tasks: list[TaskModel],
+        known: Mapping[str, NodeModel] | None = None,
     ) -> LaunchPlan:
         """The account the run's tasks run as, the nodes of `tasks` where they do
         (FLOTILLA_RUN_AS_USER, and what each node can do: `node_isolation`), and
-        those that only time them (virtual nodes run nothing, so confine nothing)."""
-        nodes = await nodes_named(session, {t.node for t in tasks if t.node})
+        those that only time them (virtual nodes run nothing, so confine nothing).
+        Nodes are taken from `known` (the step's snapshot) when it has them all."""
+        names = {t.node for t in tasks if t.node}
+        nodes = [known[n] for n in names if n in known] if known else []
+        if len(nodes) < len(names):
+            nodes = await nodes_named(session, names)
         virtual = frozenset(n.name for n in nodes if is_virtual(n))
         confined = confined_nodes(
             [n for n in nodes if n.name not in virtual],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,21 +47,32 @@ async def recipe_states(
             )
         ).scalars()
     }
+    # Counted by the database: a job may have 100,000 runs waiting.
+    stopping = RunModel.stop_requested_at.is_not(None)
     active_rows = await session.execute(
-        select(RunModel.recipe_id, RunModel.status, RunModel.stop_requested_at).where(
+        select(RunModel.recipe_id, RunModel.status, stopping, func.count())
+        .where(
             RunModel.recipe_id.in_(ids),
             RunModel.status.in_([s.value for s in RunStatus if s.is_active()]),
         )
+        .group_by(RunModel.recipe_id, RunModel.status, stopping)
     )
-    active: dict[str, list[tuple[str, bool]]] = {}
-    for recipe_id, status, stop_requested_at in active_rows:
-        active.setdefault(recipe_id, []).append((status, stop_requested_at is not None))
+    active: dict[str, list[ActiveRuns]] = {}
+    for recipe_id, status, stop_requested, count in active_rows:
+        active.setdefault(recipe_id, []).append(ActiveRuns(status, bool(stop_requested), count))
     return {r.id: _state(r, active.get(r.id, []), latest.get(r.id)) for r in recipes}
 
 
-def _state(
-    recipe: RecipeModel, active: list[tuple[str, bool]], last: RunModel | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ActiveRuns:
+    """How many of a recipe's active runs have one status, stopping or not."""
+
+    status: str
+    stopping: bool
+    count: int
+
+
+def _state(recipe: RecipeModel, active: list[ActiveRuns], last: RunModel | None) -> dict[str, Any]:
     return {
         "id": recipe.id,
         "status": _resource_status(active, last),
@@ -69,16 +81,16 @@ def _state(
         "updated_at": iso(recipe.updated_at),
         "scheduled": recipe.schedule_enabled,
         "next_scheduled_at": iso(recipe.next_tick_at) if recipe.schedule_enabled else None,
-        "active_runs": len(active),
+        "active_runs": sum(a.count for a in active),
         "last_run": run_summary(last) if last else None,
     }
 
 
-def _resource_status(active: list[tuple[str, bool]], last: RunModel | None) -> str:
+def _resource_status(active: list[ActiveRuns], last: RunModel | None) -> str:
     """Saturn's JobStatus: pending, running, stopping, stopped, completed, error."""
-    if any(status == RunStatus.RUNNING and not stopping for status, stopping in active):
+    if any(a.status == RunStatus.RUNNING and not a.stopping for a in active):
         return "running"
-    if any(stopping for _, stopping in active):
+    if any(a.stopping for a in active):
         return "stopping"
     if active:
         return "pending"

@@ -37,7 +37,8 @@ from flotilla.server.services.events import record_event
 from flotilla.server.services.fleets.node_isolation import isolates, node_isolation
 from flotilla.server.services.fleets.nodes import get_node
 from flotilla.server.services.runs.launch import PERSON_TRIGGERS, pick_run_user
-from flotilla.server.services.runs.scheduling import Barred, Snapshot, Waiting
+from flotilla.server.services.runs.queue_head import Waiting
+from flotilla.server.services.runs.scheduling import Barred, Snapshot
 
 TRUST_LABEL = "trusted"
 

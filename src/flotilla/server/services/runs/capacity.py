@@ -27,7 +27,7 @@ from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, TaskModel
 from flotilla.server.db.writes import WriteReader
 from flotilla.server.services.fleets.nodes import LIVE_STATES, live_nodes
-from flotilla.server.services.runs.runs import current_tasks, run_tasks
+from flotilla.server.services.runs.runs import current_tasks, run_tasks, with_recipes
 
 FULL_RELOAD_SECONDS = 300.0
 
@@ -57,17 +57,19 @@ class Capacity:
         self._loaded_at = None
 
     async def refresh(self, session: AsyncSession) -> bool:
-        """Bring the view up to date in `session`'s transaction. True if anything
-        was read again."""
+        """Bring the view up to date in `session`'s transaction. True (and a new
+        `version`) if any node, or any run that held or holds nodes, was read
+        again: runs that only wait (a new run's tasks) change nothing here."""
         runs, nodes = self.writes.take()  # before reading: later commits wait for next time
         stale = self._loaded_at is None or time.monotonic() - self._loaded_at > FULL_RELOAD_SECONDS
         if stale:
             await self._load_everything(session)
         else:
-            if not runs and not nodes:
-                return False
+            held = runs & self.placed.keys()
             await self._load_nodes(session, nodes)
-            await self._load_runs(session, runs)
+            holding = await self._load_runs(session, runs)
+            if not (nodes or held or holding):
+                return False
         self.version += 1
         return True
 
@@ -75,12 +77,7 @@ class Capacity:
         self._loaded_at = time.monotonic()
         self.nodes = {n.name: n for n in await live_nodes(session)}
         self._names = {n.id: n.name for n in self.nodes.values()}
-        query = (
-            select(RunModel, RecipeModel)
-            .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-            .where(RunModel.status.in_(HOLDING))
-        )
-        rows = list(await session.execute(query))
+        rows = await with_recipes(session, select(RunModel).where(RunModel.status.in_(HOLDING)))
         self.placed = {}
         self._add_runs(rows, await _tasks(session, [run.id for run, _ in rows]))
 
@@ -102,17 +99,17 @@ class Capacity:
         if name is not None:
             self.nodes.pop(name, None)
 
-    async def _load_runs(self, session: AsyncSession, ids: set[str]) -> None:
+    async def _load_runs(self, session: AsyncSession, ids: set[str]) -> bool:
+        """Read `ids` again; True if any of them holds nodes now."""
         for run_id in ids:
             self.placed.pop(run_id, None)
+        holding = False
         for chunk in chunks(ids):
-            query = (
-                select(RunModel, RecipeModel)
-                .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-                .where(RunModel.id.in_(chunk), RunModel.status.in_(HOLDING))
-            )
-            rows = list(await session.execute(query))
+            query = select(RunModel).where(RunModel.id.in_(chunk), RunModel.status.in_(HOLDING))
+            rows = await with_recipes(session, query)
             self._add_runs(rows, await _tasks(session, [run.id for run, _ in rows]))
+            holding = holding or bool(rows)
+        return holding
 
     def _add_runs(
         self, rows: Iterable[tuple[RunModel, RecipeModel]], tasks: dict[str, list[TaskModel]]

@@ -20,7 +20,8 @@ from flotilla.core.queue import Policy, QueuedRun, RunningRun, held_gpus, quota_
 from flotilla.core.topology import CapacityIndex, Node, TypeIndex
 from flotilla.server.db.models import NodeModel
 from flotilla.server.services.fleets.nodes import healthy_gpus
-from flotilla.server.services.runs.scheduling import Barred, Snapshot, Waiting
+from flotilla.server.services.runs.queue_head import Waiting
+from flotilla.server.services.runs.scheduling import Barred, Snapshot
 
 DEFAULT_NODE_GPUS = 8
 

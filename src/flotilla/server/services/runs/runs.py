@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.queue import QUEUED
@@ -215,6 +215,24 @@ async def run_tasks(session: AsyncSession, run_ids: Sequence[str]) -> dict[str, 
     for task in (await session.execute(query)).scalars():
         out[task.run_id].append(task)
     return out
+
+
+async def with_recipes(
+    session: AsyncSession, runs_query: Select[RunModel]
+) -> list[tuple[RunModel, RecipeModel]]:
+    """The runs `runs_query` selects, in its order, each with its recipe. The
+    recipes are read apart, once each: joined, every run's row would bring its
+    recipe's spec again (many runs share one recipe)."""
+    runs = list((await session.execute(runs_query)).scalars())
+    recipes = {
+        r.id: r
+        for r in (
+            await session.execute(
+                select(RecipeModel).where(RecipeModel.id.in_({run.recipe_id for run in runs}))
+            )
+        ).scalars()
+    }
+    return [(run, recipes[run.recipe_id]) for run in runs if run.recipe_id in recipes]
 
 
 def current_tasks(run: RunModel, tasks: list[TaskModel]) -> list[TaskModel]:

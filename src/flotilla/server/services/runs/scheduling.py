@@ -1,28 +1,25 @@
 """What the scheduler decides on: live nodes and their free GPUs and the runs
 holding them (kept up to date between steps: `capacity.py`), the head of the
-pending queue, recent usage per user and the queue policy. Called by
+pending queue (kept too: `queue_head.py`), recent usage per user and the queue policy. Called by
 `reconcilers/scheduler.py` inside its transaction; the decision itself is pure
 (`core.queue`, `core.packing`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.core.queue import Policy
-from flotilla.core.status import NodeState, RunStatus
-from flotilla.recipes.job import JobSpec
+from flotilla.core.status import NodeState
 from flotilla.server.db.models import NodeModel, RecipeModel, RunModel, SettingModel, TaskModel
 from flotilla.server.services.fleets.nodes import healthy_gpus
 from flotilla.server.services.runs.capacity import Capacity, Placed
-from flotilla.server.services.runs.runs import current_tasks, run_tasks
+from flotilla.server.services.runs.queue_head import QueueHead, Waiting
 
 # Pending runs read per owner and priority tier in one scheduler step: the
 # decision ends after as many misses in a row (`reconcilers/scheduler.QUEUE_DEPTH`),
@@ -32,14 +29,6 @@ POLICY_KEY = "scheduler_policy"
 # Fair share looks at the last day of usage, halving its weight every hour.
 USAGE_WINDOW = timedelta(hours=24)
 USAGE_HALF_LIFE = 3600.0
-
-
-@dataclass
-class Waiting:
-    run: RunModel
-    recipe: RecipeModel
-    spec: JobSpec
-    tasks: list[TaskModel]
 
 
 @dataclass(frozen=True)
@@ -86,7 +75,11 @@ class Snapshot:
 
 
 async def load_snapshot(
-    session: AsyncSession, now: datetime, capacity: Capacity, window: int = PENDING_WINDOW
+    session: AsyncSession,
+    now: datetime,
+    capacity: Capacity,
+    window: int = PENDING_WINDOW,
+    queue: QueueHead | None = None,
 ) -> Snapshot:
     """Nodes and what holds them (`capacity`, refreshed from what changed) and the
     head of the queue: of each owner's runs in each priority tier, the `window`
@@ -106,53 +99,17 @@ async def load_snapshot(
             if task.node:
                 snapshot.busy.add(task.node)
                 snapshot.held.setdefault(task.node, set()).update(task.gpus or [])
-    pending = await _queue_head(session, now, window)
-    tiers = Counter((run.owner, run.priority) for run, _ in pending)
-    snapshot.more_waiting = any(count >= window for count in tiers.values())
-    tasks = await run_tasks(session, [run.id for run, _ in pending])
-    for run, recipe in pending:
-        try:
-            spec = JobSpec.model_validate(run.spec)
-        except ValidationError as e:
-            snapshot.broken.append((run, " ".join(str(e).split())[:500]))
-            continue
-        snapshot.pending.append(Waiting(run, recipe, spec, current_tasks(run, tasks[run.id])))
+    head = await (queue or QueueHead()).read(session, now, window)
+    snapshot.pending, snapshot.broken, snapshot.more_waiting = (
+        head.pending,
+        head.broken,
+        head.more_waiting,
+    )
     missing = snapshot.busy - snapshot.nodes.keys()
     if missing:  # work still on terminated nodes: keep them to say what happened
         query = select(NodeModel).where(NodeModel.name.in_(missing))
         snapshot.gone = {n.name: n for n in (await session.execute(query)).scalars()}
     return snapshot
-
-
-async def _queue_head(
-    session: AsyncSession, now: datetime, window: int
-) -> list[tuple[RunModel, RecipeModel]]:
-    """The first `window` pending runs of each owner and priority tier, in arrival
-    order (the queue index `ix_runs_queue` serves the ranking)."""
-    place = (
-        func.row_number()
-        .over(
-            partition_by=(RunModel.owner, RunModel.priority),
-            order_by=(RunModel.queued_at, RunModel.id),
-        )
-        .label("place")
-    )
-    ranked = (
-        select(RunModel.id, place)
-        .where(
-            RunModel.status == RunStatus.PENDING.value,
-            or_(RunModel.not_before.is_(None), RunModel.not_before <= now),
-        )
-        .subquery()
-    )
-    query = (
-        select(RunModel, RecipeModel)
-        .join(ranked, ranked.c.id == RunModel.id)
-        .join(RecipeModel, RecipeModel.id == RunModel.recipe_id)
-        .where(ranked.c.place <= window)
-        .order_by(RunModel.queued_at, RunModel.id)
-    )
-    return [(run, recipe) for run, recipe in await session.execute(query)]
 
 
 async def recent_usage(session: AsyncSession, now: datetime) -> dict[str, float]:
