@@ -6,7 +6,9 @@ plaintext exists only in the caller's hands and, for the bootstrap admin token, 
 Authenticating only reads. An API token's `last_used_at` (shown by `flo token
 list`, to decide which tokens to revoke) is written afterwards by `TokenUse`, at
 most once a minute per token, in its own short transaction whose failure is logged
-and ignored: on a full disk or a read-only database reads keep working."""
+and ignored: on a full disk or a read-only database reads keep working. A
+successful API token check is remembered for a few seconds, until this server
+changes an identity (`auth/token_checks.py`)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flotilla.errors import Forbidden, Unauthorized
+from flotilla.server.auth.token_checks import Checked, TokenChecks
 from flotilla.server.db.models import ApiTokenModel, UserModel
+from flotilla.server.db.writes import NOT_AN_IDENTITY_CHANGE
 from flotilla.server.identity import ALL_SCOPES, Identity, Scope, load_identity
 
 if TYPE_CHECKING:
@@ -134,6 +138,7 @@ class TokenUse:
                     update(ApiTokenModel)
                     .where(ApiTokenModel.id == token_id)
                     .values(last_used_at=now)
+                    .execution_options(**{NOT_AN_IDENTITY_CHANGE: True})
                 )
         except SQLAlchemyError as e:
             if not self._failing:
@@ -205,21 +210,35 @@ async def authenticate(request: Request) -> Identity:
     ctx: ServerContext = request.app.state.ctx
     token = parse_authorization(request.headers.get("authorization"))
     now = ctx.clock.now()
-    used: ApiTokenModel | None = None
-    async with ctx.sessions() as session:
-        if looks_like_jwt(token):
-            from flotilla.server.auth.tokens import TokenPolicy, identity_for_jwt
+    if looks_like_jwt(token):
+        from flotilla.server.auth.tokens import TokenPolicy, identity_for_jwt
 
-            policy = TokenPolicy.of(ctx.settings)
-            identity = await identity_for_jwt(session, token, now, policy)
-        else:
-            identity, used = await identity_for_token(session, token, now)
-    if used is not None:
+        async with ctx.sessions() as session:
+            identity = await identity_for_jwt(session, token, now, TokenPolicy.of(ctx.settings))
+    else:
+        checked = await _check_token(request, ctx, token, now)
         token_use = _token_use(request)
-        if token_use.due(used.id, used.last_used_at, now):
-            await token_use.record(ctx, used.id, now)
+        if token_use.due(checked.token_id, checked.last_used_at, now):
+            await token_use.record(ctx, checked.token_id, now)
+        identity = checked.identity
     request.state.identity = identity
     return identity
+
+
+async def _check_token(request: Request, ctx: ServerContext, token: str, now: datetime) -> Checked:
+    """`identity_for_token`, remembered for a few seconds (`auth/token_checks.py`)."""
+    checks: TokenChecks | None = getattr(request.app.state, "token_checks", None)
+    if checks is None:
+        checks = request.app.state.token_checks = TokenChecks()
+    key = hash_token(token)
+    version = ctx.writes.identity_version  # before reading: a later change wins
+    checked = checks.get(key, version, now)
+    if checked is None:
+        async with ctx.sessions() as session:
+            identity, row = await identity_for_token(session, token, now)
+        checked = Checked(identity, row.id, row.last_used_at, row.expires_at)
+        checks.put(key, checked, version)
+    return checked
 
 
 def _token_use(request: Request) -> TokenUse:
