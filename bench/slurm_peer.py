@@ -222,6 +222,10 @@ PartitionName=bench Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             cancel = [_bin("scancel"), "--partition=bench", "--quiet"]
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(cancel, env=self.env, capture_output=True, check=False, timeout=10)
+        # The jobs' step daemons and scripts outlive a slurmd stopped while a
+        # cancel is still being carried out: they are the daemons' descendants,
+        # taken now and killed once the daemons are gone.
+        steps = _descendants({p.pid for p in self._procs if p.poll() is None})
         # Reverse start order, one at a time: slurmds, slurmctld, and munged last, since
         # the Slurm daemons still talk to it while shutting down.
         for proc in reversed(self._procs):
@@ -233,6 +237,9 @@ PartitionName=bench Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+        for pid in steps:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.stop)
 
@@ -329,3 +336,21 @@ if __name__ == "__main__":
     result |= {"cpus_per_node": c.cpus_per_node, "latency_mean_s": statistics.fmean(lat)}
     result |= {"latency_p50_s": statistics.median(lat), "latency_min_s": min(lat)}
     print(json.dumps(result | {"latency_max_s": max(lat), **burst}))
+
+
+def _descendants(roots: set[int]) -> list[int]:
+    """The pids of every process below `roots` (from /proc: each one's parent)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

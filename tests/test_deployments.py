@@ -321,11 +321,16 @@ async def test_a_request_waits_wait_for_replica_then_gets_503(api: Api) -> None:
     door holds the request for `wait_for_replica`, then says why; the load balancer
     holds a raw connection as long."""
     await api.client.put("/api/recipes", json=deployment(command="sleep 60", wait_for_replica=1))
+
+    async def routed() -> dict[str, Any] | None:  # before: "starting, try again"
+        found = await view(api)
+        return found if found["route_ports"] else None
+
+    port = (await wait_for(routed, what="the deployment's load balancer port"))["route_ports"]
     response = await get(api)
     assert response.status_code == 503, response.text
     assert "no replica ready for 1 s (its `wait_for_replica`)" in response.json()["message"]
-    port = (await view(api))["route_ports"]["8000"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port["8000"])
     writer.write(b"GET / HTTP/1.0\r\n\r\n")
     # Closed unanswered after the 1 s hold: far sooner than the 2 minute default.
     assert await asyncio.wait_for(reader.read(), 30) == b""
