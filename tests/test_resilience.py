@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import Connection, event
 
+from flotilla.server.auth.token_checks import TokenChecks
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, apply_and_start, cleanup_data_dir, job
 
@@ -159,15 +160,20 @@ async def test_dropped_postgres_connections_fail_no_request(pg_api: Api, postgre
 class DropMidRequest:
     """Terminates the server's PostgreSQL connection for real just as a request runs
     its next statement (armed with `arm`): the one that looks up the caller's token,
-    which no reconciler runs. The connection dies while the request is using it."""
+    which no reconciler runs (arming forgets the token checks the server keeps for
+    a few seconds, so that the request does look it up). The connection dies while
+    the request is using it."""
 
     def __init__(self, api: Api, database_url: str) -> None:
+        assert api.app is not None
+        self.app = api.app
         self.engine = api.ctx.engine.sync_engine
         self.database_url = database_url
         self.armed = 0
         event.listen(self.engine, "before_cursor_execute", self._before)
 
     def arm(self, times: int = 1) -> None:
+        self.app.state.token_checks = TokenChecks()
         self.armed = times
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from flotilla.compute.base import LaunchRequest, TaskRef, Workload
 from flotilla.compute.sim.provider import IbNetwork, SimConfig, SimProvider
@@ -161,3 +162,39 @@ async def test_a_virtual_failure_and_a_stop_end_runs_as_real_ones_would(api: Api
     assert (await api.client.post(f"/api/jobs/{job_id}/stop")).status_code == 200
     stopped = await wait_run(api.client, long, "stopped", "failed", "succeeded", timeout=30)
     assert stopped["status"] == "stopped", stopped
+
+
+async def test_a_full_resync_reads_no_run_spec_it_has_read_before(api: Api) -> None:
+    """Supervision's full resync looks at every placed run: it keeps what it needs of
+    their specs (max_duration), so later resyncs read none of them again, and
+    max_duration still stops a run that outlives it."""
+    await _fleet(api, 4)
+    started = []
+    for name, limit in (("long-1", None), ("long-2", None), ("capped", "2s")):
+        recipe = _job(name, scale=1, FLOTILLA_VIRTUAL_SECONDS="3600")
+        if limit is not None:
+            recipe["spec"]["max_duration"] = limit
+        started.append((await apply_and_start(api.client, recipe))[1])
+    for run_id in started:
+        await wait_run(api.client, run_id, "running", timeout=30)
+    assert api.app is not None
+    await api.stop_loops()  # this test steps supervision itself
+    supervision = next(loop for loop in api.app.state.loops if loop.name == "supervision")
+    specs_read: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "runs.spec" in statement:
+            specs_read.append(statement)
+
+    event.listen(api.ctx.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        supervision._last_full = 0.0  # a full resync now
+        await supervision.step()
+        await asyncio.sleep(2.1)  # past the capped run's max_duration
+        supervision._last_full = 0.0
+        await supervision.step()
+    finally:
+        event.remove(api.ctx.engine.sync_engine, "before_cursor_execute", count)
+    assert specs_read == []  # the running loop's resyncs had read them already
+    run = (await api.client.get(f"/api/runs/{started[2]}")).json()
+    assert "exceeded max_duration of 2s" in (run["stop_reason"] or ""), run

@@ -5,6 +5,12 @@ a full `observe` of every placed task (the level-triggered truth after restarts
 and lost events). It also delivers stop requests, enforces `max_duration`, relaunches
 tasks the backend never got, and requeues failed runs within their `retries`.
 
+A full resync looks at every placed run, so it reads them without their stored
+spec (decoding thousands of specs every resync cost more than the rest of the
+step): what it needs of a spec, `max_duration`, is kept per run (a run's spec
+never changes), and the spec itself is read only for the run that needs it (to
+retry, requeue or relaunch it).
+
 One run whose update fails (a stored spec that no longer parses) fails only itself:
 the transaction is redone without it, and it gets an error event and backs off
 (`isolation.py`) while every other run is supervised.
@@ -13,14 +19,17 @@ the transaction is redone without it, and it gets an error event and backs off
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from flotilla.compute.base import LaunchRequest, TaskRef
 from flotilla.core.backoff import doubling
@@ -31,6 +40,7 @@ from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
 from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
+from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.reconcilers.isolation import Quarantine, report_failures
 from flotilla.server.reconcilers.loop import ReconcileLoop
@@ -60,6 +70,7 @@ class Supervision(ReconcileLoop):
         self.events: dict[str, TaskState] = {}
         self._last_full = 0.0
         self._signalled: dict[str, float] = {}  # task id -> when we last sent SIGTERM
+        self._limits: dict[str, float | None] = {}  # run id -> its max_duration (seconds)
         self.quarantine = Quarantine(self.name)
 
     async def on_task_event(self, state: TaskState) -> None:
@@ -88,6 +99,8 @@ class Supervision(ReconcileLoop):
             requeued = finished = False
             async with self.ctx.sessions() as session, session.begin():
                 runs, tasks = await self._load(session, scope)
+                if full:
+                    await self._learn_limits(session, runs)
                 by_run: dict[str, list[TaskModel]] = {}
                 for task in tasks:
                     by_run.setdefault(task.run_id, []).append(task)
@@ -105,6 +118,7 @@ class Supervision(ReconcileLoop):
                     finished |= status.is_finished()
                 if full:
                     self.quarantine.keep_only(r.id for r in runs)
+                    self._limits = {r.id: self._limits[r.id] for r in runs if r.id in self._limits}
             return stops, relaunch, requeued, finished
 
         (stops, relaunch, requeued, finished), failures = await self.quarantine.rerun(supervise)
@@ -134,20 +148,21 @@ class Supervision(ReconcileLoop):
         unknown = [t for t in tasks if self._apply(t, events.get(t.id))]
         gang_stop = await self._judge(session, run, tasks)
         if full:
-            self._enforce_max_duration(session, run)
+            await self._enforce_max_duration(session, run)
         status = RunStatus(run.status)
         if (run.stop_requested_at is not None or gang_stop) and status.is_active():
             found.stops = [task_ref(t) for t in tasks if not TaskStatus(t.status).is_finished()]
         elif unknown and full:
+            await with_spec(session, run)
             found.relaunch = await self.scheduler.relaunch(session, run, unknown)
         return found
 
     async def _load(
         self, session: AsyncSession, scope: set[str] | None = None
     ) -> tuple[Sequence[RunModel], list[TaskModel]]:
-        """Placed runs and their current tasks: all of them, or those in `scope`
-        plus the ones with a stop request to deliver."""
-        query = select(RunModel).where(RunModel.status.in_(PLACED))
+        """Placed runs (without their specs: `with_spec`) and their current tasks:
+        all of them, or those in `scope` plus the ones with a stop request to deliver."""
+        query = select(RunModel).options(defer(RunModel.spec)).where(RunModel.status.in_(PLACED))
         if scope is not None:
             query = query.where(RunModel.id.in_(scope) | RunModel.stop_requested_at.is_not(None))
         runs = (await session.execute(query)).scalars().all()
@@ -193,6 +208,7 @@ class Supervision(ReconcileLoop):
             run.started_at = min(started) if started else now
             return False
         run.exit_code = verdict.exit_code
+        await with_spec(session, run)  # to retry or requeue it
         if run.requeue_reason is not None and verdict.status != RunStatus.SUCCEEDED:
             # Evicted by the platform (node lost, drain, spot notice, preemption):
             # the work goes back to the queue whatever the processes said.
@@ -227,10 +243,26 @@ class Supervision(ReconcileLoop):
         run.not_before = None  # a platform requeue goes at once; a retry sets its wait
         session.add_all(new_tasks(run, recipe.name))
 
-    def _enforce_max_duration(self, session: AsyncSession, run: RunModel) -> None:
-        limit = JobSpec.model_validate(run.spec).max_duration_seconds()
+    async def _learn_limits(self, session: AsyncSession, runs: Sequence[RunModel]) -> None:
+        """The max_duration of the running runs not seen before, from their specs
+        (one query per thousand). A spec that does not validate is left for
+        `_enforce_max_duration` to fail on, under its run's blame."""
+        new = [r.id for r in runs if r.id not in self._limits and r.status == RunStatus.RUNNING]
+        for chunk in chunks(new):
+            query = select(RunModel.id, RunModel.spec).where(RunModel.id.in_(chunk))
+            for run_id, spec in await session.execute(query):
+                with contextlib.suppress(ValidationError):
+                    self._limits[run_id] = JobSpec.model_validate(spec).max_duration_seconds()
+
+    async def _enforce_max_duration(self, session: AsyncSession, run: RunModel) -> None:
+        if run.started_at is None or run.status != RunStatus.RUNNING.value:
+            return
+        if run.id not in self._limits:
+            await with_spec(session, run)
+            self._limits[run.id] = JobSpec.model_validate(run.spec).max_duration_seconds()
+        limit = self._limits[run.id]
         now = self.ctx.clock.now()
-        if limit is None or run.started_at is None or run.status != RunStatus.RUNNING.value:
+        if limit is None:
             return
         if now - run.started_at > timedelta(seconds=limit):
             request_stop(
@@ -270,6 +302,12 @@ def _exited_status(state: TaskState) -> TaskStatus:
     if state.exit_code == 0:
         return TaskStatus.SUCCEEDED
     return TaskStatus.FAILED
+
+
+async def with_spec(session: AsyncSession, run: RunModel) -> None:
+    """Read `run`'s stored spec if it was left out (`Supervision._load`)."""
+    if "spec" in inspect(run).unloaded:
+        await session.refresh(run, ["spec"])
 
 
 def _ts(value: float | None) -> datetime | None:
