@@ -362,7 +362,11 @@ def main() -> None:
     }
     database_url, drop = create_database(args.database_url)
     try:
-        result["flotilla"] = flotilla(args, root, database_url)
+        try:
+            result["flotilla"] = flotilla(args, root, database_url)
+        except Exception:
+            show_server_log(root / "server.log")
+            raise
         if not args.skip_slurm:
             result["slurm"] = slurm(args, root)
             result["ratios"] = ratios(result)
@@ -370,6 +374,14 @@ def main() -> None:
         drop()
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result))
+
+
+def show_server_log(path: Path, lines: int = 80) -> None:
+    """The end of the server's log, on stderr: the run failed, and the log goes with
+    the run's directory."""
+    if path.exists():
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"-- the last {len(tail)} lines of {path}:", *tail, sep="\n", file=sys.stderr)
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryContext
 
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.services.fleets.fleets import DEMAND_PAGE, load_fleets
+from flotilla.server.services.runs import queue as queue_service
 from flotilla.server.services.runs.capacity import Capacity
 from flotilla.server.services.runs.queue_head import QueueHead
 from flotilla.server.services.runs.scheduling import PENDING_WINDOW, Snapshot, load_snapshot
@@ -370,3 +372,28 @@ async def test_the_queue_head_is_read_again_only_where_it_changed(api: Api) -> N
     seen, ids = await step()
     assert head[0] not in ids and seen == {"RunModel": 1, "TaskModel": 1}
     assert ids[: PENDING_WINDOW - 1] == head[1:]
+
+
+async def test_a_run_placed_while_a_page_is_read_leaves_the_page(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is two reads (the runs, then their positions): a run that starts in
+    between is no longer waiting, and the page leaves it out rather than failing."""
+    if api.ctx.engine.dialect.name == "sqlite":
+        pytest.skip("one connection: nothing commits between a page's two reads")
+    await api.stop_loops()
+    await _pending(api, "racing", 5)
+    head = await _ids(api)
+    real = queue_service._positions
+
+    async def placed_meanwhile(session: AsyncSession, *args: Any) -> dict[str, int]:
+        async with api.ctx.transaction() as other:  # another request, committed
+            await other.execute(
+                update(RunModel).where(RunModel.id == head[0]).values(status="starting")
+            )
+        return await real(session, *args)
+
+    monkeypatch.setattr(queue_service, "_positions", placed_meanwhile)
+    page = await _page(api, limit=3)
+    assert [r["run_id"] for r in page["runs"]] == head[1:3]
+    assert [r["position"] for r in page["runs"]] == [1, 2]

@@ -49,7 +49,10 @@ async def queue_page(
     if not rows:
         return [], None
     positions = await _positions(session, rows[0][0], rows[-1][0])
-    page = [_view(run, recipe, positions[run.id], now) for run, recipe in rows]
+    # A run placed between the two reads has no position: it no longer waits.
+    page = [
+        _view(run, recipe, positions[run.id], now) for run, recipe in rows if run.id in positions
+    ]
     last = rows[-1][0]
     return page, _encode(last) if more else None
 
