@@ -264,36 +264,46 @@ def flotilla(args: argparse.Namespace, root: Path, database_url: str) -> dict[st
 
 def release(c: httpx.Client, hold: str, nodes: int, pending: int) -> dict[str, Any]:
     """Stop the runs holding every node and time how long until queued runs hold
-    them all again: stops, supervision, scheduling and launch, end to end. The
-    queue is first in, first out here (one shape, one owner): they all hold again
-    once the run that was `nodes + 1`-th in line heads the queue."""
-    after, left = None, nodes
-    while True:  # to the run `nodes` places behind the head
-        params = {"limit": min(1000, left + 1), **({"after": after} if after else {})}
-        page = c.get("/api/queue", params=params)
-        page.raise_for_status()
-        body = page.json()
-        if left < len(body["runs"]):
-            marker = body["runs"][left]["run_id"]
-            break
-        left -= len(body["runs"])
-        after = body["next"]
+    them again: stops, supervision, scheduling and launch, end to end. The queue
+    is first in, first out here (one shape, one owner): `nodes` of them hold again
+    once the run that was `nodes + 1`-th in line heads the queue, or, with fewer
+    waiting, once none waits."""
+    marker = run_behind_head(c, nodes)
+    placed = nodes if marker is not None else pending
     t0 = time.monotonic()
     c.post(f"/api/jobs/{hold}/stop").raise_for_status()
 
     def refilled() -> bool:
         head = c.get("/api/queue", params={"limit": 1})
         head.raise_for_status()
-        return bool(head.json()["runs"]) and head.json()["runs"][0]["run_id"] == marker
+        runs = head.json()["runs"]
+        return runs[0]["run_id"] == marker if runs else marker is None
 
-    wait_for(refilled, 1800, f"{nodes} queued runs placed", poll=0.1)
+    wait_for(refilled, 1800, f"{placed} queued runs placed", poll=0.1)
     seconds = time.monotonic() - t0
     return {
         "pending": pending,
-        "runs": nodes,
+        "runs": placed,
         "seconds": round(seconds, 2),
-        "placements_per_s": round(nodes / seconds, 1),
+        "placements_per_s": round(placed / seconds, 1),
     }
+
+
+def run_behind_head(c: httpx.Client, places: int) -> str | None:
+    """The id of the run `places` places behind the head of the queue (0: the
+    head), or None when fewer wait."""
+    after, left = None, places
+    while True:
+        params = {"limit": min(1000, left + 1), **({"after": after} if after else {})}
+        page = c.get("/api/queue", params=params)
+        page.raise_for_status()
+        body = page.json()
+        if left < len(body["runs"]):
+            return str(body["runs"][left]["run_id"])
+        if body["next"] is None:
+            return None
+        left -= len(body["runs"])
+        after = body["next"]
 
 
 def count_nodes(c: httpx.Client) -> int:

@@ -72,3 +72,6 @@ def test_scale_benchmark_runs_and_prints_json() -> None:
     assert set(figures["flotilla"]["depths"]) == {"10", "40"}
     at = figures["flotilla"]["depths"]["40"]
     assert at["start"]["p50"] > 0 and at["queue_page_p50_ms"] > 0 and at["rss_mb"] > 0
+    # The 8 freed nodes were taken by 8 of the runs queued behind them.
+    placed = figures["flotilla"]["placements"]
+    assert placed["runs"] == 8 and placed["pending"] == 45 and placed["placements_per_s"] > 0
