@@ -1,24 +1,23 @@
 """Which runs and nodes committed transactions changed, for the loops that work
-from what changed between steps (the scheduler's `services/runs/capacity.py`,
-the metering reconciler).
+from what changed between steps (the scheduler's `services/runs/capacity.py` and
+`queue_head.py`, the metering reconciler).
 
 A `StoreSession` collects, at each flush, the ids of the runs and nodes it
 updated or deleted (a task written counts as its run), and hands them to its
 factory's `WriteLog` once the commit has happened, so that a reader looking then
 sees the new rows. Each loop reads through its own `WriteReader`: what one takes,
-the others still get.
+the others still get. Ids flushed in a transaction that rolled back go with the
+session's next commit, if any: a reader reloading a row that did not change costs
+only the read. Every ORM write in the server passes through such a session, so
+nobody has to remember to say what they touched. Inserted runs are not collected:
+a new run is pending and holds nothing (`Change.RUNS_QUEUED` says it came). A
+write made outside the server's sessions (another process, raw SQL) is seen at
+the readers' next full reload.
 
-It also counts the commits that changed who may do what (users, API tokens,
+The log also counts the commits that changed who may do what (users, API tokens,
 groups, projects and their members, by ORM object or by an UPDATE or DELETE
 statement on them): `identity_version`, which the API's cache of token checks
-compares (`server/security.py`). Ids flushed in a
-transaction that rolled back go with the session's next commit, if any: a
-reader reloading a row that did not change costs only the read. Every ORM write
-in the server passes through such a session, so nobody has to remember to say
-what they touched. Inserted runs are not collected: a new run is pending and
-holds nothing (`Change.RUNS_QUEUED` says it came). A write made outside the
-server's sessions (another process, raw SQL) is seen at the readers' next full
-reload.
+compares (`server/auth/token_checks.py`).
 """
 
 from __future__ import annotations
@@ -99,21 +98,15 @@ def _collect(session: Session, _flush_context: object) -> None:
     if LOG_INFO not in session.info:
         return
     runs, nodes = session.info.setdefault(_UNCOMMITTED, (set(), set()))
-    for obj in (*session.dirty, *session.deleted):
-        if isinstance(obj, RunModel):
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, TaskModel):
+            runs.add(obj.run_id)
+        elif isinstance(obj, RunModel) and obj not in session.new:
             runs.add(obj.id)
         elif isinstance(obj, NodeModel):
             nodes.add(obj.id)
-    for obj in (*session.dirty, *session.deleted, *session.new):
-        if isinstance(obj, TaskModel):
-            runs.add(obj.run_id)
-    for obj in session.new:
-        if isinstance(obj, NodeModel):
-            nodes.add(obj.id)
-    if any(
-        isinstance(obj, IDENTITY_MODELS) for obj in (*session.new, *session.dirty, *session.deleted)
-    ):
-        session.info[_IDENTITY_TOUCHED] = True
+        elif isinstance(obj, IDENTITY_MODELS):
+            session.info[_IDENTITY_TOUCHED] = True
 
 
 def _statement(state: ORMExecuteState) -> None:
