@@ -33,7 +33,7 @@ from flotilla.server.db.batches import chunks
 from flotilla.server.db.models import RecipeModel, RunModel, TaskModel
 from flotilla.server.db.writes import WriteReader
 from flotilla.server.services.runs.capacity import FULL_RELOAD_SECONDS
-from flotilla.server.services.runs.runs import current_tasks, run_tasks
+from flotilla.server.services.runs.runs import current_tasks, recipes_by_id, run_tasks
 
 
 @dataclass
@@ -85,9 +85,9 @@ class QueueHead:
         wanted = [run_id for run_id, _, _, _ in rows]
         kept = {i: self._cached[i] for i in wanted if i in self._cached and i not in changed}
         fresh, broken = await _load(session, [i for i in wanted if i not in kept])
-        self._cached = {**kept, **fresh} if self.writes is not None else {}
         loaded = {**kept, **fresh}
-        recipes = await _recipes(session, {recipe_id for _, _, _, recipe_id in rows})
+        self._cached = loaded if self.writes is not None else {}
+        recipes = await recipes_by_id(session, (recipe_id for _, _, _, recipe_id in rows))
         pending = [
             Waiting(entry.run, recipes[entry.run.recipe_id], entry.spec, entry.tasks)
             for run_id in wanted
@@ -157,8 +157,3 @@ async def _load(
                 continue
             loaded[run.id] = _Cached(run, spec, current_tasks(run, tasks[run.id]))
     return loaded, broken
-
-
-async def _recipes(session: AsyncSession, ids: set[str]) -> dict[str, RecipeModel]:
-    query = select(RecipeModel).where(RecipeModel.id.in_(ids))
-    return {r.id: r for r in (await session.execute(query)).scalars()}

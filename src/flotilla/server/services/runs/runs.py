@@ -8,7 +8,7 @@ reconciler signals the processes (outside any transaction) until they are gone.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -224,15 +224,13 @@ async def with_recipes(
     recipes are read apart, once each: joined, every run's row would bring its
     recipe's spec again (many runs share one recipe)."""
     runs = list((await session.execute(runs_query)).scalars())
-    recipes = {
-        r.id: r
-        for r in (
-            await session.execute(
-                select(RecipeModel).where(RecipeModel.id.in_({run.recipe_id for run in runs}))
-            )
-        ).scalars()
-    }
+    recipes = await recipes_by_id(session, {run.recipe_id for run in runs})
     return [(run, recipes[run.recipe_id]) for run in runs if run.recipe_id in recipes]
+
+
+async def recipes_by_id(session: AsyncSession, ids: Iterable[str]) -> dict[str, RecipeModel]:
+    query = select(RecipeModel).where(RecipeModel.id.in_(set(ids)))
+    return {r.id: r for r in (await session.execute(query)).scalars()}
 
 
 def current_tasks(run: RunModel, tasks: list[TaskModel]) -> list[TaskModel]:
