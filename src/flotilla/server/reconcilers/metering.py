@@ -38,7 +38,7 @@ from flotilla.core.metering import node_share
 from flotilla.core.status import RunStatus, TaskStatus
 from flotilla.server.changes import Change
 from flotilla.server.context import ServerContext
-from flotilla.server.db.batches import chunks
+from flotilla.server.db.batches import chunks, rows_where_in
 from flotilla.server.db.models import (
     GroupModel,
     NodeModel,
@@ -119,12 +119,7 @@ async def open_rows(
             UsageModel.id.is_(None),
         )
     )
-    if runs is None:
-        found = (await session.execute(query)).all()
-    else:
-        found = []
-        for chunk in chunks(runs):
-            found += (await session.execute(query.where(TaskModel.run_id.in_(chunk)))).all()
+    found = await rows_where_in(session, query, TaskModel.run_id, runs)
     if not found:
         return 0
     node_names = {task.node for task, _, _ in found if task.node}
@@ -225,12 +220,7 @@ async def close_rows(session: AsyncSession, now: datetime, runs: set[str] | None
         .outerjoin(RunModel, RunModel.id == TaskModel.run_id)
         .where(UsageModel.ended_at.is_(None), is_task_row())
     )
-    if runs is None:
-        rows = list(await session.execute(query))
-    else:
-        rows = []
-        for chunk in chunks(runs):
-            rows += await session.execute(query.where(UsageModel.run_id.in_(chunk)))
+    rows = await rows_where_in(session, query, UsageModel.run_id, runs)
     closed = 0
     for (
         row,
