@@ -504,7 +504,7 @@ def ssh_public_key(comment: str = "me@laptop", rsa_bits: int | None = None) -> s
 # Helpers for metering, cost and budget tests (tests/test_metering*.py, test_budgets*.py).
 from datetime import datetime  # noqa: E402
 
-from flotilla.server.db.models import UsageModel  # noqa: E402
+from flotilla.server.db.models import RecipeModel, UsageModel  # noqa: E402
 
 
 async def add_usage(
@@ -550,6 +550,15 @@ async def add_usage(
             )
         )
     return run_id
+
+
+def fleet_row(name: str, at: datetime) -> RecipeModel:
+    """A fleet recipe's row, owned by the admin, with no spec: what idle-time
+    metering bills a fleet's nodes to (its nodes are made by the test)."""
+    return RecipeModel(
+        id=uuid.uuid4().hex, type="fleet", name=name, owner="admin", project=None,
+        schema_version="2025.10.01", spec={}, created_at=at, updated_at=at,
+    )  # fmt: skip
 
 
 async def add_password_user(

@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, select
 
 from flotilla.core.metering import cents
-from flotilla.server.db.models import NodeModel, RecipeModel, UsageModel
+from flotilla.server.db.models import NodeModel, UsageModel
 from flotilla.server.reconcilers.metering import Metering
 from flotilla.server.services.metering.usage_rows import meter_idle_nodes
 from tests.conftest import Api
-from tests.factories import add_usage, add_user, apply_and_start, job, wait_for, wait_run
+from tests.factories import add_usage, add_user, apply_and_start, fleet_row, job, wait_for, wait_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -294,15 +294,12 @@ async def test_idle_time_of_fleet_nodes_fills_every_gap_between_tasks(api: Api) 
         return t0 + timedelta(seconds=seconds)
 
     async with api.ctx.transaction() as session:
-        fleet_row = RecipeModel(
-            id=uuid.uuid4().hex, type="fleet", name="pool", owner="admin", project=None,
-            schema_version="2025.10.01", spec={}, created_at=t0, updated_at=t0,
-        )  # fmt: skip
-        session.add(fleet_row)
+        fleet = fleet_row("pool", t0)
+        session.add(fleet)
         for name, terminated in (("gone", at(100)), ("up", None)):
             session.add(
                 NodeModel(
-                    id=uuid.uuid4().hex, name=name, fleet_id=fleet_row.id, provider="sim",
+                    id=uuid.uuid4().hex, name=name, fleet_id=fleet.id, provider="sim",
                     instance_type="h100-80gb-sxm-ib.8x", region="us-east1",
                     state="terminated" if terminated else "ready", address="10.0.0.1",
                     gpus=[{"index": i, "healthy": True} for i in range(8)], cpus=64,

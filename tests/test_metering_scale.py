@@ -21,13 +21,13 @@ from sqlalchemy import event, insert, select, update
 
 from flotilla.server.db.models import (
     NodeModel,
-    RecipeModel,
     RunModel,
     TaskModel,
     UsageModel,
 )
 from flotilla.server.reconcilers.metering import Metering
 from tests.conftest import Api
+from tests.factories import fleet_row
 from tests.test_queue_scale import _pending
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,10 +60,7 @@ async def _running_on_nodes(api: Api) -> list[str]:
     recipe_id = await _pending(api, "train", RUNNING, resources={"gpu": "H100:8"})
     now = api.ctx.clock.now() - timedelta(minutes=10)
     async with api.ctx.transaction() as session:
-        fleet = RecipeModel(
-            id=uuid.uuid4().hex, type="fleet", name="pool", owner="admin", project=None,
-            schema_version="2025.10.01", spec={}, created_at=now, updated_at=now,
-        )  # fmt: skip
+        fleet = fleet_row("pool", now)
         session.add(fleet)
         await session.flush()
         run_ids = list(
