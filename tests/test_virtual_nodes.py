@@ -186,15 +186,15 @@ async def test_a_full_resync_reads_no_run_spec_it_has_read_before(api: Api) -> N
         if "runs.spec" in statement:
             specs_read.append(statement)
 
+    supervision._last_full = 0.0  # a full resync now: it may read what it has not seen
+    await supervision.step()
+    await asyncio.sleep(2.1)  # past the capped run's max_duration
     event.listen(api.ctx.engine.sync_engine, "before_cursor_execute", count)
     try:
-        supervision._last_full = 0.0  # a full resync now
-        await supervision.step()
-        await asyncio.sleep(2.1)  # past the capped run's max_duration
-        supervision._last_full = 0.0
+        supervision._last_full = 0.0  # the next: every spec was read before
         await supervision.step()
     finally:
         event.remove(api.ctx.engine.sync_engine, "before_cursor_execute", count)
-    assert specs_read == []  # the running loop's resyncs had read them already
+    assert specs_read == []
     run = (await api.client.get(f"/api/runs/{started[2]}")).json()
     assert "exceeded max_duration of 2s" in (run["stop_reason"] or ""), run
