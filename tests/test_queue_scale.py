@@ -270,10 +270,14 @@ async def _page(api: Api, headers: httpx.Headers | None = None, **params: Any) -
 
 
 async def _finish(api: Api, run_ids: list[str]) -> None:
+    # One read, then one flush: its UPDATEs go in primary-key order like every
+    # server writer's, so this cannot deadlock with the scheduler writing reasons
+    # (one UPDATE per `session.get` did, on PostgreSQL).
     async with api.ctx.transaction() as session:
-        for run_id in run_ids:
-            run = await session.get(RunModel, run_id)
-            assert run is not None
+        query = select(RunModel).where(RunModel.id.in_(run_ids))
+        runs = list((await session.execute(query)).scalars())
+        assert len(runs) == len(set(run_ids))
+        for run in runs:
             run.status = "stopped"
 
 
