@@ -43,6 +43,31 @@ async def test_a_request_in_flight_when_its_client_closes_does_not_reopen_it(
         await client._close_writer()
 
 
+async def test_a_connection_that_opens_after_its_client_closed_is_closed(
+    loopback_agent: LoopbackAgent,  # noqa: F811
+) -> None:
+    """`close()` while `connect()` waits for its TLS handshake: the connection that
+    opens afterwards belongs to nobody, so `connect()` closes it and says so,
+    instead of keeping it (and a reader task) on the closed client."""
+    files = client_files(loopback_agent.ca, loopback_agent.scratch / "cp")
+    client = AgentClient.over_tls(loopback_agent.target(files), Events().on_event)
+    try:
+        opening = asyncio.create_task(client.connect())
+        await asyncio.sleep(0)  # inside `_open`, the handshake not yet done
+        await client.close()
+        try:
+            await opening
+        except ConnectionResetError as e:
+            assert "closed" in str(e)
+        writer = client._writer
+        assert writer is None or writer.is_closing(), "a closed client holds a new connection"
+        assert client._reader_task is None
+    finally:
+        if client._reader_task is not None:
+            client._reader_task.cancel()
+        await client._close_writer()
+
+
 class _Server(asyncssh.SSHServer):
     """Any key is accepted; direct TCP (what a jump host does) is allowed."""
 

@@ -108,6 +108,11 @@ class AgentClient:
             if self._writer is not None and not self._writer.is_closing():
                 return
             reader, writer = await self._open()
+            if self._closed:  # close() ran while this connection was opening
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
+                raise ConnectionResetError("agent client closed")
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader))
 
