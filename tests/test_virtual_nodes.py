@@ -8,12 +8,15 @@ shows it was timed, not run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from flotilla.compute.base import LaunchRequest, TaskRef, Workload
 from flotilla.compute.sim.provider import IbNetwork, SimConfig, SimProvider
@@ -198,3 +201,89 @@ async def test_a_full_resync_reads_no_run_spec_it_has_read_before(api: Api) -> N
     assert specs_read == []
     run = (await api.client.get(f"/api/runs/{started[2]}")).json()
     assert "exceeded max_duration of 2s" in (run["stop_reason"] or ""), run
+
+
+def _statements(api: Api) -> contextlib.AbstractContextManager[list[str]]:
+    """The SQL statements issued inside the block."""
+
+    @contextlib.contextmanager
+    def counting() -> Iterator[list[str]]:
+        seen: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        event.listen(api.ctx.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            yield seen
+        finally:
+            event.remove(api.ctx.engine.sync_engine, "before_cursor_execute", count)
+
+    return counting()
+
+
+async def _running_runs(
+    api: Api, name: str, count: int, retries: int = 0, **env: str
+) -> tuple[str, list[str]]:
+    """`count` running runs of a new job `name`, of one task on one GPU each."""
+    recipe = _job(name, scale=1, **env)
+    recipe["spec"].update(retries=retries, resources={"gpu": "H100:1"})
+    job_id, first = await apply_and_start(api.client, recipe)
+    runs = [first]
+    for _ in range(count - 1):
+        r = await api.client.post(f"/api/jobs/{job_id}/start")
+        assert r.status_code == 200, r.text
+        runs.append(r.json()["run"]["id"])
+    for run_id in runs:
+        await wait_run(api.client, run_id, "running", timeout=30)
+    return job_id, runs
+
+
+async def test_runs_ending_together_are_written_in_one_flush(api: Api) -> None:
+    """A stop of many runs ends them all in one supervision step whose statements
+    do not grow with the runs: no run reads its spec on its own (which flushed the
+    run before it, one round trip per write), and only the runs that may retry read
+    theirs, all in one query."""
+    many = 8
+    await _fleet(api, 2)  # 16 GPUs
+    job_id, stopped = await _running_runs(api, "long", many, FLOTILLA_VIRTUAL_SECONDS="3600")
+    _, failing = await _running_runs(
+        api, "failing", many, 1, FLOTILLA_VIRTUAL_SECONDS="3", FLOTILLA_VIRTUAL_EXIT_CODE="3"
+    )
+    assert api.app is not None
+    await api.stop_loops()  # this test steps supervision itself
+    supervision = next(loop for loop in api.app.state.loops if loop.name == "supervision")
+    assert (await api.client.post(f"/api/jobs/{job_id}/stop")).status_code == 200
+    await supervision.step()  # delivers the stops; the nodes answer with the ends
+
+    async def all_ended() -> bool:
+        ended = [s for s in supervision.events.values() if s.phase == EXITED]
+        return len(ended) == 2 * many
+
+    await wait_for(all_ended, timeout=10, what="every task's end")
+    supervision._last_full = time.monotonic()  # not a full resync: only what changed
+    flushes: list[Session] = []
+
+    def flushed(session: Session, *_: Any) -> None:
+        flushes.append(session)
+
+    event.listen(Session, "after_flush", flushed)
+    try:
+        with _statements(api) as statements:
+            await supervision.step()
+    finally:
+        event.remove(Session, "after_flush", flushed)
+    for run_id in stopped:
+        assert (await api.client.get(f"/api/runs/{run_id}")).json()["status"] == "stopped"
+    for run_id in failing:
+        run = (await api.client.get(f"/api/runs/{run_id}")).json()
+        assert (run["status"], run["attempt"]) == ("pending", 1), run
+        assert "retry 1 of 1" in run["reason"], run
+    reads = [s for s in statements if s.lstrip().startswith("SELECT")]
+    specs = [s for s in reads if "runs.spec" in s]
+    assert len(specs) == 1, specs  # the eight that retry, together
+    # The runs and their tasks, the specs and the recipes of those that retry.
+    assert len(reads) <= 4, reads
+    # Written together: one flush for what the reads before it changed, one at
+    # the commit (a read between two runs' writes flushed the first on its own).
+    assert len(flushes) <= 2, flushes

@@ -111,10 +111,13 @@ class Scheduler(ReconcileLoop):
             await self.launch(requests)
 
     async def launch(self, requests: list[LaunchRequest]) -> None:
-        for request in requests:  # cheap, and must exist before any rank starts
-            if request.checkpoint_dir:
-                self.ctx.settings.checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
-                (self.ctx.settings.checkpoints / request.task.run_id).mkdir(exist_ok=True)
+        # Each run's checkpoint directory must exist before any rank starts; tasks
+        # on virtual nodes run nothing, so they need none.
+        checkpointed = {r.task.run_id for r in requests if r.checkpoint_dir and not r.virtual}
+        if checkpointed:
+            self.ctx.settings.checkpoints.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for run_id in checkpointed:
+            (self.ctx.settings.checkpoints / run_id).mkdir(exist_ok=True)
         results = await asyncio.gather(
             *(self.ctx.backend.launch(r) for r in requests), return_exceptions=True
         )
@@ -231,7 +234,9 @@ class Scheduler(ReconcileLoop):
                     recipe_id=run.recipe_id,
                     run_id=run.id,
                 )
-        return self._requests(run, waiting.tasks, recipe.name, secret_env, secret_files, run_as)
+        return self._requests(
+            run, spec, waiting.tasks, recipe.name, secret_env, secret_files, run_as
+        )
 
     async def _run_as(
         self,
@@ -262,6 +267,7 @@ class Scheduler(ReconcileLoop):
     def _requests(
         self,
         run: RunModel,
+        spec: JobSpec,
         tasks: list[TaskModel],
         job_name: str,
         secret_env: dict[str, str],
@@ -281,6 +287,7 @@ class Scheduler(ReconcileLoop):
             protected_paths(self.ctx.settings),
             run_as.confined_on,
             run_as.virtual_on,
+            spec,
         )
 
     async def relaunch(
@@ -296,7 +303,9 @@ class Scheduler(ReconcileLoop):
         all_tasks = current_tasks(run, (await run_tasks(session, [run.id]))[run.id])
         wanted = {t.id for t in tasks}
         run_as = await self._run_as(session, run, recipe, all_tasks)
-        requests = self._requests(run, all_tasks, recipe.name, secret_env, secret_files, run_as)
+        requests = self._requests(
+            run, spec, all_tasks, recipe.name, secret_env, secret_files, run_as
+        )
         return [r for r in requests if r.task.task_id in wanted]
 
 

@@ -30,11 +30,12 @@ from pydantic import ValidationError
 from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from flotilla.compute.base import LaunchRequest, TaskRef
 from flotilla.core.backoff import doubling
 from flotilla.core.status import RunStatus, TaskStatus
-from flotilla.core.verdict import TaskView, judge_run
+from flotilla.core.verdict import RunVerdict, TaskView, judge_run
 from flotilla.errors import FlotillaError
 from flotilla.recipes.job import JobSpec
 from flotilla.runtime.taskspec import EXITED, LOST, RUNNING, UNKNOWN, TaskState
@@ -49,6 +50,7 @@ from flotilla.server.services.runs.launch import task_ref
 from flotilla.server.services.runs.runs import (
     current_tasks,
     new_tasks,
+    recipes_by_id,
     request_stop,
     run_tasks,
     switch_run_status,
@@ -99,17 +101,33 @@ class Supervision(ReconcileLoop):
             requeued = finished = False
             async with self.ctx.sessions() as session, session.begin():
                 runs, tasks = await self._load(session, scope)
-                if full:
-                    await self._learn_limits(session, runs)
                 by_run: dict[str, list[TaskModel]] = {}
                 for task in tasks:
                     by_run.setdefault(task.run_id, []).append(task)
+                runs = [r for r in runs if not self.quarantine.holds(r.id, r.attempt)]
+                heard: dict[str, _Heard] = {}
                 for run in runs:
-                    if self.quarantine.holds(run.id, run.attempt):
-                        continue
+                    with self.quarantine.blame(run.id, run.attempt):
+                        heard[run.id] = self._hear(run, by_run.get(run.id, []), events)
+                # What is read of specs, for all the step's runs at once, not one
+                # query per run (a thousand runs stopped at once end here): those
+                # that end and may retry or requeue, and the limits of those running.
+                requeuing = [r for r in runs if _needs_spec(r, heard[r.id].verdict)]
+                if requeuing:  # with their recipes: a new attempt's tasks are named by them
+                    await with_specs(session, requeuing)
+                    recipes = await recipes_by_id(session, (r.recipe_id for r in requeuing))
+                    for run in requeuing:
+                        heard[run.id].recipe = recipes.get(run.recipe_id)
+                if full:
+                    running = RunStatus.RUNNING
+                    await self._learn_limits(
+                        session,
+                        [r for r in runs if running in (r.status, heard[r.id].verdict.status)],
+                    )
+                for run in runs:
                     with self.quarantine.blame(run.id, run.attempt):
                         found = await self._supervise(
-                            session, run, by_run.get(run.id, []), events, full
+                            session, run, by_run.get(run.id, []), heard[run.id], full
                         )
                     stops += found.stops
                     relaunch += found.relaunch
@@ -134,19 +152,26 @@ class Supervision(ReconcileLoop):
         if events:
             self.ctx.changes.announce(Change.TASKS_CHANGED)
 
+    def _hear(self, run: RunModel, tasks: list[TaskModel], events: dict[str, TaskState]) -> _Heard:
+        """Record what `run`'s tasks' nodes said, and what that makes of the run."""
+        unknown = [t for t in tasks if self._apply(t, events.get(t.id))]
+        views = [TaskView(t.rank, TaskStatus(t.status), t.exit_code, t.message) for t in tasks]
+        verdict = judge_run(RunStatus(run.status), views, run.stop_requested_at is not None)
+        return _Heard(unknown, verdict)
+
     async def _supervise(
         self,
         session: AsyncSession,
         run: RunModel,
         tasks: list[TaskModel],
-        events: dict[str, TaskState],
+        heard: _Heard,
         full: bool,
     ) -> _Found:
-        """One run: record what its tasks' nodes said, judge it, and say which of
-        its tasks to stop or launch again."""
+        """One run: judge it from what its tasks' nodes said, and say which of its
+        tasks to stop or launch again."""
         found = _Found()
-        unknown = [t for t in tasks if self._apply(t, events.get(t.id))]
-        gang_stop = await self._judge(session, run, tasks)
+        unknown = heard.unknown
+        gang_stop = await self._judge(session, run, tasks, heard)
         if full:
             await self._enforce_max_duration(session, run)
         status = RunStatus(run.status)
@@ -193,11 +218,13 @@ class Supervision(ReconcileLoop):
             return True
         return False
 
-    async def _judge(self, session: AsyncSession, run: RunModel, tasks: list[TaskModel]) -> bool:
-        """Update the run from its tasks. True if the rest of the gang must stop."""
+    async def _judge(
+        self, session: AsyncSession, run: RunModel, tasks: list[TaskModel], heard: _Heard
+    ) -> bool:
+        """Update the run from its tasks' verdict. True if the rest of the gang
+        must stop."""
         now = self.ctx.clock.now()
-        views = [TaskView(t.rank, TaskStatus(t.status), t.exit_code, t.message) for t in tasks]
-        verdict = judge_run(RunStatus(run.status), views, run.stop_requested_at is not None)
+        verdict = heard.verdict
         if verdict.status is None:
             return verdict.stop_others is not None
         if verdict.status == RunStatus.RUNNING:
@@ -208,32 +235,36 @@ class Supervision(ReconcileLoop):
             run.started_at = min(started) if started else now
             return False
         run.exit_code = verdict.exit_code
-        await with_spec(session, run)  # to retry or requeue it
+        # Only a requeue or a retry reads the spec (`_needs_spec`: read before,
+        # for every run of the step at once); any other end must not query, or each
+        # run's query would flush the run before it, one round trip per write.
+        if _needs_spec(run, verdict):
+            await with_spec(session, run)
         if run.requeue_reason is not None and verdict.status != RunStatus.SUCCEEDED:
             # Evicted by the platform (node lost, drain, spot notice, preemption):
             # the work goes back to the queue whatever the processes said.
             why = run.requeue_reason
             switch_run_status(session, run, RunStatus.PREEMPTED, reason=why, actor=ACTOR, now=now)
-            await self._requeue(session, run, f"requeued after: {why}")
+            await self._requeue(session, run, f"requeued after: {why}", heard.recipe)
             return False
         switch_run_status(session, run, verdict.status, reason=verdict.reason, actor=ACTOR, now=now)
+        if not _may_retry(run, verdict):
+            return False
         retries = int(run.spec.get("retries", 0))
-        # A run stopped on purpose (user, max_duration) is not retried.
-        if (
-            verdict.status == RunStatus.FAILED
-            and run.retries_used < retries
-            and run.stop_reason is None
-        ):
+        if run.retries_used < retries:
             run.retries_used += 1
             wait = retry_backoff(self.ctx.settings.retry_backoff_seconds, run.retries_used)
             why = f"retry {run.retries_used} of {retries} in {wait:g} s after: {verdict.reason}"
-            await self._requeue(session, run, why)
+            await self._requeue(session, run, why, heard.recipe)
             run.not_before = now + timedelta(seconds=wait)
         return False
 
-    async def _requeue(self, session: AsyncSession, run: RunModel, why: str) -> None:
-        """A new attempt of the run, queued again (its checkpoint directory stays)."""
-        recipe = await session.get(RecipeModel, run.recipe_id)
+    async def _requeue(
+        self, session: AsyncSession, run: RunModel, why: str, recipe: RecipeModel | None
+    ) -> None:
+        """A new attempt of the run, queued again (its checkpoint directory stays).
+        `recipe`: the run's, if the step has read it."""
+        recipe = recipe or await session.get(RecipeModel, run.recipe_id)
         assert recipe is not None
         attempt = run.attempt + 1
         switch_run_status(
@@ -244,10 +275,10 @@ class Supervision(ReconcileLoop):
         session.add_all(new_tasks(run, recipe.name))
 
     async def _learn_limits(self, session: AsyncSession, runs: Sequence[RunModel]) -> None:
-        """The max_duration of the running runs not seen before, from their specs
-        (one query per thousand). A spec that does not validate is left for
-        `_enforce_max_duration` to fail on, under its run's blame."""
-        new = [r.id for r in runs if r.id not in self._limits and r.status == RunStatus.RUNNING]
+        """The max_duration of those of the running `runs` not seen before, from
+        their specs (one query per thousand). A spec that does not validate is left
+        for `_enforce_max_duration` to fail on, under its run's blame."""
+        new = [r.id for r in runs if r.id not in self._limits]
         for chunk in chunks(new):
             query = select(RunModel.id, RunModel.spec).where(RunModel.id.in_(chunk))
             for run_id, spec in await session.execute(query):
@@ -291,6 +322,33 @@ class Supervision(ReconcileLoop):
 
 
 @dataclass
+class _Heard:
+    """What a run's tasks' nodes said: the tasks they never heard of, and the
+    verdict on the run; and, for a run that may go back to the queue, its recipe."""
+
+    unknown: list[TaskModel]
+    verdict: RunVerdict
+    recipe: RecipeModel | None = None
+
+
+def _needs_spec(run: RunModel, verdict: RunVerdict) -> bool:
+    """Whether judging `run` reads its spec: `verdict` ends it and it is requeued
+    (the platform evicted it) or may be retried."""
+    requeued = run.requeue_reason is not None and verdict.status not in (
+        None,
+        RunStatus.RUNNING,
+        RunStatus.SUCCEEDED,
+    )
+    return requeued or _may_retry(run, verdict)
+
+
+def _may_retry(run: RunModel, verdict: RunVerdict) -> bool:
+    """A failed run is retried within its `retries`; one stopped on purpose (by
+    a user, by max_duration) is not."""
+    return verdict.status == RunStatus.FAILED and run.stop_reason is None
+
+
+@dataclass
 class _Found:
     stops: list[TaskRef] = field(default_factory=list)
     relaunch: list[LaunchRequest] = field(default_factory=list)
@@ -306,8 +364,17 @@ def _exited_status(state: TaskState) -> TaskStatus:
 
 async def with_spec(session: AsyncSession, run: RunModel) -> None:
     """Read `run`'s stored spec if it was left out (`Supervision._load`)."""
-    if "spec" in inspect(run).unloaded:
-        await session.refresh(run, ["spec"])
+    await with_specs(session, [run])
+
+
+async def with_specs(session: AsyncSession, runs: Sequence[RunModel]) -> None:
+    """Read the stored specs of those of `runs` that were left out, a thousand
+    runs a query. Set as loaded, not as changed: nothing is written back."""
+    lacking = {r.id: r for r in runs if "spec" in inspect(r).unloaded}
+    for chunk in chunks(list(lacking)):
+        query = select(RunModel.id, RunModel.spec).where(RunModel.id.in_(chunk))
+        for run_id, spec in await session.execute(query):
+            set_committed_value(lacking[run_id], "spec", spec)
 
 
 def _ts(value: float | None) -> datetime | None:

@@ -228,12 +228,14 @@ def launch_requests(
     hide: Sequence[str] = (),
     confined_on: Collection[str] | None = None,
     virtual_on: Collection[str] = (),
+    spec: JobSpec | None = None,
 ) -> list[LaunchRequest]:
     """One request per task; with `run_as`, confined: `task_limits` and `hide`
     (`protected_paths`). `confined_on`: the nodes whose tasks run as `run_as`
     (`node_isolation.confined_nodes`); None: every node. `virtual_on`: the nodes
-    that time their tasks instead of running them (`nodes.virtual_nodes`)."""
-    spec = JobSpec.model_validate(run.spec)
+    that time their tasks instead of running them (`nodes.virtual_nodes`). `spec`:
+    `run.spec` already validated (the scheduler has it), else it is validated here."""
+    spec = spec or JobSpec.model_validate(run.spec)
     limits = task_limits(spec) if run_as is not None else None
     peers = tuple(t.address or "127.0.0.1" for t in sorted(tasks, key=lambda t: t.rank))
     workload = workload_of(spec)
