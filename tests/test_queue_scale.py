@@ -9,6 +9,7 @@ a `RunModel` or `TaskModel` is counted through SQLAlchemy's `load` event."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -401,3 +402,21 @@ async def test_a_run_placed_while_a_page_is_read_leaves_the_page(
     page = await _page(api, limit=3)
     assert [r["run_id"] for r in page["runs"]] == head[1:3]
     assert [r["position"] for r in page["runs"]] == [1, 2]
+
+
+async def test_concurrent_starts_of_one_job_get_distinct_numbers(api: Api) -> None:
+    """Starts of one job at once (a burst of triggers, several clients) each get
+    their own run number: the counter is taken in the database, not read and
+    written back (on PostgreSQL two starts read the same count and both wrote it
+    plus one)."""
+    applied = await api.client.put("/api/recipes", json=job("burst", resources=UNPLACEABLE))
+    assert applied.status_code == 201, applied.text
+    job_id = applied.json()["state"]["id"]
+
+    async def start() -> int:
+        started = await api.client.post(f"/api/jobs/{job_id}/start")
+        assert started.status_code == 200, started.text
+        return int(started.json()["run"]["number"])
+
+    numbers = await asyncio.gather(*(start() for _ in range(12)))
+    assert sorted(numbers) == list(range(1, 13)), numbers

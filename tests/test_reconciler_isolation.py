@@ -172,7 +172,7 @@ async def test_a_queued_run_with_a_corrupt_spec_fails_alone(sqlite_api: Api) -> 
             await session.execute(select(RecipeModel).where(RecipeModel.name == "bad"))
         ).scalar_one()
         spec = {**recipe.spec, "command": {"not": "a command"}}
-        bad = create_run(
+        bad = await create_run(
             session, recipe, trigger="manual", actor="test", now=api.ctx.clock.now(), spec=spec
         )
     api.ctx.changes.announce(Change.RUNS_QUEUED)

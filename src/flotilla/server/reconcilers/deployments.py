@@ -337,7 +337,7 @@ class Deployments(ReconcileLoop):
         self.refused.pop(recipe.id, None)
         self.changed = True
         for _ in range(missing):
-            current.append(Replica(start_replica(session, recipe, spec, now), None))
+            current.append(Replica(await start_replica(session, recipe, spec, now), None))
         if exits:
             state.restarts += missing
             state.last_restart_at = now

@@ -38,7 +38,7 @@ async def trigger_run(
     here: budgets that apply refuse it (403 budget_exceeded) or warn on it, and the
     warnings are kept as events on the run. `user` is whose budget applies."""
     warnings = await check_new_run(session, job, user, now)
-    run = create_run(
+    run = await create_run(
         session, job, trigger=trigger, actor=actor or user, now=now, spec=run_spec(job)
     )
     for warning in warnings:

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from flotilla.core.queue import QUEUED
 from flotilla.core.status import RunStatus, TaskStatus, can_switch
@@ -61,7 +62,24 @@ def _priority(spec: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def create_run(
+async def next_run_number(session: AsyncSession, recipe: RecipeModel) -> int:
+    """One past `recipe`'s last run number, counted in the database: concurrent
+    starts of one job each get their own (read and written back, two starts on
+    PostgreSQL read the same count and both got it plus one). The row stays
+    locked until the transaction ends, so numbers follow commit order."""
+    query = (
+        update(RecipeModel)
+        .where(RecipeModel.id == recipe.id)
+        .values(run_counter=RecipeModel.run_counter + 1)
+        .returning(RecipeModel.run_counter)
+        .execution_options(synchronize_session=False)
+    )
+    number = int((await session.execute(query)).scalar_one())
+    set_committed_value(recipe, "run_counter", number)
+    return number
+
+
+async def create_run(
     session: AsyncSession,
     recipe: RecipeModel,
     *,
@@ -74,14 +92,14 @@ def create_run(
     deployment replica runs)."""
     if recipe.deleted_at is not None:
         raise Conflict(f"{recipe.type} {recipe.name} is deleted")
-    recipe.run_counter += 1
+    number = await next_run_number(session, recipe)
     spec = dict(spec if spec is not None else recipe.spec)
     run = RunModel(
         id=uuid.uuid4().hex,
         recipe_id=recipe.id,
         owner=recipe.owner,
         priority=_priority(spec),
-        number=recipe.run_counter,
+        number=number,
         attempt=0,
         status=RunStatus.PENDING.value,
         reason=QUEUED,

@@ -186,14 +186,14 @@ def replica_host_ports(spec: DeploymentSpec) -> dict[int, int]:
     }
 
 
-def start_replica(
+async def start_replica(
     session: AsyncSession, recipe: RecipeModel, spec: DeploymentSpec, now: datetime
 ) -> RunModel:
     ports = replica_host_ports(spec)
     job = spec.replica_job(ports)
     if spec.extra_packages:
         job["start_script"] = with_packages(spec.start_script, spec.extra_packages)
-    run = create_run(session, recipe, trigger=DEPLOYMENT, actor=ACTOR, now=now, spec=job)
+    run = await create_run(session, recipe, trigger=DEPLOYMENT, actor=ACTOR, now=now, spec=job)
     run.recipe_version = recipe.version
     run.replica_ports = {str(k): v for k, v in ports.items()}
     if literal := sorted(spec.literal_container_ports()):
