@@ -18,9 +18,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import DBAPIError
+from starlette.types import Receive, Scope, Send
 
 from flotilla.server.auth.token_checks import TokenChecks
+from flotilla.server.db.engine import create_engine
+from flotilla.server.reconnect import RetryDroppedConnection, is_conflict, is_dropped_connection
 from tests.conftest import Api, make_settings, open_api
 from tests.factories import add_user, apply_and_start, cleanup_data_dir, job
 
@@ -284,3 +288,54 @@ async def test_request_bodies_over_the_limit_answer_413(limited_api: Api) -> Non
     assert_too_large(
         await client.post("/d/no-such-app/upload", content=b"x" * (FRONTDOOR_LIMIT + 1))
     )
+
+
+async def _a_real_deadlock(database_url: str) -> DBAPIError:
+    """The error PostgreSQL gives the transaction it undoes to break a deadlock:
+    two transactions lock two rows in opposite orders."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as setup:
+            await setup.execute(text("CREATE TABLE probe (id integer PRIMARY KEY)"))
+            await setup.execute(text("INSERT INTO probe VALUES (1), (2)"))
+        lock = "UPDATE probe SET id = id WHERE id = :id"
+        async with engine.connect() as first, engine.connect() as second:
+            await first.begin()
+            await second.begin()
+            await first.execute(text(lock), {"id": 1})
+            await second.execute(text(lock), {"id": 2})
+            crossed = await asyncio.gather(
+                first.execute(text(lock), {"id": 2}),
+                second.execute(text(lock), {"id": 1}),
+                return_exceptions=True,
+            )
+        errors = [e for e in crossed if isinstance(e, DBAPIError)]
+        assert len(errors) == 1, crossed
+        return errors[0]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_request_undone_by_a_deadlock_answers_try_again(postgres_url: str) -> None:
+    """A read undone to break a deadlock is run again; a write answers 503
+    `database_conflict` with Retry-After (it was rolled back whole), not a 500."""
+    deadlock = await _a_real_deadlock(postgres_url)
+    assert is_conflict(deadlock) and not is_dropped_connection(deadlock)
+    calls: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(scope["method"])
+        if len(calls) == 1 or scope["method"] == "POST":
+            raise deadlock
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    transport = httpx.ASGITransport(app=RetryDroppedConnection(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        read = await client.get("/api/runs")
+        assert (read.status_code, read.text, calls) == (200, "ok", ["GET", "GET"])
+        write = await client.post("/api/jobs/j/start")
+    assert write.status_code == 503, write.text
+    assert write.json()["error_code"] == "database_conflict"
+    assert write.headers["retry-after"] == "1"
+    assert calls == ["GET", "GET", "POST"]  # a write is not run again

@@ -8,6 +8,11 @@ other request answers 503 `database_unavailable` with Retry-After instead of a 5
 its transaction was rolled back with the connection, or — if the connection died in
 COMMIT — may have happened, which only the client can settle (starts take an
 `Idempotency-Key` for that).
+
+A request PostgreSQL picked to undo, to break a deadlock with another transaction
+(or a serialization failure), is treated alike: its transaction was rolled back
+whole, a read is run again once, and a write answers 503 `database_conflict`
+with Retry-After (nothing it asked was done, and its body cannot be replayed).
 """
 
 from __future__ import annotations
@@ -24,8 +29,20 @@ log = logging.getLogger("flotilla.api")
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 
 
+# SQLSTATEs of a transaction the database undid to let others go on.
+CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
 def is_dropped_connection(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in CONFLICTS
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return is_dropped_connection(exc) or is_conflict(exc)
 
 
 class RetryDroppedConnection:
@@ -47,19 +64,24 @@ class RetryDroppedConnection:
             await self.app(scope, receive, watch)
             return
         except DBAPIError as e:
-            if started or not is_dropped_connection(e):
+            if started or not _retryable(e):
                 raise
+            what = _what(e)
             if scope["method"] not in IDEMPOTENT:
-                log.warning("database connection lost during %s %s", scope["method"], scope["path"])
-                await _unavailable(send)
+                log.warning("%s during %s %s", what, scope["method"], scope["path"])
+                await _unavailable(send, e)
                 return
-            log.warning("database connection lost during %s, running it again", scope["path"])
+            log.warning("%s during %s, running it again", what, scope["path"])
         try:
             await self.app(scope, _bodyless(receive), watch)
         except DBAPIError as e:
-            if started or not is_dropped_connection(e):
+            if started or not _retryable(e):
                 raise
-            await _unavailable(send)
+            await _unavailable(send, e)
+
+
+def _what(exc: DBAPIError) -> str:
+    return "database conflict (deadlock)" if is_conflict(exc) else "database connection lost"
 
 
 def _bodyless(receive: Receive) -> Receive:
@@ -76,6 +98,14 @@ def _bodyless(receive: Receive) -> Receive:
     return again
 
 
-async def _unavailable(send: Send) -> None:
-    error = ClientError("lost the database connection: try again", "database_unavailable", 503)
+async def _unavailable(send: Send, exc: DBAPIError) -> None:
+    if is_conflict(exc):
+        error = ClientError(
+            "the database undid this request to break a deadlock with another: "
+            "nothing it asked was done; try again",
+            "database_conflict",
+            503,
+        )
+    else:
+        error = ClientError("lost the database connection: try again", "database_unavailable", 503)
     await send_error(send, error, [(b"retry-after", b"1")])
