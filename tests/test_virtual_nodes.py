@@ -139,6 +139,8 @@ async def test_a_gang_on_virtual_nodes_runs_through_the_server_and_is_metered(ap
     assert all(t["exit_code"] == 0 and t["pid"] is None for t in done["tasks"])
     events = (await api.client.get(f"/api/runs/{run_id}/events")).json()["events"]
     assert any("on virtual nodes" in e["message"] for e in events), events
+    # Nothing runs on this machine: no word of how it would run it.
+    assert not any(e["message"].startswith("local backend") for e in events), events
     logs = await api.client.get(f"/api/runs/{run_id}/logs", params={"rank": 1})
     assert "virtual node" in logs.text
 

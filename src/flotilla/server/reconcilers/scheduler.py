@@ -220,7 +220,11 @@ class Scheduler(ReconcileLoop):
             now=now,
         )
         run_as = await self._run_as(session, run, recipe, waiting.tasks, nodes_by_name)
-        notes = [self.ctx.backend.host_note(workload_of(spec))]
+        notes = []
+        # How the workload runs is said of the machines that run it: none does
+        # on virtual nodes, which only time it.
+        if run_as.virtual_on != set(nodes):
+            notes.append(self.ctx.backend.host_note(workload_of(spec)))
         if run_as.virtual_on:
             notes.append(f"on virtual nodes ({', '.join(sorted(run_as.virtual_on))}): {VIRTUAL}")
         for note in notes:
