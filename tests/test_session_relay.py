@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from flotilla.runtime import proctree
 from flotilla.runtime.agent import Agent
 from flotilla.runtime.sessions.relay import SessionRelay
 
@@ -26,6 +28,13 @@ def task(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     task_dir.mkdir(parents=True)
     env = {**os.environ, "FLOTILLA_RUN_ID": "run1", "FLOTILLA_RANK": "0"}
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    # Popen may return (vfork) before the kernel has set up the new program's
+    # environment: until then /proc/<pid>/environ reads empty, and the relay
+    # rightly says the task is not running.
+    deadline = time.monotonic() + 10
+    while (proctree.environment(process.pid) or {}).get("FLOTILLA_RUN_ID") != "run1":
+        assert time.monotonic() < deadline, "the task's environment never showed"
+        time.sleep(0.001)
     (task_dir / "started.json").write_text(json.dumps({"pid": process.pid}))
     yield task_dir, process
     process.kill()
