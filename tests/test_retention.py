@@ -3,6 +3,9 @@ finished long ago removed and answered 410, and the rest kept, on both stores.""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -128,3 +131,29 @@ def test_the_settings_come_from_the_environment_and_refuse_a_negative_value(
     monkeypatch.setenv("FLOTILLA_LOG_RETENTION_DAYS", "-1")
     with pytest.raises(ValueError, match="FLOTILLA_LOG_RETENTION_DAYS must be 0"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("FLOTILLA_EVENT_RETENTION_DAYS", "a week", "must be a number, not 'a week'"),
+        ("FLOTILLA_PORT", "http", "must be a whole number, not 'http'"),
+        ("FLOTILLA_UID_MIN", "1e6", "must be a whole number, not '1e6'"),
+        ("FLOTILLA_MAX_REQUEST_BYTES", "lots", "must be a size (e.g. 512Mi, 64Gi), not 'lots'"),
+    ],
+)
+def test_a_setting_that_does_not_read_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} {re.escape(says)}$"):
+        Settings.from_env()
+
+
+def test_flo_server_says_which_setting_is_wrong(tmp_path: Path) -> None:
+    """No traceback: the variable, what it must be, and a failed exit."""
+    env = {**os.environ, "FLOTILLA_DATA_DIR": str(tmp_path), "FLOTILLA_LOG_RETENTION_DAYS": "soon"}
+    done = subprocess.run(["flo", "server"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "flo server: FLOTILLA_LOG_RETENTION_DAYS must be a number, not 'soon'" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

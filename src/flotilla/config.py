@@ -7,14 +7,16 @@ embedded default is SQLite under the data directory and the `local` backend.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flotilla.core.units import parse_memory
 from flotilla.core.unixids import DEFAULT_UID_MAX, DEFAULT_UID_MIN, UnixIdRange
 
 DEFAULT_PORT = 8765
+N = TypeVar("N", int, float)
 DEFAULT_SSH_PORT = 2222
 
 
@@ -154,30 +156,32 @@ class Settings:
         if env.get("FLOTILLA_HOST"):
             values["host"] = env["FLOTILLA_HOST"]
         if env.get("FLOTILLA_PORT"):
-            values["port"] = int(env["FLOTILLA_PORT"])
+            values["port"] = _number(env, "FLOTILLA_PORT", int)
         values["ssh_port"] = _ssh_port(env.get("FLOTILLA_SSH_PORT", ""))
         if env.get("FLOTILLA_LOCAL_NODE"):
             values["local_node"] = env["FLOTILLA_LOCAL_NODE"].lower() not in ("0", "false", "no")
         if env.get("FLOTILLA_SIM_PROVISIONING_DELAY"):
-            values["sim_provisioning_delay"] = float(env["FLOTILLA_SIM_PROVISIONING_DELAY"])
+            values["sim_provisioning_delay"] = _number(
+                env, "FLOTILLA_SIM_PROVISIONING_DELAY", float
+            )
         if env.get("FLOTILLA_CHECKPOINT_DIR"):
             values["checkpoint_dir"] = Path(env["FLOTILLA_CHECKPOINT_DIR"])
         if env.get("FLOTILLA_STOP_GRACE"):
-            values["stop_grace_seconds"] = float(env["FLOTILLA_STOP_GRACE"])
+            values["stop_grace_seconds"] = _number(env, "FLOTILLA_STOP_GRACE", float)
         if env.get("FLOTILLA_SIM_HOSTS"):
             values["sim_hosts"] = env["FLOTILLA_SIM_HOSTS"].lower() not in ("0", "false", "no")
         for name in ("fabric_nodes", "partitions"):
             if env.get(f"FLOTILLA_SIM_{name.upper()}"):
-                values[f"sim_{name}"] = int(env[f"FLOTILLA_SIM_{name.upper()}"])
+                values[f"sim_{name}"] = _number(env, f"FLOTILLA_SIM_{name.upper()}", int)
         if env.get("FLOTILLA_SIM_VIRTUAL"):
             values["sim_virtual"] = env["FLOTILLA_SIM_VIRTUAL"].lower() not in ("0", "false", "no")
         values["run_as_user"] = _tri_state("FLOTILLA_RUN_AS_USER", env.get("FLOTILLA_RUN_AS_USER"))
         if env.get("FLOTILLA_LOCAL_ISOLATION"):
             values["local_isolation"] = env["FLOTILLA_LOCAL_ISOLATION"]
         if env.get("FLOTILLA_MIN_SCHEDULE_INTERVAL"):
-            values["min_schedule_interval"] = float(env["FLOTILLA_MIN_SCHEDULE_INTERVAL"])
+            values["min_schedule_interval"] = _number(env, "FLOTILLA_MIN_SCHEDULE_INTERVAL", float)
         if env.get("FLOTILLA_RETRY_BACKOFF_SECONDS"):
-            values["retry_backoff_seconds"] = float(env["FLOTILLA_RETRY_BACKOFF_SECONDS"])
+            values["retry_backoff_seconds"] = _number(env, "FLOTILLA_RETRY_BACKOFF_SECONDS", float)
         for name in (
             "auth_issuer",
             "oidc_issuer",
@@ -199,13 +203,13 @@ class Settings:
             "log_retention_days",
         ):
             if env.get(f"FLOTILLA_{name.upper()}"):
-                values[name] = float(env[f"FLOTILLA_{name.upper()}"])
+                values[name] = _number(env, f"FLOTILLA_{name.upper()}", float)
         for name in ("uid_min", "uid_max"):
             if env.get(f"FLOTILLA_{name.upper()}"):
-                values[name] = int(env[f"FLOTILLA_{name.upper()}"])
+                values[name] = _number(env, f"FLOTILLA_{name.upper()}", int)
         for name in ("max_request_bytes", "max_frontdoor_bytes"):
             if env.get(f"FLOTILLA_{name.upper()}"):
-                values[name] = parse_memory(env[f"FLOTILLA_{name.upper()}"])
+                values[name] = _number(env, f"FLOTILLA_{name.upper()}", parse_memory)
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()
         return cls(**values)
@@ -246,6 +250,18 @@ def unix_id_range_from_env() -> UnixIdRange:
     env = os.environ
     first = int(env.get("FLOTILLA_UID_MIN") or DEFAULT_UID_MIN)
     return UnixIdRange(first, int(env.get("FLOTILLA_UID_MAX") or DEFAULT_UID_MAX))
+
+
+def _number(env: Mapping[str, str], name: str, parse: Callable[[str], N]) -> N:
+    """The value of the variable `name`, read by `parse` (int, float or
+    `parse_memory`); a ValueError that names the variable if it does not read."""
+    text = env[name].strip()
+    try:
+        return parse(text)
+    except ValueError:
+        kinds: dict[object, str] = {int: "a whole number", float: "a number"}
+        kind = kinds.get(parse, "a size (e.g. 512Mi, 64Gi)")
+        raise ValueError(f"{name} must be {kind}, not {text!r}") from None
 
 
 def _tri_state(name: str, text: str | None) -> bool | None:

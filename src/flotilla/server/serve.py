@@ -20,9 +20,16 @@ def serve(
     database_url: str | None = None,
     local_gpus: str | None = None,
 ) -> None:
-    settings = Settings.from_env(
-        host=host, port=port, data_dir=data_dir, database_url=database_url, local_gpus=local_gpus
-    )
+    try:
+        settings = Settings.from_env(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            database_url=database_url,
+            local_gpus=local_gpus,
+        )
+    except ValueError as e:  # a setting that does not read: say which, no traceback
+        raise SystemExit(f"flo server: {e}") from None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
