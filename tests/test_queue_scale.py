@@ -420,3 +420,25 @@ async def test_concurrent_starts_of_one_job_get_distinct_numbers(api: Api) -> No
 
     numbers = await asyncio.gather(*(start() for _ in range(12)))
     assert sorted(numbers) == list(range(1, 13)), numbers
+
+
+async def test_any_run_of_a_long_history_is_stopped_by_its_name(api: Api) -> None:
+    """A run is found by its id, its number or its pod's name with a query, not
+    among the job's newest runs (the oldest of 10,001 was not found)."""
+    job_id = await _pending(api, "long-history", 10_001)
+    async with api.ctx.sessions() as session:
+        oldest, second, third = (
+            await session.execute(
+                select(RunModel.id)
+                .where(RunModel.recipe_id == job_id, RunModel.number <= 3)
+                .order_by(RunModel.number)
+            )
+        ).scalars()
+    for name in ("1", second, "long-history-3-0"):
+        stopped = await api.client.post(f"/api/jobs/{job_id}/stop/{name}")
+        assert stopped.status_code == 200, (name, stopped.text)
+    for run_id in (oldest, second, third):
+        run = (await api.client.get(f"/api/runs/{run_id}")).json()
+        assert run["status"] == "stopped", run
+    missing = await api.client.post(f"/api/jobs/{job_id}/stop/long-history-99999-0")
+    assert missing.status_code == 404, missing.text

@@ -29,7 +29,7 @@ from flotilla.server.services import idempotency
 from flotilla.server.services import recipes as recipe_service
 from flotilla.server.services.runs import jobs as job_service
 from flotilla.server.services.runs.recipe_pods import pod_history, pod_logs
-from flotilla.server.services.runs.runs import recipe_runs, request_stop, run_tasks
+from flotilla.server.services.runs.runs import recipe_runs, request_stop, run_named, run_tasks
 from flotilla.server.services.views import (
     recipe_states,
     recipe_view,
@@ -152,18 +152,12 @@ async def stop_run(ctx: Ctx, caller: Caller, job_id: str, run_name: str) -> Job:
     """Stop one run, named by its id, its number or one of its pods."""
     async with ctx.transaction() as session:
         job = await recipe_service.get_recipe_by_id(session, JOB, job_id, caller, write=True)
-        runs = await recipe_runs(session, job.id, limit=10_000)
-        tasks = await run_tasks(session, [r.id for r in runs])
-        match = [
-            r
-            for r in runs
-            if run_name in (r.id, str(r.number)) or any(t.name == run_name for t in tasks[r.id])
-        ]
-        if not match:
+        run = await run_named(session, job.id, run_name)
+        if run is None:
             raise NotFound(f"run {run_name!r} of job {job.name}")
         request_stop(
             session,
-            match[0],
+            run,
             reason=f"stopped by {caller.name}",
             actor=caller.name,
             now=ctx.clock.now(),

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -207,6 +207,26 @@ async def stop_active_runs(
 ) -> int:
     runs = await active_runs(session, recipe_id)
     return sum(request_stop(session, r, reason=reason, actor=actor, now=now) for r in runs)
+
+
+async def run_named(session: AsyncSession, recipe_id: str, name: str) -> RunModel | None:
+    """The recipe's run named by its id, its number or one of its pods (the
+    newest, if several): found by query, however many runs the recipe has had."""
+    pods = (
+        select(TaskModel.run_id)
+        .join(RunModel, RunModel.id == TaskModel.run_id)
+        .where(RunModel.recipe_id == recipe_id, TaskModel.name == name)
+    )
+    named = [RunModel.id == name, RunModel.id.in_(pods)]
+    if name.isdigit():
+        named.append(RunModel.number == int(name))
+    query = (
+        select(RunModel)
+        .where(RunModel.recipe_id == recipe_id, or_(*named))
+        .order_by(RunModel.number.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def recipe_runs(
