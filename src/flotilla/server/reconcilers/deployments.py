@@ -315,10 +315,10 @@ class Deployments(ReconcileLoop):
         if missing <= 0:
             return
         exits = await recent_exits(session, recipe, now)
-        if exits and state.last_restart_at is not None:
-            wait = restart_backoff(exits)
-            if (now - state.last_restart_at).total_seconds() < wait:
-                return
+        # The back-off counts from the last exit (as Kubernetes' does), not from
+        # the last restart: a replica slow to start and fail must not eat its wait.
+        if exits and (now - exits[-1]).total_seconds() < restart_backoff(len(exits)):
+            return
         try:
             # A replica is a new run: the owner's budgets apply (running ones stay).
             await check_new_run(session, recipe, recipe.owner, now)

@@ -129,10 +129,11 @@ async def active_replicas(session: AsyncSession, recipe: RecipeModel) -> list[Re
     return [Replica(run, tasks.get(run.id)) for run in sorted(runs, key=lambda r: r.number)]
 
 
-async def recent_exits(session: AsyncSession, recipe: RecipeModel, now: datetime) -> int:
-    """Replicas of this version that ended on their own (not stopped) lately."""
+async def recent_exits(session: AsyncSession, recipe: RecipeModel, now: datetime) -> list[datetime]:
+    """When the replicas of this version that ended on their own (not stopped)
+    lately ended, latest last."""
     rows = await session.execute(
-        select(RunModel.id).where(
+        select(RunModel.finished_at).where(
             RunModel.recipe_id == recipe.id,
             RunModel.recipe_version == recipe.version,
             RunModel.finished_at > now - RECENT,
@@ -142,7 +143,7 @@ async def recent_exits(session: AsyncSession, recipe: RecipeModel, now: datetime
             ),
         )
     )
-    return len(rows.all())
+    return sorted(ended for (ended,) in rows if ended is not None)
 
 
 async def is_stopped(session: AsyncSession, recipe_id: str) -> bool:
