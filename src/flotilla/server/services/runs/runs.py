@@ -178,11 +178,14 @@ def request_stop(
     status = RunStatus(run.status)
     if status.is_finished() or run.stop_requested_at is not None:
         return False
+    # Kept even when the run stops at once: if the scheduler placed it meanwhile
+    # (its transaction read it pending and commits after this one, writing only
+    # the columns it changed), supervision still sees the request and stops it.
+    run.stop_requested_at = now
+    run.stop_reason = reason
     if status == RunStatus.PENDING:
         switch_run_status(session, run, RunStatus.STOPPED, reason=reason, actor=actor, now=now)
         return True
-    run.stop_requested_at = now
-    run.stop_reason = reason
     record_event(
         session,
         kind="stop",
