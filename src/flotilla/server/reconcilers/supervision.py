@@ -235,11 +235,9 @@ class Supervision(ReconcileLoop):
             run.started_at = min(started) if started else now
             return False
         run.exit_code = verdict.exit_code
-        # Only a requeue or a retry reads the spec (`_needs_spec`: read before,
-        # for every run of the step at once); any other end must not query, or each
-        # run's query would flush the run before it, one round trip per write.
-        if _needs_spec(run, verdict):
-            await with_spec(session, run)
+        # A requeue or a retry reads the spec and the recipe: the step read both
+        # for all its runs at once (`_needs_spec`). Nothing here may query: each
+        # query would flush the run before it, one round trip per write.
         if run.requeue_reason is not None and verdict.status != RunStatus.SUCCEEDED:
             # Evicted by the platform (node lost, drain, spot notice, preemption):
             # the work goes back to the queue whatever the processes said.
@@ -263,8 +261,7 @@ class Supervision(ReconcileLoop):
         self, session: AsyncSession, run: RunModel, why: str, recipe: RecipeModel | None
     ) -> None:
         """A new attempt of the run, queued again (its checkpoint directory stays).
-        `recipe`: the run's, if the step has read it."""
-        recipe = recipe or await session.get(RecipeModel, run.recipe_id)
+        `recipe`: the run's, read by the step (`_Heard.recipe`)."""
         assert recipe is not None
         attempt = run.attempt + 1
         switch_run_status(
